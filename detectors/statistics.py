@@ -1,0 +1,118 @@
+"""Combinable per-class statistics: the first part of every detector.
+
+Each statistic is a small Beam-free accumulator with ``add_batch`` and ``merge`` that
+returns the same answer whatever the order of batches and merges (up to float rounding for
+the moments, exactly for the sample and the histograms). A Beam ``CombineFn`` adapter in
+``poisonguard.pipelines`` only calls ``merge``; the batch-level ``add_batch`` runs in the
+scoring ``ParDo`` and in the in-memory estimator alike.
+
+Notation: n rows in a batch of one class, d features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class HashSample:
+    """A bounded, deterministic sample: the ``size`` rows with the smallest row hash.
+
+    Because membership depends only on each row's hash, the sample is the same whatever
+    the batch size, order or number of workers.
+    """
+
+    __slots__ = ("size", "hashes", "rows")
+
+    def __init__(self, size: int, n_features: int):
+        self.size = int(size)
+        self.hashes = np.empty(0, dtype=np.uint64)
+        self.rows = np.empty((0, n_features), dtype=np.float64)
+
+    def add_batch(self, X: np.ndarray, hashes: np.ndarray) -> HashSample:
+        self._keep(np.concatenate([self.hashes, hashes]), np.concatenate([self.rows, X]))
+        return self
+
+    def merge(self, other: HashSample) -> HashSample:
+        self._keep(np.concatenate([self.hashes, other.hashes]), np.concatenate([self.rows, other.rows]))
+        return self
+
+    def _keep(self, hashes: np.ndarray, rows: np.ndarray) -> None:
+        if len(hashes) > self.size:
+            keep = np.argpartition(hashes, self.size - 1)[: self.size]
+            hashes, rows = hashes[keep], rows[keep]
+        # Sorted by hash, so the stored sample does not depend on arrival order either.
+        order = np.argsort(hashes, kind="stable")
+        self.hashes, self.rows = hashes[order], np.ascontiguousarray(rows[order])
+
+
+class Moments:
+    """Count, sum and second moments of rows, about a fixed shift ``K``.
+
+    Accumulating ``(x - K)`` in float64, with ``K`` close to the mean (taken from a pilot
+    sample), avoids the cancellation of the textbook ``E[x^2] - E[x]^2``.
+    """
+
+    __slots__ = ("shift", "count", "total", "gram")
+
+    def __init__(self, shift: np.ndarray):
+        d = len(shift)
+        self.shift = np.asarray(shift, dtype=np.float64)
+        self.count = 0
+        self.total = np.zeros(d, dtype=np.float64)
+        self.gram = np.zeros((d, d), dtype=np.float64)
+
+    def add_batch(self, Z: np.ndarray) -> Moments:
+        """Add rows ``Z`` (n, d); float32 rows use single-precision BLAS per batch."""
+        if len(Z) == 0:
+            return self
+        shifted = Z - self.shift.astype(Z.dtype)
+        self.count += len(Z)
+        self.total += shifted.sum(axis=0, dtype=np.float64)
+        self.gram += (shifted.T @ shifted).astype(np.float64)
+        return self
+
+    def merge(self, other: Moments) -> Moments:
+        if not np.array_equal(self.shift, other.shift):
+            raise ValueError("cannot merge moments taken about different shifts")
+        self.count += other.count
+        self.total += other.total
+        self.gram += other.gram
+        return self
+
+    def mean(self) -> np.ndarray:
+        return self.shift + self.total / max(self.count, 1)
+
+    def scatter(self) -> np.ndarray:
+        """Sum of outer products of the centred rows: ``sum (x - mean)(x - mean)^T``."""
+        if self.count == 0:
+            return np.zeros_like(self.gram)
+        m = self.total / self.count
+        return self.gram - self.count * np.outer(m, m)
+
+
+class Histogram:
+    """Counts of values on a fixed grid ``edges`` plus an underflow and an overflow bin.
+
+    ``counts[0]`` holds values below ``edges[0]``, ``counts[-1]`` values at or above
+    ``edges[-1]``; NaN values are not counted.
+    """
+
+    __slots__ = ("edges", "counts")
+
+    def __init__(self, edges: np.ndarray):
+        self.edges = edges
+        self.counts = np.zeros(len(edges) + 1, dtype=np.int64)
+
+    def add_batch(self, values: np.ndarray) -> Histogram:
+        values = values[~np.isnan(values)]
+        idx = np.searchsorted(self.edges, values, side="right")
+        self.counts += np.bincount(idx, minlength=len(self.counts))
+        return self
+
+    def merge(self, other: Histogram) -> Histogram:
+        self.counts += other.counts
+        return self
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())

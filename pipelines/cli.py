@@ -1,0 +1,224 @@
+"""The ``poisonguard`` command line.
+
+Exit codes: 0 the batch was accepted, 1 it breached the policy, 2 a usage or input error
+(printed as one line naming the file, column or option; ``--debug`` shows the traceback).
+Beam pipeline options go after ``--`` and pass through to Beam unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_OK, EXIT_BREACHED, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    cols = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not cols:
+        raise argparse.ArgumentTypeError("expected comma-separated column names")
+    return cols
+
+
+def _add_runner_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--runner", choices=("direct", "dask"), default="direct",
+                   help="direct: Beam's in-process runner (default); dask: Beam's DaskRunner on a dask.distributed cluster")
+    g.add_argument("--dask-address", metavar="HOST:PORT", help="scheduler of an existing Dask cluster (default: start a local one)")
+    g.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="worker processes: local Dask workers, or direct-runner processes (default 1: in this process)")
+    g.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                   help="BLAS/numba threads per worker (default 1; more threads on a busy machine run slower)")
+    g.add_argument("--batch-rows", type=_positive_int, default=65536, metavar="N", help="rows per chunk (default 65536)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+    g.add_argument("--debug", action="store_true", help="show tracebacks and per-chunk progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="poisonguard", description="Simulate data-poisoning attacks and screen data for poisoned rows.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("screen", help="screen a batch: write cleaned/, quarantine/, invalid/ and report.json",
+                       description="Screen CSV/Parquet inputs for poisoned rows. Exit code 0: accepted; 1: the batch "
+                                   "breached the policy; 2: usage or input error. Beam options go after '--'.")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="CSV or Parquet files, directories or glob patterns")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    s.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
+    s.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
+    s.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
+    s.add_argument("--detectors", default="spectral", metavar="NAME", help="detector to run (default: spectral)")
+    s.add_argument("--contamination", type=_fraction, metavar="F",
+                   help="flag this fraction of all rows, most suspicious first (default: auto, per-class cluster test)")
+    s.add_argument("--reference", action="append", default=[], metavar="PATH",
+                   help="trusted clean rows: calibrate the threshold to --target-fpr on them (repeatable)")
+    s.add_argument("--target-fpr", type=_fraction, default=0.01, metavar="F",
+                   help="with --reference: highest share of reference rows that may be flagged (default 0.01)")
+    s.add_argument("--max-flagged-fraction", type=_fraction, default=0.0, metavar="F",
+                   help="policy: breach (exit 1) when more rows than this are flagged (default 0: any flagged row)")
+    s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
+                   help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
+    _add_runner_options(s)
+
+    d = sub.add_parser("demo", help="plant a backdoor in bundled real data, screen it, print what was caught",
+                       description="Build a poisoned copy of scikit-learn's breast-cancer data, screen it and print a summary.")
+    d.add_argument("--out", default="poisonguard-demo", metavar="DIR", help="output directory (default: ./poisonguard-demo)")
+    _add_runner_options(d)
+    return parser
+
+
+def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def _pin_threads(n: int) -> None:
+    # Set before numpy/numba load so worker processes started from here inherit them too.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _configure_logging(quiet: bool, debug: bool) -> None:
+    """Progress from poisonguard on stderr; other libraries only for errors (all with --debug)."""
+    ours = logging.getLogger("poisonguard")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("poisonguard: %(message)s"))
+    ours.handlers[:] = [handler]
+    ours.propagate = False
+    ours.setLevel(logging.WARNING if quiet else (logging.DEBUG if debug else logging.INFO))
+    root = logging.getLogger()
+    # A root handler of our own, installed before Beam and Dask load, keeps their import-time
+    # warnings and INFO chatter (which they send to the root logger) off the terminal.
+    root.handlers[:] = [logging.StreamHandler(sys.stderr) if debug else logging.NullHandler()]
+    root.setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, beam_args = _split_beam_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(own)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.version:
+        from .. import __version__
+
+        print(f"poisonguard {__version__}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    if beam_args and args.command != "screen":
+        parser.error(f"'{args.command}' takes no Beam options after '--'")
+
+    _pin_threads(args.threads)
+    _configure_logging(args.quiet, args.debug)
+
+    from ..schemas import PoisonguardError
+
+    try:
+        return _run(args, beam_args)
+    except PoisonguardError as exc:
+        if args.debug:
+            raise
+        print(f"poisonguard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("poisonguard: interrupted; no outputs were written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failure inside the pipeline: report it in one line
+        if args.debug:
+            raise
+        print(f"poisonguard: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(exc: BaseException) -> str:
+    # Beam wraps worker exceptions; the innermost line that names our error is the useful one.
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        if "InputError:" in line or "ConfigError:" in line or "PoisonguardError:" in line:
+            return line.split("Error:", 1)[1].strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
+
+
+def _runner_config(args, beam_args):
+    from .runners import RunnerConfig
+
+    return RunnerConfig(runner=args.runner, workers=args.workers, dask_address=args.dask_address, beam_args=tuple(beam_args))
+
+
+def _run(args, beam_args) -> int:
+    from .screen import Policy, ScreenConfig, run_screen
+
+    if args.command == "demo":
+        from .demo import run_demo
+
+        _, table = run_demo(args.out, _runner_config(args, []))
+        print(table)
+        return EXIT_OK
+
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    if len(detectors) != 1:
+        from ..schemas import ConfigError
+
+        raise ConfigError(f"--detectors: this version runs one detector at a time, got {args.detectors!r}")
+    config = ScreenConfig(
+        inputs=tuple(args.inputs),
+        out=args.out,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        feature_columns=args.feature_columns,
+        detector=detectors[0],
+        contamination=args.contamination,
+        reference=tuple(args.reference),
+        target_fpr=args.target_fpr,
+        policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction),
+        batch_rows=args.batch_rows,
+        runner=_runner_config(args, beam_args),
+    )
+    result = run_screen(config)
+    counts, policy = result.report["counts"], result.report["policy"]
+    verdict = "BREACHED: " + "; ".join(policy["reasons"]) if policy["breached"] else "accepted"
+    print(f"{counts['rows_in']} rows: {counts['cleaned']} cleaned, {counts['quarantine']} quarantined, "
+          f"{counts['invalid']} invalid -> {args.out} ({verdict})")
+    return EXIT_BREACHED if result.breached else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

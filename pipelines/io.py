@@ -1,0 +1,248 @@
+"""Reading inputs as Arrow record batches and writing Parquet directories.
+
+Inputs are CSV or Parquet files, given as files, directories (searched recursively for
+``*.csv``, ``*.parquet`` and ``*.pq``) or glob patterns. Each file is a *shard*; a shard is
+read in chunks of at most ``batch_rows`` rows, and each chunk travels through the pipeline
+as one element (rows are never Beam elements).
+
+CSV files are read with every column as text, so that a stray string in a numeric column
+makes that one row invalid instead of failing the file; lines with the wrong number of
+fields are kept as invalid rows too. Problems with a whole file (missing, unreadable,
+empty, without a required column) are found before the pipeline starts, by
+:func:`inspect_inputs`, and raised as :class:`~poisonguard.schemas.InputError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from ..schemas import InputError
+
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file: where it is, how to read it, and the name used in derived row ids."""
+
+    path: str
+    source: str
+    format: str
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """Rows of one chunk of a shard as read, before validation.
+
+    ``table`` holds the parsed rows; ``offsets`` their 0-based row index in the file;
+    ``malformed`` the CSV lines that could not be split into fields, as
+    ``(offset, reason)`` pairs.
+    """
+
+    shard: Shard
+    number: int
+    table: pa.Table
+    offsets: np.ndarray
+    malformed: list = field(default_factory=list)
+
+
+def _suffix_format(path: str) -> str | None:
+    return SUFFIXES.get(os.path.splitext(path)[1].lower())
+
+
+def discover_shards(inputs: list[str]) -> list[Shard]:
+    """Expand files, directories and globs into shards, sorted within each argument."""
+    if not inputs:
+        raise InputError("no input given: expected one or more CSV/Parquet files, directories or globs")
+    found: list[tuple[str, str, str]] = []
+    for arg in inputs:
+        if glob.has_magic(arg):
+            matches = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+            root = _glob_root(arg)
+            files = [p for p in matches if _suffix_format(p)]
+            if not files:
+                raise InputError(f"input '{arg}': the pattern matches no .csv, .parquet or .pq file")
+            found += [(p, os.path.relpath(p, root), _suffix_format(p)) for p in files]
+        elif os.path.isdir(arg):
+            files = sorted(
+                os.path.join(d, f) for d, _, names in os.walk(arg) for f in names if _suffix_format(f) and not f.startswith((".", "_"))
+            )
+            if not files:
+                raise InputError(f"input '{arg}': the directory holds no .csv, .parquet or .pq file")
+            found += [(p, os.path.relpath(p, arg), _suffix_format(p)) for p in files]
+        elif os.path.exists(arg):
+            fmt = _suffix_format(arg)
+            if fmt is None:
+                raise InputError(f"input '{arg}': unsupported file type; expected .csv, .parquet or .pq")
+            found.append((arg, os.path.basename(arg), fmt))
+        else:
+            raise InputError(f"input '{arg}': no such file or directory")
+    seen: dict[str, str] = {}
+    shards = []
+    for i, (path, source, fmt) in enumerate(found):
+        source = source.replace(os.sep, "/")
+        if source in seen and os.path.abspath(seen[source]) != os.path.abspath(path):
+            raise InputError(f"inputs '{seen[source]}' and '{path}' would give rows the same ids ('{source}:N'); use --id-column or rename one")
+        seen[source] = path
+        shards.append(Shard(path=path, source=source, format=fmt, index=i))
+    return shards
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split(os.sep)
+    root = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        root.append(part)
+    return os.sep.join(root) or "."
+
+
+# -- inspection ----------------------------------------------------------------------------
+def read_schema(shard: Shard) -> pa.Schema:
+    """The shard's column names and types (CSV types inferred from the first block).
+
+    Raises InputError naming the file when it is unreadable or empty.
+    """
+    try:
+        if shard.format == "parquet":
+            return pq.read_schema(shard.path)
+        header = _csv_header(shard)
+        reader = pa_csv.open_csv(shard.path, read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 20),
+                                 parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip"))
+        schema = reader.schema
+        if list(schema.names) != header:
+            raise InputError(f"{shard.path}: could not read the CSV header")
+        return schema
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{shard.path}: cannot read the file as {shard.format.upper()}: {_first_line(exc)}") from None
+
+
+def _csv_header(shard: Shard) -> list[str]:
+    with open(shard.path, newline="", encoding="utf-8") as fh:
+        try:
+            header = next(csv.reader(fh))
+        except StopIteration:
+            raise InputError(f"{shard.path}: the file is empty; expected a CSV header row") from None
+    if not header or all(not h.strip() for h in header):
+        raise InputError(f"{shard.path}: the first line is blank; expected a CSV header row")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError(f"{shard.path}: duplicate column name(s) in the header: {', '.join(dupes)}")
+    return header
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# -- reading -------------------------------------------------------------------------------
+def read_shard(shard: Shard, batch_rows: int) -> Iterator[RawChunk]:
+    """Yield the shard's rows in chunks of at most ``batch_rows`` rows."""
+    try:
+        if shard.format == "parquet":
+            yield from _read_parquet(shard, batch_rows)
+        else:
+            yield from _read_csv(shard, batch_rows)
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise InputError(f"{shard.path}: failed while reading: {_first_line(exc)}") from None
+
+
+def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawChunk]:
+    start = 0
+    pf = pq.ParquetFile(shard.path)
+    for number, batch in enumerate(pf.iter_batches(batch_size=batch_rows)):
+        n = batch.num_rows
+        yield RawChunk(shard, number, pa.Table.from_batches([batch]), np.arange(start, start + n, dtype=np.int64))
+        start += n
+
+
+def _read_csv(shard: Shard, batch_rows: int) -> Iterator[RawChunk]:
+    header = _csv_header(shard)
+    malformed_lines: list[tuple[int, str]] = []  # (line number, reason), in file order
+
+    def on_invalid_row(row) -> str:
+        text = row.text if len(row.text) <= 200 else row.text[:197] + "..."
+        malformed_lines.append(
+            (int(row.number), f"malformed CSV line {row.number}: expected {row.expected_columns} fields, found {row.actual_columns}: {text!r}")
+        )
+        return "skip"
+
+    reader = pa_csv.open_csv(
+        shard.path,
+        read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22),
+        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+    parsed = 0  # well-formed rows so far
+    emitted = 0  # malformed lines already attached to a chunk
+    number = 0
+    for batch in reader:
+        # The handler has now seen every malformed line up to the end of this block. A
+        # well-formed row with parsed-index k sits after each malformed row i whose data-row
+        # offset m_i satisfies m_i - i <= k.
+        bad = _line_offsets(malformed_lines)
+        bad_before = bad - np.arange(len(bad))
+        for start in range(0, batch.num_rows, batch_rows):
+            part = batch.slice(start, batch_rows)
+            k = np.arange(parsed, parsed + part.num_rows, dtype=np.int64)
+            offsets = k + np.searchsorted(bad_before, k, side="right")
+            parsed += part.num_rows
+            upto = emitted + int(np.count_nonzero(bad[emitted:] < offsets[-1])) if len(offsets) else emitted
+            attached = [(int(off), reason) for off, (_, reason) in zip(bad[emitted:upto], malformed_lines[emitted:upto])]
+            emitted = upto
+            yield RawChunk(shard, number, pa.Table.from_batches([part]), offsets, attached)
+            number += 1
+    bad = _line_offsets(malformed_lines)
+    rest = [(int(off), reason) for off, (_, reason) in zip(bad[emitted:], malformed_lines[emitted:])]
+    if rest or number == 0:
+        empty = pa.table({name: pa.array([], pa.string()) for name in header})
+        yield RawChunk(shard, number, empty, np.zeros(0, dtype=np.int64), rest)
+
+
+def _line_offsets(malformed_lines) -> np.ndarray:
+    """Data-row offsets of malformed CSV lines (line 1 is the header)."""
+    return np.array([line - 2 for line, _ in malformed_lines], dtype=np.int64)
+
+
+# -- writing -------------------------------------------------------------------------------
+def part_name(shard_index: int, chunk_number: int) -> str:
+    """Deterministic file name of one chunk's part of an output directory."""
+    return f"part-{shard_index:05d}-{chunk_number:06d}.parquet"
+
+
+def write_part(table: pa.Table, directory: str, name: str) -> None:
+    """Write one part file (skipped when the table has no rows)."""
+    if table.num_rows == 0:
+        return
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, os.path.join(directory, name))
+
+
+def read_output(directory: str) -> pa.Table | None:
+    """Read an output directory written by poisonguard (None when it holds no rows)."""
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".parquet")) if os.path.isdir(directory) else []
+    if not files:
+        return None
+    return pa.concat_tables([pq.read_table(os.path.join(directory, f)) for f in files], promote_options="default")
+
+

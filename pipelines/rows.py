@@ -1,0 +1,252 @@
+"""The row contract: resolve it from the inputs' schemas, and split each chunk into valid and invalid rows.
+
+:func:`resolve_contract` runs once, before the pipeline, and raises
+:class:`~poisonguard.schemas.InputError` for problems of a whole file (a missing label
+column, say). :func:`validate_chunk` runs on every chunk inside the pipeline and never
+raises for bad values: a row with a missing label, a missing, non-numeric or non-finite
+feature value, or a malformed CSV line goes to the ``invalid`` output with a reason that
+names the column and the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, REASON, ROW_ID, SOURCE, InputError, invalid_schema
+from .io import RawChunk, Shard, read_schema
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a valid row looks like, resolved from the inputs.
+
+    ``label_type`` is ``int64`` when every input stores integer labels, else ``string``;
+    ``passthrough`` lists the other columns, carried to the outputs unchanged, with their
+    output types.
+    """
+
+    label_column: str
+    id_column: str | None
+    feature_columns: tuple[str, ...]
+    label_type: pa.DataType
+    passthrough: tuple[tuple[str, pa.DataType], ...]
+    columns: tuple[str, ...]
+
+    def valid_schema(self) -> pa.Schema:
+        """``row_id`` first, then the input's columns in their order, with their output types."""
+        types = {self.label_column: self.label_type, **{n: pa.float64() for n in self.feature_columns}, **dict(self.passthrough)}
+        return pa.schema([pa.field(ROW_ID, pa.string())] + [pa.field(n, types[n]) for n in self.columns if n != ROW_ID])
+
+    def invalid_schema(self) -> pa.Schema:
+        return invalid_schema(self.columns)
+
+    def labels(self, valid: pa.Table) -> np.ndarray:
+        """Labels as a numpy array (int64, or object holding str)."""
+        return valid.column(self.label_column).to_numpy(zero_copy_only=False)
+
+    def features(self, valid: pa.Table) -> np.ndarray:
+        """Feature matrix (n, d), float64, C-contiguous."""
+        if valid.num_rows == 0:
+            return np.zeros((0, len(self.feature_columns)))
+        return np.column_stack([valid.column(c).to_numpy() for c in self.feature_columns]).astype(np.float64, copy=False)
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (
+        pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))
+    )
+
+
+def resolve_contract(
+    shards: list[Shard],
+    *,
+    label_column: str = "label",
+    id_column: str | None = None,
+    feature_columns: list[str] | None = None,
+) -> Contract:
+    """Check every input's columns and fix the row contract for this run."""
+    schemas = [(shard, read_schema(shard)) for shard in shards]
+    first_shard, first = schemas[0]
+    names = list(first.names)
+    for shard, schema in schemas:
+        if label_column not in schema.names:
+            raise InputError(f"{shard.path}: no label column '{label_column}' (columns: {', '.join(schema.names)}); set it with --label-column")
+        if id_column is not None and id_column not in schema.names:
+            raise InputError(f"{shard.path}: no id column '{id_column}' (columns: {', '.join(schema.names)})")
+        if sorted(schema.names) != sorted(names):
+            missing = sorted(set(names) - set(schema.names))
+            extra = sorted(set(schema.names) - set(names))
+            raise InputError(
+                f"{shard.path}: columns differ from {first_shard.path}"
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + (f"; extra: {', '.join(extra)}" if extra else "")
+            )
+    reserved = {label_column, id_column}
+    ground_truth = {POISONED, ATTACK, ORIGINAL_LABEL}  # written by simulators; never features
+    if feature_columns:
+        unknown = [c for c in feature_columns if c not in names]
+        if unknown:
+            raise InputError(f"{first_shard.path}: no feature column(s) {', '.join(unknown)} (columns: {', '.join(names)})")
+        clash = [c for c in feature_columns if c in reserved]
+        if clash:
+            raise InputError(f"--feature-columns: '{clash[0]}' is the label or id column, not a feature")
+        features = list(dict.fromkeys(feature_columns))
+    else:
+        features = [n for n in names if n not in reserved | ground_truth and _is_numeric(first.field(n).type)]
+        if not features:
+            raise InputError(f"{first_shard.path}: no numeric feature columns found; name them with --feature-columns")
+    for shard, schema in schemas:
+        for name in features:
+            t = schema.field(name).type
+            if not (_is_numeric(t) or _is_text(t) or pa.types.is_null(t)):
+                raise InputError(f"{shard.path}: feature column '{name}' has type {t}; expected numbers")
+    label_types = [schema.field(label_column).type for _, schema in schemas]
+    for (shard, _), t in zip(schemas, label_types):
+        if not (pa.types.is_integer(t) or _is_text(t) or pa.types.is_null(t)):
+            raise InputError(f"{shard.path}: label column '{label_column}' has type {t}; expected integer or string labels")
+    all_parquet = all(shard.format == "parquet" for shard in shards)
+    label_type = pa.int64() if all_parquet and all(pa.types.is_integer(t) for t in label_types) else pa.string()
+    passthrough = []
+    for name in names:
+        if name in features or name == label_column:
+            continue
+        if name == id_column:
+            passthrough.append((name, pa.string()))
+        elif name == POISONED:  # ground truth: parsed and checked like a feature
+            passthrough.append((name, pa.bool_()))
+        elif all_parquet:
+            passthrough.append((name, first.field(name).type))
+        else:
+            passthrough.append((name, pa.string()))
+    if ROW_ID in names and id_column != ROW_ID:
+        raise InputError(f"{first_shard.path}: has a column named '{ROW_ID}', which poisonguard reserves; pass --id-column {ROW_ID} to use it as the id")
+    return Contract(label_column, id_column, tuple(features), label_type, tuple(passthrough), tuple(names))
+
+
+# -- per-chunk validation -------------------------------------------------------------------
+class _Reasons:
+    """Per-row reasons, joined with '; ' when a row has several."""
+
+    def __init__(self, n: int):
+        self.text = np.full(n, None, dtype=object)
+
+    def add(self, mask: np.ndarray, make_reason) -> None:
+        for i in np.flatnonzero(mask):
+            reason = make_reason(i)
+            self.text[i] = reason if self.text[i] is None else f"{self.text[i]}; {reason}"
+
+    @property
+    def bad(self) -> np.ndarray:
+        return np.array([r is not None for r in self.text], dtype=bool)
+
+
+def _as_float(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarray:
+    """Parse one feature column to float64, recording why a value is unusable."""
+    t = column.type
+    missing = column.is_null().to_numpy(zero_copy_only=False)
+    if _is_text(t):
+        raw = column.cast(pa.string()).to_numpy(zero_copy_only=False)
+        values = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        nan_literal = np.array([isinstance(v, str) and v.strip().lower().lstrip("+-") == "nan" for v in raw], dtype=bool)
+        unparsable = ~missing & np.isnan(values) & ~nan_literal
+        reasons.add(unparsable, lambda i: f"column '{name}': {raw[i]!r} is not a number")
+    elif pa.types.is_null(t):
+        values = np.full(len(column), np.nan)
+        unparsable = np.zeros(len(column), dtype=bool)
+    else:
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        unparsable = np.zeros(len(column), dtype=bool)
+        raw = values
+    reasons.add(missing, lambda i: f"column '{name}': missing value")
+    nonfinite = ~missing & ~unparsable & ~np.isfinite(values)
+    reasons.add(nonfinite, lambda i: f"column '{name}': non-finite value {raw[i]!r}")
+    return values
+
+
+_TRUE, _FALSE = {"true", "1", "t", "yes"}, {"false", "0", "f", "no"}
+
+
+def _as_bool(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarray:
+    """Parse a ground-truth flag column (bool, 0/1, or true/false text)."""
+    if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type):
+        values = column.to_numpy(zero_copy_only=False)
+        missing = column.is_null().to_numpy(zero_copy_only=False)
+        bad = missing | ~np.isin(np.where(missing, 0, values).astype(np.int64), [0, 1])
+        parsed = np.where(bad, False, values).astype(bool)
+    else:
+        raw = column.cast(pa.string()).to_numpy(zero_copy_only=False)
+        norm = [v.strip().lower() if isinstance(v, str) else None for v in raw]
+        parsed = np.array([v in _TRUE for v in norm], dtype=bool)
+        bad = np.array([v not in _TRUE and v not in _FALSE for v in norm], dtype=bool)
+    reasons.add(bad, lambda i: f"column '{name}': expected true or false")
+    return parsed
+
+
+def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Table]:
+    """Split a chunk into ``(valid, invalid)`` tables; every input row is in exactly one."""
+    table, n = raw.table, raw.table.num_rows
+    reasons = _Reasons(n)
+    derived_ids = [f"{raw.shard.source}:{off}" for off in raw.offsets.tolist()]
+    if contract.id_column is not None:
+        id_col = table.column(contract.id_column).cast(pa.string())
+        id_missing = id_col.is_null().to_numpy(zero_copy_only=False)
+        reasons.add(id_missing, lambda i: f"column '{contract.id_column}': missing id")
+        ids = np.where(id_missing, np.array(derived_ids, dtype=object), id_col.to_numpy(zero_copy_only=False))
+    else:
+        ids = np.array(derived_ids, dtype=object)
+
+    label = table.column(contract.label_column)
+    label_missing = label.is_null().to_numpy(zero_copy_only=False)
+    if _is_text(label.type):
+        label = label.cast(pa.string())
+        label_missing |= (pc.utf8_trim_whitespace(label).to_numpy(zero_copy_only=False) == "") & ~label_missing
+    reasons.add(label_missing, lambda i: f"column '{contract.label_column}': missing label")
+    features = [_as_float(table.column(name), name, reasons) for name in contract.feature_columns]
+    truth = _as_bool(table.column(POISONED), POISONED, reasons) if POISONED in table.column_names else None
+
+    bad = reasons.bad
+    ok = ~bad
+    columns = {ROW_ID: pa.array(ids[ok], pa.string()), contract.label_column: label.filter(pa.array(ok)).cast(contract.label_type)}
+    for name, values in zip(contract.feature_columns, features):
+        columns[name] = pa.array(values[ok], pa.float64())
+    for name, typ in contract.passthrough:
+        if name == POISONED:
+            columns[name] = pa.array(truth[ok], pa.bool_())
+        else:
+            columns[name] = table.column(name).filter(pa.array(ok)).cast(typ)
+    valid = pa.table(columns, schema=contract.valid_schema())
+
+    invalid_rows = {
+        ROW_ID: list(ids[bad]),
+        SOURCE: [raw.shard.source] * int(bad.sum()),
+        REASON: list(reasons.text[bad]),
+    }
+    for name in contract.columns:
+        if name in invalid_rows:
+            continue
+        invalid_rows[name] = _as_text(table.column(name).filter(pa.array(bad)))
+    for offset, reason in raw.malformed:
+        invalid_rows[ROW_ID].append(f"{raw.shard.source}:{offset}")
+        invalid_rows[SOURCE].append(raw.shard.source)
+        invalid_rows[REASON].append(reason)
+        for name in contract.columns:
+            if name not in (ROW_ID, SOURCE, REASON):
+                invalid_rows[name].append(None)
+    invalid = pa.table(invalid_rows, schema=contract.invalid_schema())
+    return valid, invalid
+
+
+def _as_text(column: pa.ChunkedArray) -> list:
+    try:
+        return column.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return [None if v is None else str(v) for v in column.to_pylist()]

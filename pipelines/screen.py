@@ -1,0 +1,353 @@
+"""The screening job: read -> validate -> fit the detector -> score and flag -> write.
+
+:func:`run_screen` is the whole job behind ``poisonguard screen``; :class:`ScreenBatches`
+is the same work as one composite ``PTransform`` for a user's own pipeline.
+
+Output layout under ``out``::
+
+    cleaned/      Parquet parts: valid rows that were not flagged, with their scores
+    quarantine/   Parquet parts: flagged rows, with scores and the reason
+    invalid/      Parquet parts: rows that failed parsing or validation, values as text
+    report.json   counts, per-class summaries, detector parameters, policy verdict, timings
+
+Everything is first written to a staging directory inside ``out`` and moved into place
+only when the whole job succeeded, so a failed run leaves no half-written outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import apache_beam as beam
+
+from .. import __version__
+from ..detectors import DETECTORS, BaseDetector
+from ..schemas import OUTPUTS, ConfigError, PoisonguardError
+from .io import discover_shards, part_name, write_part
+from .report import write_report
+from .rows import Contract, resolve_contract
+from .runners import RunnerConfig, RunnerSession, runner_session
+from .summary import ScreenSummary
+from .transforms import MergeAll, ScreenedChunk, batch_statistics, calibrate, read_and_validate, reference_summary, screen_chunk
+
+log = logging.getLogger("poisonguard")
+
+DEFAULT_BATCH_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When a batch is rejected (exit code 1): more flagged or invalid rows than allowed.
+
+    Fractions are of all input rows; the default rejects a batch with any flagged row and
+    tolerates invalid rows (they are reported, and kept in ``invalid/``).
+    """
+
+    max_flagged_fraction: float = 0.0
+    max_invalid_fraction: float = 1.0
+
+    def __post_init__(self):
+        for name in ("max_flagged_fraction", "max_invalid_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a fraction in [0, 1], got {value}")
+
+    def verdict(self, summary: ScreenSummary) -> dict:
+        n = max(summary.rows_in, 1)
+        flagged, invalid = summary.quarantine / n, summary.invalid / n
+        reasons = []
+        if flagged > self.max_flagged_fraction:
+            reasons.append(f"{summary.quarantine} flagged rows ({flagged:.2%}) exceed the allowed {self.max_flagged_fraction:.2%}")
+        if invalid > self.max_invalid_fraction:
+            reasons.append(f"{summary.invalid} invalid rows ({invalid:.2%}) exceed the allowed {self.max_invalid_fraction:.2%}")
+        return {
+            "max_flagged_fraction": self.max_flagged_fraction,
+            "max_invalid_fraction": self.max_invalid_fraction,
+            "flagged_fraction": flagged,
+            "invalid_fraction": invalid,
+            "breached": bool(reasons),
+            "reasons": reasons,
+        }
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """Everything ``poisonguard screen`` needs; see the CLI help for each field."""
+
+    inputs: tuple[str, ...]
+    out: str
+    label_column: str = "label"
+    id_column: str | None = None
+    feature_columns: tuple[str, ...] | None = None
+    detector: str = "spectral"
+    detector_params: dict = field(default_factory=dict)
+    contamination: float | None = None
+    reference: tuple[str, ...] = ()
+    target_fpr: float = 0.01
+    policy: Policy = field(default_factory=Policy)
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def make_detector(self) -> BaseDetector:
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"--detectors: unknown detector {self.detector!r}; expected one of: {', '.join(DETECTORS)}")
+        params = dict(self.detector_params)
+        if self.contamination is not None:
+            params["contamination"] = self.contamination
+        det = DETECTORS[self.detector](**params)
+        try:
+            det._validate_params()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"detector {self.detector}: {exc}") from None
+        return det
+
+
+@dataclass
+class ScreenResult:
+    """What :func:`run_screen` returns: the report (as written) and where things are."""
+
+    report: dict
+    out: str
+
+    @property
+    def breached(self) -> bool:
+        return self.report["policy"]["breached"]
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.out, name)
+
+
+# -- one pipeline per pass -------------------------------------------------------------------
+# Each pass is a linear chain ending in one terminal step that saves a small result in the
+# staging directory; the driver turns it into the next pass's constant. This is the shape
+# every runner, DaskRunner included, executes correctly (see ScreenBatches for the
+# single-pipeline variant).
+def _save(result, path: str) -> int:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(result, fh)
+    os.replace(tmp, path)
+    return 1
+
+
+def _load(path: str, what: str):
+    if not os.path.exists(path):
+        raise PoisonguardError(f"the pipeline finished without producing its {what}; nothing was written")
+    with open(path, "rb") as fh:
+        result = pickle.load(fh)
+    os.remove(path)
+    return result
+
+
+def _read_statistics(shard, contract, batch_rows, detector, stage, state):
+    for chunk in read_and_validate(shard, contract, batch_rows):
+        yield from batch_statistics(chunk, detector, stage, state, contract)
+
+
+def _read_reference(shard, contract, batch_rows, model):
+    for chunk in read_and_validate(shard, contract, batch_rows):
+        yield reference_summary(chunk, model, contract)
+
+
+def _read_screen_write(shard, contract, batch_rows, model, detector_name, staging):
+    for chunk in read_and_validate(shard, contract, batch_rows):
+        yield write_screened(screen_chunk(chunk, model, detector_name, contract), staging)
+
+
+def write_screened(chunk: ScreenedChunk, staging: str) -> ScreenSummary:
+    """Write a screened chunk's three parts; return its summary."""
+    name = part_name(chunk.shard_index, chunk.number)
+    for output in OUTPUTS:
+        write_part(getattr(chunk, output), os.path.join(staging, output), name)
+    log.info("screened %s: %d rows, %d flagged, %d invalid", name, chunk.summary.rows_in, chunk.summary.quarantine, chunk.summary.invalid)
+    return chunk.summary
+
+
+def fit_passes(session: RunnerSession, detector, shards, contract: Contract, batch_rows: int, staging: str):
+    """Run the detector's fit passes, one pipeline each; return the model."""
+    state = detector.initial_state(len(contract.feature_columns))
+    for stage in range(detector.n_stages):
+        path = os.path.join(staging, f"_pass{stage}.pkl")
+        started = time.perf_counter()
+        session.run(lambda p: (
+            p
+            | "Shards" >> beam.Create(shards, reshuffle=False)
+            | "Summarise" >> beam.FlatMap(_read_statistics, contract, batch_rows, detector, stage, state)
+            | "MergePerClass" >> beam.CombinePerKey(MergeAll())
+            | "Collect" >> beam.combiners.ToDict()
+            | "Save" >> beam.Map(_save, path)
+        ))
+        state = detector.advance(stage, state, _load(path, f"pass {stage} statistics") or {})
+        log.info("%s: fit pass %d/%d done in %.1f s", detector.name, stage + 1, detector.n_stages, time.perf_counter() - started)
+    return state
+
+
+def calibrate_pass(session: RunnerSession, model, ref_shards, contract: Contract, batch_rows: int, target_fpr: float, staging: str):
+    path = os.path.join(staging, "_reference.pkl")
+    session.run(lambda p: (
+        p
+        | "Shards" >> beam.Create(ref_shards, reshuffle=False)
+        | "ScoreReference" >> beam.FlatMap(_read_reference, contract, batch_rows, model)
+        | "Merge" >> beam.CombineGlobally(MergeAll())
+        | "Save" >> beam.Map(_save, path)
+    ))
+    reference = _load(path, "reference summary")
+    return calibrate(model, reference, target_fpr), reference
+
+
+def screen_pass(session: RunnerSession, model, detector_name: str, shards, contract: Contract, batch_rows: int, staging: str) -> ScreenSummary:
+    path = os.path.join(staging, "_summary.pkl")
+    session.run(lambda p: (
+        p
+        | "Shards" >> beam.Create(shards, reshuffle=False)
+        | "ScreenAndWrite" >> beam.FlatMap(_read_screen_write, contract, batch_rows, model, detector_name, staging)
+        | "Summarise" >> beam.CombineGlobally(MergeAll())
+        | "Save" >> beam.Map(_save, path)
+    ))
+    return _load(path, "summary") or ScreenSummary()
+
+
+# -- the job ---------------------------------------------------------------------------------
+def run_screen(config: ScreenConfig) -> ScreenResult:
+    """Run the screening job end to end; raises PoisonguardError for bad input or options."""
+    t0 = time.perf_counter()
+    detector = config.make_detector()
+    if config.batch_rows < 1:
+        raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
+    shards = discover_shards(list(config.inputs))
+    contract = resolve_contract(
+        shards, label_column=config.label_column, id_column=config.id_column,
+        feature_columns=list(config.feature_columns) if config.feature_columns else None,
+    )
+    ref_shards, ref_contract = [], None
+    if config.reference:
+        ref_shards = discover_shards(list(config.reference))
+        ref_contract = _reference_contract(contract, ref_shards)
+    total_bytes = sum(os.path.getsize(s.path) for s in shards)
+    log.info("screening %d file(s), %.1f MB: label '%s', %d feature column(s), detector %s, runner %s x%d",
+             len(shards), total_bytes / 1e6, contract.label_column, len(contract.feature_columns),
+             detector.name, config.runner.runner, config.runner.workers)
+    timings = {"inspect_s": time.perf_counter() - t0}
+
+    os.makedirs(config.out, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".poisonguard-staging-", dir=config.out)
+    try:
+        with runner_session(config.runner) as session:
+            t = time.perf_counter()
+            model = fit_passes(session, detector, shards, contract, config.batch_rows, staging)
+            timings["fit_s"] = time.perf_counter() - t
+            reference = None
+            if ref_shards:
+                t = time.perf_counter()
+                model, reference = calibrate_pass(session, model, ref_shards, ref_contract, config.batch_rows, config.target_fpr, staging)
+                timings["calibrate_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            summary = screen_pass(session, model, detector.name, shards, contract, config.batch_rows, staging)
+            timings["screen_s"] = time.perf_counter() - t
+        _check_conservation(summary)
+        report = build_report(config, detector, contract, shards, summary, model,
+                              {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings)
+        for output in OUTPUTS:
+            os.makedirs(os.path.join(staging, output), exist_ok=True)
+        report["timings"]["total_s"] = time.perf_counter() - t0
+        write_report(report, os.path.join(staging, "report.json"))
+        _publish(staging, config.out)
+        log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
+                 report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
+        return ScreenResult(report, config.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _reference_contract(contract: Contract, ref_shards) -> Contract:
+    """Reference rows are read with the batch's label and feature columns and their own extra columns."""
+    ref = resolve_contract(ref_shards, label_column=contract.label_column, id_column=contract.id_column,
+                           feature_columns=list(contract.feature_columns))
+    return Contract(contract.label_column, contract.id_column, contract.feature_columns, contract.label_type, ref.passthrough, ref.columns)
+
+
+def _check_conservation(summary: ScreenSummary) -> None:
+    if summary.cleaned + summary.quarantine + summary.invalid != summary.rows_in:
+        raise PoisonguardError(
+            f"row conservation violated: {summary.rows_in} rows in, but {summary.cleaned} cleaned + "
+            f"{summary.quarantine} quarantined + {summary.invalid} invalid; outputs were not written"
+        )
+
+
+def _publish(staging: str, out: str) -> None:
+    """Move the finished outputs from staging into ``out``, replacing earlier ones."""
+    for name in (*OUTPUTS, "report.json"):
+        target = os.path.join(out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.exists(target):
+            os.remove(target)
+    for name in (*OUTPUTS, "report.json"):  # the report last: its presence means the run completed
+        os.replace(os.path.join(staging, name), os.path.join(out, name))
+
+
+def build_report(config: ScreenConfig, detector, contract: Contract, shards, summary: ScreenSummary, model, reference, timings) -> dict:
+    import apache_beam
+    import numba
+    import numpy
+    import pandas
+    import pyarrow
+    import sklearn
+
+    threshold_mode = "reference" if reference else ("auto" if detector.get_params().get("contamination") == "auto" else "contamination")
+    report = {
+        "job": "screen",
+        "poisonguard_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {
+            "paths": list(config.inputs),
+            "files": [s.path for s in shards],
+            "label_column": contract.label_column,
+            "id_column": contract.id_column,
+            "feature_columns": list(contract.feature_columns),
+            "label_type": str(contract.label_type),
+        },
+        "counts": {
+            "rows_in": summary.rows_in,
+            "valid": summary.cleaned + summary.quarantine,
+            "cleaned": summary.cleaned,
+            "quarantine": summary.quarantine,
+            "invalid": summary.invalid,
+        },
+        "outputs": {name: os.path.join(config.out, name) for name in OUTPUTS},
+        "detectors": [
+            {
+                "name": detector.name,
+                "params": {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in detector.get_params().items()},
+                "threshold_mode": threshold_mode,
+                "target_fpr": config.target_fpr if reference else None,
+                "classes": model.summary(),
+            }
+        ],
+        "classes": {label: cs.to_json() for label, cs in sorted(summary.classes.items())},
+        "reference": ({"paths": list(config.reference), **reference} if reference else None),
+        "policy": config.policy.verdict(summary),
+        "detection": summary.detection_json(),
+        "runner": config.runner.describe(),
+        "batch_rows": config.batch_rows,
+        "timings": dict(timings),
+        "versions": {
+            "python": platform.python_version(),
+            "poisonguard": __version__,
+            "apache_beam": apache_beam.__version__,
+            "pyarrow": pyarrow.__version__,
+            "pandas": pandas.__version__,
+            "numpy": numpy.__version__,
+            "scikit_learn": sklearn.__version__,
+            "numba": numba.__version__,
+        },
+    }
+    return report
