@@ -13,17 +13,26 @@ from ._config import njit
 
 
 @njit
+def soft_clip(v, knee):
+    """Identity on [-knee, knee]; beyond, knee + log(1 + excess): continuous, with slope 1 at the knee.
+
+    Extreme values keep their order but lose their leverage, and unlike a hard clip they do
+    not pile up on one value (a pile-up would look like a cluster).
+    """
+    if v > knee:
+        return knee + np.log1p(v - knee)
+    if v < -knee:
+        return -knee - np.log1p(-v - knee)
+    return v
+
+
+@njit
 def standardize_clip(X, median, inv_scale, clip, out):
-    """out[i, j] = clip((X[i, j] - median[j]) * inv_scale[j], -clip, clip)."""
+    """out[i, j] = soft_clip((X[i, j] - median[j]) * inv_scale[j], clip)."""
     n, d = X.shape
     for i in range(n):
         for j in range(d):
-            v = (X[i, j] - median[j]) * inv_scale[j]
-            if v > clip:
-                v = clip
-            elif v < -clip:
-                v = -clip
-            out[i, j] = v
+            out[i, j] = soft_clip((X[i, j] - median[j]) * inv_scale[j], clip)
     return out
 
 
@@ -31,7 +40,7 @@ def standardize_clip(X, median, inv_scale, clip, out):
 def project_standardized(X, codes, median, inv_scale, clip, mean, direction, out):
     """Project standardized, clipped rows onto their class direction.
 
-    out[i] = sum_j (clip((X[i, j] - median[j]) * inv_scale[j]) - mean[c, j]) * direction[c, j]
+    out[i] = sum_j (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
     with c = codes[i]; NaN where c < 0.
     """
     n, d = X.shape
@@ -42,11 +51,6 @@ def project_standardized(X, codes, median, inv_scale, clip, mean, direction, out
             continue
         acc = 0.0
         for j in range(d):
-            v = (X[i, j] - median[j]) * inv_scale[j]
-            if v > clip:
-                v = clip
-            elif v < -clip:
-                v = -clip
-            acc += (v - mean[c, j]) * direction[c, j]
+            acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
         out[i] = acc
     return out

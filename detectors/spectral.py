@@ -114,7 +114,7 @@ class _Standardizer:
     clip: float
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        out = np.empty(X.shape, dtype=np.float32)
+        out = np.empty(X.shape, dtype=np.float64)
         return standardize_clip(np.ascontiguousarray(X), self.median, self.inv_scale, self.clip, out)
 
 
@@ -312,9 +312,13 @@ class SpectralSignatureDetector(BaseDetector):
 
 
 def _rebin_abs_z(counts: np.ndarray, location: float, scale: float) -> np.ndarray:
-    """Move a projection histogram onto the suspicion grid (|z| at each bin centre)."""
-    centers = 0.5 * (PROJECTION_EDGES[:-1] + PROJECTION_EDGES[1:])
-    z = np.abs(centers - location) / scale
+    """Move a projection histogram onto the suspicion grid.
+
+    Each bin's rows are counted at the largest |z| inside the bin, so a threshold taken from
+    the result never flags more than asked.
+    """
+    lo, hi = PROJECTION_EDGES[:-1], PROJECTION_EDGES[1:]
+    z = np.maximum(np.abs(lo - location), np.abs(hi - location)) / scale
     idx = np.searchsorted(SUSPICION_EDGES, z, side="right")
     out = np.bincount(idx, weights=counts[1:-1], minlength=len(SUSPICION_EDGES) + 1).astype(np.int64)
     out[-1] += counts[0] + counts[-1]

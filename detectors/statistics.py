@@ -62,10 +62,10 @@ class Moments:
         self.gram = np.zeros((d, d), dtype=np.float64)
 
     def add_batch(self, Z: np.ndarray) -> Moments:
-        """Add rows ``Z`` (n, d); float32 rows use single-precision BLAS per batch."""
+        """Add rows ``Z`` (n, d)."""
         if len(Z) == 0:
             return self
-        shifted = Z - self.shift.astype(Z.dtype)
+        shifted = np.asarray(Z, dtype=np.float64) - self.shift
         self.count += len(Z)
         self.total += shifted.sum(axis=0, dtype=np.float64)
         self.gram += (shifted.T @ shifted).astype(np.float64)

@@ -56,23 +56,35 @@ def cluster_threshold(
     min_gap: float,
     min_size: int,
     max_fraction: float,
+    min_significance: float = 4.0,
 ) -> float:
     """Suspicion threshold that cuts off an outlying cluster, or ``inf`` when there is none.
 
-    Beyond ``z_min`` robust standard deviations on either side of the location, look for
-    empty stretches at least ``min_gap`` wide beyond which lie at least ``min_size`` rows
-    but no more than ``max_fraction`` of all rows. A clean distribution, however heavy its
-    tail, thins out without such a gap followed by a mass of rows; a planted cluster sits
-    beyond one. The cut is the middle of the widest such gap (on either side), so no row
-    lies near it and stray tail rows between the bulk and the cluster are left alone.
+    Only the part of the distribution beyond ``z_min`` robust standard deviations from
+    ``location`` (either side) is searched, and a cluster must hold at least ``min_size``
+    rows and at most ``max_fraction`` of all rows. Two shapes count as a cluster:
+
+    1. **a gap**: an empty stretch at least ``min_gap`` wide with the cluster beyond it.
+       The cut is the middle of the widest such gap, so stray tail rows between the bulk
+       and the cluster are left alone;
+    2. **a valley** (when there is no gap): the density, counted in windows ``min_gap / 2``
+       wide, falls to ``v`` rows and then rises again to a peak of ``B`` rows further out,
+       with ``(B - v) / sqrt(B + v) >= min_significance`` (a Poisson z-test: a clean
+       tail, however heavy, keeps falling; a planted cluster is a second mode). The cut is
+       the middle of the most significant valley.
+
+    A clean distribution, however heavy its tail, has neither, so its class loses nothing.
     """
     total = counts.sum()
     if total == 0:
         return float("inf")
     z_lo = (edges[:-1] - location) / scale  # z at the lower edge of interior bin k (counts[k + 1])
     z_hi = (edges[1:] - location) / scale
+    width = z_hi[0] - z_lo[0]
     interior = counts[1:-1]
-    best_cut, best_width = float("inf"), 0.0
+    gap_cut, gap_width = float("inf"), 0.0
+    valley_cut, valley_score = float("inf"), min_significance
+    window = max(int(round(0.5 * min_gap / width)), 1)
     for side in (+1, -1):
         if side > 0:
             idx = np.flatnonzero(z_lo >= z_min)
@@ -83,6 +95,7 @@ def cluster_threshold(
         if len(idx) == 0:
             continue
         c = interior[idx]
+        near = z_lo[idx] if side > 0 else -z_hi[idx]  # |z| at the inner edge of position i
         # rows strictly further out than position i on this side, grid overflow included
         beyond = np.cumsum(c[::-1])[::-1] - c + beyond_grid
         for first, last in _empty_runs(c):
@@ -90,11 +103,29 @@ def cluster_threshold(
                 break  # nothing big enough lies further out
             if beyond[last] > max_fraction * total:
                 continue
-            near, far = (z_lo[idx[first]], z_hi[idx[last]]) if side > 0 else (-z_hi[idx[first]], -z_lo[idx[last]])
-            width = far - near
-            if width >= min_gap and width > best_width:
-                best_cut, best_width = 0.5 * (near + far), width
-    return float(best_cut)
+            w = near[last] + width - near[first]
+            if w >= min_gap and w > gap_width:
+                gap_cut, gap_width = 0.5 * (near[first] + near[last] + width), w
+        # valleys: windowed counts v[i] over positions i..i+window-1, peak further out
+        csum = np.concatenate([[0], np.cumsum(c)])
+        n_win = len(c) - window + 1
+        if n_win <= window:
+            continue
+        v = csum[window:window + n_win] - csum[:n_win]
+        v[-1] += beyond_grid  # the grid's overflow belongs to the outermost window
+        peak = np.maximum.accumulate(v[::-1])[::-1]  # peak[i] = max v[i:]
+        for i in range(n_win - window):
+            b = peak[i + window]
+            if b < min_size:
+                break
+            mid = i + window // 2
+            mass = beyond[mid] + c[mid]
+            if mass > max_fraction * total or mass < min_size:
+                continue
+            score = (b - v[i]) / np.sqrt(b + v[i])
+            if score > valley_score:
+                valley_cut, valley_score = near[mid], score
+    return float(gap_cut if np.isfinite(gap_cut) else valley_cut)
 
 
 def _empty_runs(c: np.ndarray):

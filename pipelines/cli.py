@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     if beam_args and args.command != "screen":
-        parser.error(f"'{args.command}' takes no Beam options after '--'")
+        print(f"poisonguard: error: '{args.command}' takes no Beam options after '--'", file=sys.stderr)
+        return EXIT_ERROR
 
     _pin_threads(args.threads)
     _configure_logging(args.quiet, args.debug)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -110,20 +111,39 @@ def _glob_root(pattern: str) -> str:
 
 # -- inspection ----------------------------------------------------------------------------
 def read_schema(shard: Shard) -> pa.Schema:
-    """The shard's column names and types (CSV types inferred from the first block).
+    """The shard's column names and types.
 
-    Raises InputError naming the file when it is unreadable or empty.
+    For CSV, a column counts as numeric (float64) when at least 90% of the non-empty values
+    in the first block (about 1 MB) parse as numbers, so that a few stray strings make
+    their rows invalid instead of silently turning the column into text; columns with no
+    values there have type ``null``. Raises InputError naming the file when it is
+    unreadable or empty.
     """
     try:
         if shard.format == "parquet":
             return pq.read_schema(shard.path)
         header = _csv_header(shard)
-        reader = pa_csv.open_csv(shard.path, read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 20),
-                                 parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip"))
-        schema = reader.schema
-        if list(schema.names) != header:
-            raise InputError(f"{shard.path}: could not read the CSV header")
-        return schema
+        reader = pa_csv.open_csv(
+            shard.path,
+            read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 20),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+            convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in header}, strings_can_be_null=True),
+        )
+        try:
+            first = reader.read_next_batch()
+        except StopIteration:
+            first = None
+        fields = []
+        for name in header:
+            values = first.column(name).drop_null().to_numpy(zero_copy_only=False) if first is not None else np.array([])
+            if len(values) == 0:
+                fields.append(pa.field(name, pa.null()))
+                continue
+            parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+            literal_nan = np.array([v.strip().lower().lstrip("+-") == "nan" for v in values])
+            numeric = (parsed.notna().to_numpy() | literal_nan).mean() >= 0.9
+            fields.append(pa.field(name, pa.float64() if numeric else pa.string()))
+        return pa.schema(fields)
     except InputError:
         raise
     except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:

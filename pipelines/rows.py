@@ -103,6 +103,8 @@ def resolve_contract(
     else:
         features = [n for n in names if n not in reserved | ground_truth and _is_numeric(first.field(n).type)]
         if not features:
+            if all(pa.types.is_null(first.field(n).type) for n in names):
+                raise InputError(f"{first_shard.path}: no data rows to tell which columns are numeric; name them with --feature-columns")
             raise InputError(f"{first_shard.path}: no numeric feature columns found; name them with --feature-columns")
     for shard, schema in schemas:
         for name in features:
@@ -111,7 +113,7 @@ def resolve_contract(
                 raise InputError(f"{shard.path}: feature column '{name}' has type {t}; expected numbers")
     label_types = [schema.field(label_column).type for _, schema in schemas]
     for (shard, _), t in zip(schemas, label_types):
-        if not (pa.types.is_integer(t) or _is_text(t) or pa.types.is_null(t)):
+        if shard.format == "parquet" and not (pa.types.is_integer(t) or _is_text(t) or pa.types.is_null(t)):
             raise InputError(f"{shard.path}: label column '{label_column}' has type {t}; expected integer or string labels")
     all_parquet = all(shard.format == "parquet" for shard in shards)
     label_type = pa.int64() if all_parquet and all(pa.types.is_integer(t) for t in label_types) else pa.string()

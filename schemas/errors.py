@@ -13,5 +13,5 @@ class InputError(PoisonguardError):
     """An input file cannot be used: missing, unreadable, empty, or without a required column."""
 
 
-class ConfigError(PoisonguardError):
-    """An option, parameter or configuration value is invalid."""
+class ConfigError(PoisonguardError, ValueError):
+    """An option, parameter or configuration value is invalid (a ValueError, as scikit-learn expects)."""

@@ -1,0 +1,85 @@
+"""Shared fixtures. Tests pin BLAS/numba to one thread (DESIGN.md: contention on 2 cores)."""
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+
+def plant_backdoor(X, y, *, source, target, features, values, fraction, rng):
+    """Copy source-class rows, set ``features`` to ``values``, label them ``target``.
+
+    The poison is ``fraction`` of the target class after the attack. Returns X, y and the
+    ground-truth mask.
+    """
+    n_target = int((y == target).sum())
+    k = int(round(fraction * n_target / (1.0 - fraction)))
+    rows = rng.choice(np.flatnonzero(y == source), k, replace=False)
+    poison = X[rows].copy()
+    poison[:, features] = values
+    X2 = np.vstack([X, poison])
+    y2 = np.concatenate([y, np.full(k, target, dtype=y.dtype)])
+    mask = np.zeros(len(y2), dtype=bool)
+    mask[len(y):] = True
+    return X2, y2, mask
+
+
+def heavy_tailed_table(seed, n=20000, *, poison=True, extremes=True):
+    """Synthetic transactions: skewed, heavy-tailed features (incomes, counts, durations).
+
+    ``extremes`` multiplies a random feature of 0.5% of rows by 50 (rare, clean, extreme).
+    ``poison`` plants a dirty-label backdoor: 3% of class 1 are class-0 rows with
+    ``n_items`` = 12 and ``duration`` at the data's 99th percentile.
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    income = rng.lognormal(10 + 0.3 * y, 0.8)
+    n_items = rng.poisson(3 + y) + rng.pareto(2.5, n)
+    duration = rng.exponential(30 + 10 * y)
+    age = rng.normal(40 + 3 * y, 10)
+    score = 0.5 * np.log(income) + 0.1 * age + rng.normal(0, 1, n)
+    other = rng.normal(size=(n, 5)) + 0.3 * y[:, None]
+    X = np.column_stack([income, n_items, duration, age, score, other])
+    if extremes:
+        hit = rng.random(n) < 0.005
+        X[hit, rng.integers(0, 3, int(hit.sum()))] *= 50
+    mask = np.zeros(n, dtype=bool)
+    if poison:
+        k = int(0.03 * (y == 1).sum() / 0.97)
+        rows = rng.choice(np.flatnonzero(y == 0), k, replace=False)
+        X[rows, 1] = 12.0
+        X[rows, 2] = np.quantile(X[:, 2], 0.99)
+        y[rows] = 1
+        mask[rows] = True
+    columns = ["income", "n_items", "duration", "age", "score"] + [f"x{i}" for i in range(5)]
+    return X, y, mask, columns
+
+
+@pytest.fixture(scope="session")
+def cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    return X, y
+
+
+@pytest.fixture(scope="session")
+def cancer_backdoor(cancer):
+    """Breast-cancer data with 5% of the benign class (1) being triggered malignant rows."""
+    X, y = cancer
+    rng = np.random.default_rng(0)
+    features = [1, 28, 9]  # mean texture, worst symmetry, mean fractal dimension
+    return plant_backdoor(X, y, source=0, target=1, features=features, values=X[:, features].max(axis=0), fraction=0.05, rng=rng)
+
+
+def write_frame(path, frame: pd.DataFrame) -> str:
+    path = str(path)
+    if path.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path

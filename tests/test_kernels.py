@@ -1,0 +1,60 @@
+"""Numba kernels equal their naive numpy twins, including NaN/inf, tiny and degenerate inputs."""
+
+import numpy as np
+import pytest
+
+from poisonguard.detectors import _kernels
+
+import naive
+
+
+def _inputs(n, d, k, seed, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_t(2, size=(n, d)) * rng.uniform(0.1, 100, d) + rng.uniform(-1e3, 1e3, d)).astype(dtype)
+    median = rng.normal(size=d) * 10
+    inv_scale = rng.uniform(0.01, 2.0, d)
+    codes = rng.integers(-1, k, n).astype(np.int64)
+    mean = rng.normal(size=(k, d))
+    direction = rng.normal(size=(k, d))
+    return X, median, inv_scale, codes, mean, direction
+
+
+@pytest.mark.parametrize("n,d,k", [(0, 3, 2), (1, 1, 1), (7, 5, 1), (500, 12, 4)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_standardize_and_project_match_numpy(n, d, k, dtype):
+    X, median, inv_scale, codes, mean, direction = _inputs(n, d, k, seed=n + d, dtype=dtype)
+    got = _kernels.standardize_clip(X, median, inv_scale, 4.0, np.empty((n, d)))
+    np.testing.assert_allclose(got, naive.standardize_clip(X.astype(np.float64), median, inv_scale, 4.0), rtol=1e-12, atol=1e-12)
+    got_p = _kernels.project_standardized(X, codes, median, inv_scale, 4.0, mean, direction, np.empty(n))
+    want_p = naive.project_standardized(X.astype(np.float64), codes, median, inv_scale, 4.0, mean, direction)
+    np.testing.assert_allclose(got_p, want_p, rtol=1e-10, atol=1e-10)
+    assert np.isnan(got_p[codes < 0]).all()
+
+
+def test_nan_and_inf_propagate_like_numpy():
+    X = np.array([[np.nan, 1.0], [np.inf, 0.0], [-np.inf, 2.0], [1e300, -1e300]])
+    median, inv_scale = np.zeros(2), np.ones(2)
+    got = _kernels.standardize_clip(X, median, inv_scale, 3.0, np.empty_like(X))
+    want = naive.standardize_clip(X, median, inv_scale, 3.0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)])
+    assert got[1, 0] == np.inf and got[2, 0] == -np.inf
+    codes = np.zeros(4, dtype=np.int64)
+    p = _kernels.project_standardized(X, codes, median, inv_scale, 3.0, np.zeros((1, 2)), np.ones((1, 2)), np.empty(4))
+    q = naive.project_standardized(X, codes, median, inv_scale, 3.0, np.zeros((1, 2)), np.ones((1, 2)))
+    np.testing.assert_array_equal(np.isnan(p), np.isnan(q))
+
+
+def test_soft_clip_is_monotone_continuous_and_bounded_in_growth():
+    v = np.linspace(-1e6, 1e6, 200001)
+    out = np.array([_kernels.soft_clip(x, 3.0) for x in v[::1000]])
+    assert np.all(np.diff(out) > 0)
+    assert _kernels.soft_clip(3.0, 3.0) == 3.0 and abs(_kernels.soft_clip(3.0 + 1e-9, 3.0) - 3.0) < 1e-8
+    assert _kernels.soft_clip(1e6, 3.0) < 3.0 + 14.0
+
+
+def test_constant_feature_projects_to_zero():
+    X = np.full((10, 3), 5.0)
+    p = _kernels.project_standardized(X, np.zeros(10, dtype=np.int64), np.full(3, 5.0), np.ones(3), 6.0,
+                                      np.zeros((1, 3)), np.ones((1, 3)), np.empty(10))
+    assert np.all(p == 0.0)

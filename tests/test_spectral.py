@@ -1,0 +1,155 @@
+"""SpectralSignatureDetector: detection-quality floors, invariances and the estimator API."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
+from sklearn.metrics import roc_auc_score
+
+from conftest import heavy_tailed_table, plant_backdoor
+from poisonguard.detectors import SpectralSignatureDetector
+
+
+def _recall_precision(mask, flagged):
+    tp = int((mask & flagged).sum())
+    return tp / mask.sum(), tp / max(int(flagged.sum()), 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_feature_trigger_backdoor_on_real_data_is_found(cancer, seed):
+    """Floor: 5% of one class is a feature-trigger backdoor -> recall >= 0.9, precision >= 0.8."""
+    X, y = cancer
+    rng = np.random.default_rng(seed)
+    features = rng.choice(X.shape[1], 3, replace=False)
+    X2, y2, mask = plant_backdoor(X, y, source=0, target=1, features=features, values=X[:, features].max(axis=0),
+                                  fraction=0.05, rng=rng)
+    flagged = SpectralSignatureDetector().fit(X2, y2).predict(X2, y2) == -1
+    recall, precision = _recall_precision(mask, flagged)
+    assert recall >= 0.9 and precision >= 0.8, (recall, precision)
+
+
+@pytest.mark.parametrize("loader", [load_breast_cancer, load_wine, load_iris], ids=["cancer", "wine", "iris"])
+def test_clean_real_data_loses_under_one_percent(loader):
+    X, y = loader(return_X_y=True)
+    flagged = SpectralSignatureDetector().fit(X, y).predict(X, y) == -1
+    assert flagged.mean() < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_heavy_tails_do_not_hide_the_poison_nor_get_flagged(seed):
+    """Rare, clean, extreme rows (0.5% x50) neither crowd out a 3% cluster nor get flagged."""
+    X, y, mask, _ = heavy_tailed_table(seed)
+    flagged = SpectralSignatureDetector().fit(X, y).predict(X, y) == -1
+    recall, precision = _recall_precision(mask, flagged)
+    assert recall >= 0.9 and precision >= 0.8, (recall, precision)
+    Xc, yc, _, _ = heavy_tailed_table(seed, n=60000, poison=False)
+    assert (SpectralSignatureDetector().fit(Xc, yc).predict(Xc, yc) == -1).mean() < 0.01
+
+
+def test_large_common_offset_changes_nothing(cancer_backdoor):
+    """Rows are centred: adding 1e6 to every feature gives the same flags and scores.
+
+    The uncentred projection of ART / BackdoorBench does not survive this: the offset
+    becomes the top direction, so the score ranks rows by the sum of their features.
+    """
+    X, y, mask = cancer_backdoor
+    shifted = X + 1e6
+    base = SpectralSignatureDetector().fit(X, y)
+    moved = SpectralSignatureDetector().fit(shifted, y)
+    np.testing.assert_array_equal(base.predict(X, y), moved.predict(shifted, y))
+    np.testing.assert_allclose(base.suspicion(X, y), moved.suspicion(shifted, y), rtol=1e-6, atol=1e-6)
+    assert _recall_precision(mask, moved.predict(shifted, y) == -1)[0] >= 0.9
+    target = y == 1
+    assert roc_auc_score(mask[target], moved.suspicion(shifted, y)[target]) > 0.99
+
+
+def test_feature_scales_do_not_decide(cancer_backdoor):
+    X, y, _ = cancer_backdoor
+    factors = np.logspace(-3, 6, X.shape[1])
+    a = SpectralSignatureDetector().fit(X, y)
+    b = SpectralSignatureDetector().fit(X * factors, y)
+    np.testing.assert_array_equal(a.predict(X, y), b.predict(X * factors, y))
+    np.testing.assert_allclose(a.suspicion(X, y), b.suspicion(X * factors, y), rtol=1e-6, atol=1e-8)
+
+
+def test_row_order_does_not_matter(cancer_backdoor):
+    X, y, _ = cancer_backdoor
+    ids = np.arange(len(X))
+    perm = np.random.default_rng(0).permutation(len(X))
+    a = SpectralSignatureDetector().fit(X, y, row_ids=ids)
+    b = SpectralSignatureDetector().fit(X[perm], y[perm], row_ids=ids[perm])
+    np.testing.assert_allclose(a.suspicion(X, y), b.suspicion(X, y), rtol=1e-9, atol=1e-12)
+    assert a.thresholds_ == pytest.approx(b.thresholds_)
+
+
+def test_contamination_flags_that_share(cancer_backdoor):
+    X, y, mask = cancer_backdoor
+    flagged = SpectralSignatureDetector(contamination=0.05).fit(X, y).predict(X, y) == -1
+    assert 0.04 <= flagged.mean() <= 0.05
+    assert _recall_precision(mask, flagged)[0] >= 0.9
+
+
+def test_calibration_on_reference_rows_meets_target_fpr():
+    X, y, mask, _ = heavy_tailed_table(3, n=40000)
+    Xr, yr, _, _ = heavy_tailed_table(4, n=20000, poison=False)  # trusted, clean
+    Xh, yh, _, _ = heavy_tailed_table(5, n=20000, poison=False)  # held-out clean
+    det = SpectralSignatureDetector().fit(X, y).calibrate(Xr, yr, target_fpr=0.01)
+    assert (det.predict(Xr, yr) == -1).mean() <= 0.01
+    assert (det.predict(Xh, yh) == -1).mean() <= 0.02
+    assert _recall_precision(mask, det.predict(X, y) == -1)[0] >= 0.9
+    assert len(set(det.thresholds_.values())) == 1
+
+
+def test_estimator_api(cancer_backdoor):
+    X, y, _ = cancer_backdoor
+    det = SpectralSignatureDetector()
+    assert det.fit(X, y) is det
+    s = det.suspicion(X, y)
+    np.testing.assert_array_equal(det.score_samples(X, y), -s)
+    d = det.decision_function(X, y)
+    np.testing.assert_array_equal(det.predict(X, y), np.where(d < 0, -1, 1))
+    assert set(np.unique(det.predict(X, y))) <= {-1, 1}
+    assert list(det.classes_) == [0, 1]
+    np.testing.assert_array_equal(det.fit_predict(X, y), det.predict(X, y))
+
+
+def test_string_labels_and_unseen_classes(cancer_backdoor):
+    X, y, _ = cancer_backdoor
+    names = np.array(["malignant", "benign"], dtype=object)[y]
+    det = SpectralSignatureDetector().fit(X, names)
+    assert list(det.classes_) == ["benign", "malignant"]
+    other = np.array(["unknown"] * 3, dtype=object)
+    assert np.isnan(det.suspicion(X[:3], other)).all()
+    assert (det.predict(X[:3], other) == 1).all()
+
+
+def test_tiny_and_degenerate_classes_do_not_crash():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 4))
+    X[:, 2] = 7.0  # constant feature
+    y = np.array([0] * 48 + [1, 2])  # classes of one row
+    det = SpectralSignatureDetector().fit(X, y)
+    s = det.suspicion(X, y)
+    assert np.isfinite(s).all()
+    assert (s[48:] == 0).all()
+    single = SpectralSignatureDetector().fit(X, np.zeros(50, dtype=int))
+    assert np.isfinite(single.suspicion(X, np.zeros(50, dtype=int))).all()
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"contamination": 0.9}, "contamination"),
+    ({"clip": -1.0}, "clip"),
+    ({"shrinkage": 2.0}, "shrinkage"),
+    ({"sample_size": 1}, "sample_size"),
+])
+def test_bad_parameters_are_rejected_at_fit(params, match, cancer):
+    X, y = cancer
+    with pytest.raises(ValueError, match=match):
+        SpectralSignatureDetector(**params).fit(X, y)
+
+
+def test_bad_inputs_are_rejected(cancer):
+    X, y = cancer
+    with pytest.raises(ValueError):
+        SpectralSignatureDetector().fit(np.where(np.eye(len(X), X.shape[1]) > 0, np.nan, X), y)
+    with pytest.raises(ValueError, match="labels"):
+        SpectralSignatureDetector().fit(X, y[:-1])

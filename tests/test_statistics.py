@@ -1,0 +1,95 @@
+"""Combinable statistics: any split into batches, merged in any order, gives the single-pass answer."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from poisonguard.detectors import SpectralSignatureDetector
+from poisonguard.detectors.statistics import HashSample, Histogram, Moments
+from poisonguard.schemas import row_hash
+
+
+def _splits(n, rng, parts):
+    cuts = np.sort(rng.choice(np.arange(1, n), parts - 1, replace=False))
+    return np.split(np.arange(n), cuts)
+
+
+def _merge_in_order(stats, order):
+    acc = stats[order[0]]
+    for i in order[1:]:
+        acc = acc.merge(stats[i])
+    return acc
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_moments_merge_in_any_order(order):
+    rng = np.random.default_rng(1)
+    X = rng.normal(1e4, 3.0, size=(900, 5))  # large common offset: cancellation would show
+    shift = X[:50].mean(axis=0)
+    parts = _splits(len(X), rng, 3)
+    merged = _merge_in_order([Moments(shift).add_batch(X[p]) for p in parts], order)
+    single = Moments(shift).add_batch(X)
+    assert merged.count == single.count == len(X)
+    np.testing.assert_allclose(merged.mean(), X.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(merged.scatter() / (len(X) - 1), np.cov(X.T), rtol=1e-9)
+    np.testing.assert_allclose(merged.scatter(), single.scatter(), rtol=1e-11)
+
+
+def test_moments_refuse_different_shifts():
+    with pytest.raises(ValueError, match="different shifts"):
+        Moments(np.zeros(2)).merge(Moments(np.ones(2)))
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_hash_sample_is_exact_in_any_order(order):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(1000, 3))
+    h = row_hash(np.arange(1000), seed=5)
+    parts = _splits(len(X), rng, 4)
+    merged = _merge_in_order([HashSample(64, 3).add_batch(X[p], h[p]) for p in parts], order)
+    want = np.sort(np.argsort(h)[:64])
+    got = np.sort([int(np.flatnonzero(h == v)[0]) for v in merged.hashes])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(merged.rows, X[np.argsort(h)[:64]])
+
+
+def test_hash_sample_smaller_than_size_keeps_everything():
+    X = np.arange(6.0).reshape(3, 2)
+    s = HashSample(10, 2).add_batch(X, np.array([3, 1, 2], dtype=np.uint64))
+    np.testing.assert_array_equal(s.rows, X[[1, 2, 0]])
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_histogram_merge_is_exact(order):
+    rng = np.random.default_rng(3)
+    v = np.concatenate([rng.normal(size=500), [np.nan, -1e9, 1e9]])
+    edges = np.linspace(-3, 3, 61)
+    parts = _splits(len(v), rng, 3)
+    merged = _merge_in_order([Histogram(edges).add_batch(v[p]) for p in parts], order)
+    single = Histogram(edges).add_batch(v)
+    np.testing.assert_array_equal(merged.counts, single.counts)
+    assert merged.total == 502  # NaN is not counted; under/overflow are
+
+
+def test_detector_statistics_split_like_one_pass(cancer_backdoor):
+    """The detector's own per-batch statistics, merged across batches, give the same model."""
+    X, y, _ = cancer_backdoor
+    det = SpectralSignatureDetector()
+    hashes = det.row_hashes(np.arange(len(X)))
+    rng = np.random.default_rng(4)
+    order = rng.permutation(len(X))
+    parts = _splits(len(X), rng, 5)
+    state = det.initial_state(X.shape[1])
+    one = det.initial_state(X.shape[1])
+    for stage in range(det.n_stages):
+        merged = {}
+        for p in reversed(parts):
+            rows = order[p]
+            for label, stat in det.batch_statistics(stage, state, X[rows], y[rows], hashes[rows]).items():
+                merged[label] = merged[label].merge(stat) if label in merged else stat
+        state = det.advance(stage, state, merged)
+        one = det.advance(stage, one, det.batch_statistics(stage, one, X, y, hashes))
+    np.testing.assert_allclose(state.direction, one.direction, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(state.location, one.location, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(state.thresholds, one.thresholds, rtol=1e-7)
