@@ -56,6 +56,10 @@ class RunnerSession:
 
     def run(self, build) -> None:
         """Build a pipeline with ``build(pipeline)`` and run it to completion."""
+        with _plain_labels_under_ipython():
+            self._run(build)
+
+    def _run(self, build) -> None:
         args = list(self.config.beam_args)
         if self.config.runner == "direct":
             from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -77,6 +81,29 @@ class RunnerSession:
             result.wait_until_finish()
         finally:
             result.client.close()
+
+
+@contextlib.contextmanager
+def _plain_labels_under_ipython():
+    """Build pipelines in Jupyter/IPython without Beam's interactive relabelling.
+
+    Under IPython, Beam prefixes top-level labels with the cell number, and to do so imports
+    its interactive package, which imports the Beam DataFrame API, which fails to import
+    with pandas 3 (AttributeError: 'DataFrame' has no attribute 'first'). The labels are
+    cosmetic and our pipelines internal, so the relabelling is switched off while building.
+    """
+    from apache_beam import pipeline as beam_pipeline
+    from apache_beam.utils.interactive_utils import is_in_ipython
+
+    if not is_in_ipython():
+        yield
+        return
+    original = beam_pipeline.alter_label_if_ipython
+    beam_pipeline.alter_label_if_ipython = lambda transform, pvalueish: None
+    try:
+        yield
+    finally:
+        beam_pipeline.alter_label_if_ipython = original
 
 
 @contextlib.contextmanager
