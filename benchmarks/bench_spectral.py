@@ -242,9 +242,9 @@ def main():
         hooks = {"batches": det.batch_statistics, "advance": det.advance}
 
         def timed(what):
-            def call(stage, *a):
+            def call(stage, *a, **kw):
                 t = time.perf_counter()
-                out = hooks[what](stage, *a)
+                out = hooks[what](stage, *a, **kw)
                 phase[f"pass {stage} {what}"] += time.perf_counter() - t
                 return out
             return call
@@ -254,7 +254,7 @@ def main():
         t0 = time.perf_counter()
         prof.runcall(det.fit, X, y)
         total = time.perf_counter() - t0
-        print(f"\ndetector fit by phase (one profiled fit, {total:.3f} s; 'rest' = merging statistics, validation)")
+        print(f"\ndetector fit by phase (one profiled fit, {total:.3f} s; 'rest' = input validation, hashing, chunking)")
         print("  " + ", ".join(f"{k} {v:.3f}" for k, v in phase.items()) + f", rest {total - sum(phase.values()):.3f}")
         print("profile of that fit (top 15 by cumulative time)")
         pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(15)

@@ -54,3 +54,67 @@ def project_standardized(X, codes, median, inv_scale, clip, mean, direction, out
             acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
         out[i] = acc
     return out
+
+
+@njit
+def robust_z(X, codes, median, inv_scale, clip, mean, direction, location, inv_spread, out):
+    """|projection - location[c]| * inv_spread[c] per row (the spectral suspicion); NaN where c < 0."""
+    n, d = X.shape
+    for i in range(n):
+        c = codes[i]
+        if c < 0:
+            out[i] = np.nan
+            continue
+        acc = 0.0
+        for j in range(d):
+            acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
+        out[i] = abs(acc - location[c]) * inv_spread[c]
+    return out
+
+
+@njit
+def standardize_grouped(X, codes, starts, median, inv_scale, clip, shift, out):
+    """Standardise rows into class-grouped order, minus their class's shift.
+
+    Row i is written to row ``starts[c] + (rows of class c before i)`` of ``out``, c =
+    codes[i] (a stable counting sort; ``starts`` are the class offsets, K + 1 of them), as
+    out[., j] = soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - shift[c, j].
+    Each class is then one contiguous slice, and its second moments one BLAS call. Reading
+    rows in order and writing K sequential streams keeps memory access sequential.
+    """
+    n, d = X.shape
+    pos = starts[:-1].copy()
+    for i in range(n):
+        c = codes[i]
+        k = pos[c]
+        pos[c] = k + 1
+        for j in range(d):
+            out[k, j] = soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - shift[c, j]
+    return out
+
+
+@njit
+def projection_histogram(X, codes, median, inv_scale, clip, mean, direction, inv_unit, low, inv_width, counts):
+    """Count each row's projection, in units of its class (times ``inv_unit[c]``), on a uniform grid.
+
+    ``counts`` has shape (K, n_bins + 2): column 0 is underflow (below ``low``), column
+    n_bins + 1 overflow. Rows with a negative code are skipped.
+    """
+    n, d = X.shape
+    n_bins = counts.shape[1] - 2
+    for i in range(n):
+        c = codes[i]
+        if c < 0:
+            continue
+        acc = 0.0
+        for j in range(d):
+            acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
+        t = (acc * inv_unit[c] - low) * inv_width
+        if t < 0.0:
+            b = 0
+        elif t >= n_bins:
+            b = n_bins + 1
+        else:
+            b = int(t) + 1
+        counts[c, b] += 1
+    return counts

@@ -41,11 +41,10 @@ def group_by_label(labels: np.ndarray):
     """Yield ``(label, row_indices)`` per distinct label, labels as plain Python values, sorted."""
     if len(labels) == 0:
         return
-    uniques, inverse = np.unique(labels, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-    for k, rows in zip(range(len(uniques)), np.split(order, bounds)):
-        label = uniques[k]
+    codes, uniques = pd.factorize(labels, sort=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
+    for label, rows in zip(uniques, np.split(order, bounds)):
         yield (label.item() if isinstance(label, np.generic) else label), rows
 
 
@@ -71,8 +70,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """State before the first pass (parameters validated)."""
         raise NotImplementedError
 
-    def batch_statistics(self, stage: int, state, X: np.ndarray, labels: np.ndarray, hashes: np.ndarray) -> dict:
-        """Summaries of one batch for pass ``stage``: ``{label: statistic}``."""
+    def batch_statistics(self, stage: int, state, X: np.ndarray, labels: np.ndarray, hashes, into: dict | None = None) -> dict:
+        """Summaries of one batch for pass ``stage``: ``{label: statistic}``.
+
+        ``hashes`` (uint64, one per row) is only needed in passes that sample rows (else
+        None). With ``into``, the batch is added to those statistics (created as needed)
+        and ``into`` is returned: the in-memory driver accumulates that way, which is the
+        same as merging per-batch statistics but skips work a sample would discard.
+        """
         raise NotImplementedError
 
     def advance(self, stage: int, state, statistics: dict):
@@ -102,9 +107,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             merged: dict = {}
             for start in range(0, len(X), CHUNK_ROWS):
                 part = slice(start, start + CHUNK_ROWS)
-                stats = self.batch_statistics(stage, state, X[part], y[part], hashes[part])
-                for label, stat in stats.items():
-                    merged[label] = merged[label].merge(stat) if label in merged else stat
+                self.batch_statistics(stage, state, X[part], y[part], hashes[part], into=merged)
             state = self.advance(stage, state, merged)
         self.model_ = state
         self.classes_ = np.asarray(state.classes, dtype=object)

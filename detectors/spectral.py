@@ -44,7 +44,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ._kernels import project_standardized, standardize_clip
+from ._kernels import project_standardized, projection_histogram, robust_z, standardize_clip, standardize_grouped
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, group_by_label, label_codes
 from .statistics import HashSample, Histogram, Moments
@@ -74,19 +74,18 @@ class SpectralModel:
     thresholds: np.ndarray  # (K,) suspicion above which a row is flagged (inf: never)
 
     def projections(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Each row's projection on its class direction (NaN for unseen classes)."""
         codes = label_codes(self.classes, labels)
-        X = np.ascontiguousarray(X)
-        out = np.empty(len(X), dtype=np.float64)
-        return project_standardized(X, codes, self.median, self.inv_scale, self.clip, self.mean, self.direction, out)
+        return project_standardized(np.ascontiguousarray(X), codes, self.median, self.inv_scale, self.clip, self.mean,
+                                    self.direction, np.empty(len(codes)))
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Robust z-score of each row's projection, in absolute value (NaN for unseen classes)."""
         codes = label_codes(self.classes, labels)
-        p = self.projections(X, labels)
-        known = codes >= 0
-        out = np.full(len(X), np.nan)
-        out[known] = np.abs(p[known] - self.location[codes[known]]) / self.scale[codes[known]]
-        return out
+        if not self.classes:
+            return np.full(len(codes), np.nan)
+        return robust_z(np.ascontiguousarray(X), codes, self.median, self.inv_scale, self.clip, self.mean, self.direction,
+                        self.location, 1.0 / self.scale, np.empty(len(codes)))
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         codes = label_codes(self.classes, labels)
@@ -114,8 +113,7 @@ class _Standardizer:
     clip: float
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        out = np.empty(X.shape, dtype=np.float64)
-        return standardize_clip(np.ascontiguousarray(X), self.median, self.inv_scale, self.clip, out)
+        return standardize_clip(np.ascontiguousarray(X), self.median, self.inv_scale, self.clip, np.empty(X.shape))
 
 
 class SpectralSignatureDetector(BaseDetector):
@@ -130,8 +128,9 @@ class SpectralSignatureDetector(BaseDetector):
         Standardised feature values are clipped to +/- ``clip`` robust standard deviations.
     shrinkage : float in [0, 1], default 0.1
         Ridge shrinkage of the pooled covariance towards its average variance before whitening.
-    sample_size : int, default 10000
-        Rows per class kept in the bounded sample for the per-feature median and scale.
+    sample_size : int, default 2000
+        Rows per class kept in the bounded sample for the per-feature median and scale
+        (pooled over classes) and each class's pilot mean.
     z_min : float, default 3.0
         "auto" only: a cluster gap is looked for beyond this robust z-score.
     min_gap : float, default 1.0
@@ -173,7 +172,7 @@ class SpectralSignatureDetector(BaseDetector):
         contamination="auto",
         clip=6.0,
         shrinkage=0.1,
-        sample_size=10000,
+        sample_size=2000,
         z_min=3.0,
         min_gap=1.0,
         min_cluster_size=5,
@@ -197,23 +196,40 @@ class SpectralSignatureDetector(BaseDetector):
         self._validate_params()
         return {"n_features": n_features}
 
-    def batch_statistics(self, stage, state, X, labels, hashes):
-        stats = {}
+    def batch_statistics(self, stage, state, X, labels, hashes, into=None):
+        stats = {} if into is None else into
         if stage == 0:
             for label, rows in group_by_label(labels):
-                stats[label] = HashSample(self.sample_size, X.shape[1]).add_batch(X[rows].astype(np.float64), hashes[rows])
-        elif stage == 1:
-            Z = state["standardize"](X)
-            for label, rows in group_by_label(labels):
-                stats[label] = Moments(state["shift"][label]).add_batch(Z[rows])
-        else:
-            model: SpectralModel = state["partial"]
-            unit = model.projections(X, labels)
-            for label, rows in group_by_label(labels):
-                k = model.classes.index(label)
-                sd = np.sqrt(model.top_eigenvalue[k])
-                values = unit[rows] / sd if sd > 0 else np.zeros(len(rows))
-                stats[label] = Histogram(PROJECTION_EDGES).add_batch(values)
+                if label not in stats:
+                    stats[label] = HashSample(self.sample_size, X.shape[1])
+                stats[label].add_batch(X, hashes, rows)
+            return stats
+        classes = state["classes"]
+        codes = label_codes(classes, labels)
+        X = np.ascontiguousarray(X)
+        st = state["standardize"]
+        if stage == 1:
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(classes)))]).astype(np.int64)
+            # Second moments at the input's precision: float32 rows (accurate to ~1e-7 anyway)
+            # use single-precision BLAS per batch, half the time; accumulators stay float64.
+            buffer = np.empty(X.shape, dtype=np.float32 if X.dtype == np.float32 else np.float64)
+            grouped = standardize_grouped(X, codes, bounds, st.median, st.inv_scale, st.clip, state["shift"], buffer)
+            for k in np.flatnonzero(np.diff(bounds)):
+                if classes[k] not in stats:
+                    stats[classes[k]] = Moments(state["shift"][k])
+                stats[classes[k]].add_shifted_batch(grouped[bounds[k]:bounds[k + 1]])
+            return stats
+        model: SpectralModel = state["partial"]
+        sd = np.sqrt(model.top_eigenvalue)
+        inv_unit = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 0)
+        counts = np.zeros((len(classes), len(PROJECTION_EDGES) + 1), dtype=np.int64)
+        width = PROJECTION_EDGES[1] - PROJECTION_EDGES[0]
+        projection_histogram(X, codes, st.median, st.inv_scale, st.clip, model.mean, model.direction, inv_unit,
+                             PROJECTION_EDGES[0], 1.0 / width, counts)
+        for k in np.flatnonzero(counts.sum(axis=1)):
+            if classes[k] not in stats:
+                stats[classes[k]] = Histogram(PROJECTION_EDGES)
+            stats[classes[k]].counts += counts[k]
         return stats
 
     def advance(self, stage, state, statistics):
@@ -225,18 +241,19 @@ class SpectralSignatureDetector(BaseDetector):
 
     def _fit_standardizer(self, state, samples: dict):
         d = state["n_features"]
-        pooled = np.concatenate([s.rows for s in samples.values()]) if samples else np.zeros((0, d))
+        rows = {label: s.result()[1] for label, s in samples.items()}
+        pooled = np.concatenate(list(rows.values())) if rows else np.zeros((0, d))
         if len(pooled):
-            median = np.median(pooled, axis=0)
-            q1, q3 = np.percentile(pooled, [25, 75], axis=0)
+            q1, median, q3 = np.percentile(pooled, [25, 50, 75], axis=0)
             scale = (q3 - q1) / 1.349  # the IQR of a normal distribution is 1.349 sd
             sd = pooled.std(axis=0)
             scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
         else:
             median, scale = np.zeros(d), np.ones(d)
         standardize = _Standardizer(median, 1.0 / scale, float(self.clip))
-        shift = {label: standardize(s.rows).mean(axis=0, dtype=np.float64) for label, s in samples.items()}
-        return {**state, "standardize": standardize, "shift": shift}
+        classes = tuple(sorted(samples))
+        shift = np.array([standardize(rows[c]).mean(axis=0) for c in classes]).reshape(len(classes), d)
+        return {**state, "classes": classes, "standardize": standardize, "shift": shift}
 
     def _fit_directions(self, state, moments: dict):
         d = state["n_features"]

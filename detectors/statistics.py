@@ -18,31 +18,62 @@ class HashSample:
     """A bounded, deterministic sample: the ``size`` rows with the smallest row hash.
 
     Because membership depends only on each row's hash, the sample is the same whatever
-    the batch size, order or number of workers.
+    the batch size, order or number of workers. Internally up to ``2 * size`` candidates
+    are buffered and trimmed in one go, so adding and merging cost amortised linear time;
+    :meth:`result` gives the exact sample, sorted by hash.
     """
 
-    __slots__ = ("size", "hashes", "rows")
+    __slots__ = ("size", "hashes", "rows", "_cut")
 
     def __init__(self, size: int, n_features: int):
         self.size = int(size)
         self.hashes = np.empty(0, dtype=np.uint64)
         self.rows = np.empty((0, n_features), dtype=np.float64)
+        self._cut = None  # once full, only hashes below this can enter
 
-    def add_batch(self, X: np.ndarray, hashes: np.ndarray) -> HashSample:
-        self._keep(np.concatenate([self.hashes, hashes]), np.concatenate([self.rows, X]))
-        return self
+    def add_batch(self, X: np.ndarray, hashes: np.ndarray, rows: np.ndarray | None = None) -> HashSample:
+        """Offer rows ``X[rows]`` with hashes ``hashes[rows]`` (all rows by default).
+
+        Only candidates that can still make the sample are gathered from ``X``.
+        """
+        candidates = np.arange(len(hashes)) if rows is None else rows
+        h = hashes[candidates]
+        if self._cut is not None:
+            below = h < self._cut
+            candidates, h = candidates[below], h[below]
+        if len(h) > self.size:  # only the batch's own smallest hashes can make it in
+            keep = np.argpartition(h, self.size - 1)[: self.size]
+            candidates, h = candidates[keep], h[keep]
+        return self._take(h, X[candidates])
 
     def merge(self, other: HashSample) -> HashSample:
-        self._keep(np.concatenate([self.hashes, other.hashes]), np.concatenate([self.rows, other.rows]))
+        return self._take(other.hashes, other.rows)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(hashes, rows)`` of the sample, sorted by hash."""
+        self._trim()
+        order = np.argsort(self.hashes, kind="stable")
+        return self.hashes[order], self.rows[order]
+
+    def _take(self, hashes: np.ndarray, rows: np.ndarray) -> HashSample:
+        if self._cut is not None:
+            below = hashes < self._cut
+            hashes, rows = hashes[below], rows[below]
+        if len(hashes):
+            self.hashes = np.concatenate([self.hashes, hashes])
+            self.rows = np.concatenate([self.rows, np.asarray(rows, dtype=np.float64)])
+            if len(self.hashes) > 2 * self.size:
+                self._trim()
+            elif len(self.hashes) >= self.size:  # full: from now on only smaller hashes can enter
+                self._cut = np.partition(self.hashes, self.size - 1)[self.size - 1]
         return self
 
-    def _keep(self, hashes: np.ndarray, rows: np.ndarray) -> None:
-        if len(hashes) > self.size:
-            keep = np.argpartition(hashes, self.size - 1)[: self.size]
-            hashes, rows = hashes[keep], rows[keep]
-        # Sorted by hash, so the stored sample does not depend on arrival order either.
-        order = np.argsort(hashes, kind="stable")
-        self.hashes, self.rows = hashes[order], np.ascontiguousarray(rows[order])
+    def _trim(self) -> None:
+        if len(self.hashes) > self.size:
+            keep = np.argpartition(self.hashes, self.size - 1)[: self.size]
+            self.hashes, self.rows = self.hashes[keep], self.rows[keep]
+        if len(self.hashes) == self.size:
+            self._cut = self.hashes.max()
 
 
 class Moments:
@@ -65,10 +96,19 @@ class Moments:
         """Add rows ``Z`` (n, d)."""
         if len(Z) == 0:
             return self
-        shifted = np.asarray(Z, dtype=np.float64) - self.shift
-        self.count += len(Z)
-        self.total += shifted.sum(axis=0, dtype=np.float64)
-        self.gram += (shifted.T @ shifted).astype(np.float64)
+        return self.add_shifted_batch(np.asarray(Z, dtype=np.float64) - self.shift)
+
+    def add_shifted_batch(self, S: np.ndarray) -> Moments:
+        """Add rows already shifted (``S = Z - shift``), e.g. a slice of a grouped buffer.
+
+        The batch's products are taken in ``S``'s precision (float32 halves the BLAS time)
+        and added to the float64 accumulators.
+        """
+        if len(S) == 0:
+            return self
+        self.count += len(S)
+        self.total += S.sum(axis=0, dtype=np.float64)
+        self.gram += S.T @ S
         return self
 
     def merge(self, other: Moments) -> Moments:

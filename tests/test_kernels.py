@@ -29,6 +29,10 @@ def test_standardize_and_project_match_numpy(n, d, k, dtype):
     want_p = naive.project_standardized(X.astype(np.float64), codes, median, inv_scale, 4.0, mean, direction)
     np.testing.assert_allclose(got_p, want_p, rtol=1e-10, atol=1e-10)
     assert np.isnan(got_p[codes < 0]).all()
+    location, inv_spread = np.linspace(-1, 1, k), np.linspace(0.5, 3, k)
+    got_z = _kernels.robust_z(X, codes, median, inv_scale, 4.0, mean, direction, location, inv_spread, np.empty(n))
+    want_z = naive.robust_z(X.astype(np.float64), codes, median, inv_scale, 4.0, mean, direction, location, inv_spread)
+    np.testing.assert_allclose(got_z, want_z, rtol=1e-10, atol=1e-10)
 
 
 def test_nan_and_inf_propagate_like_numpy():
@@ -58,3 +62,28 @@ def test_constant_feature_projects_to_zero():
     p = _kernels.project_standardized(X, np.zeros(10, dtype=np.int64), np.full(3, 5.0), np.ones(3), 6.0,
                                       np.zeros((1, 3)), np.ones((1, 3)), np.empty(10))
     assert np.all(p == 0.0)
+
+
+@pytest.mark.parametrize("n,d,k", [(0, 3, 2), (1, 2, 1), (300, 6, 3)])
+def test_grouped_standardisation_and_projection_histogram_match_numpy(n, d, k):
+    X, median, inv_scale, codes, mean, direction = _inputs(n, d, k, seed=7 + n)
+    codes = np.abs(codes) % k  # every row of a known class here
+    starts = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=k))]).astype(np.int64)
+    shift = np.random.default_rng(0).normal(size=(k, d))
+    got = _kernels.standardize_grouped(X, codes, starts, median, inv_scale, 5.0, shift, np.empty((n, d)))
+    np.testing.assert_allclose(got, naive.standardize_grouped(X, codes, median, inv_scale, 5.0, shift), rtol=1e-12, atol=1e-12)
+
+    inv_unit = np.linspace(0.5, 2.0, k)
+    counts = np.zeros((k, 40 + 2), dtype=np.int64)
+    _kernels.projection_histogram(X, codes, median, inv_scale, 5.0, mean, direction, inv_unit, -20.0, 1.0, counts)
+    want = naive.projection_histogram(X, codes, median, inv_scale, 5.0, mean, direction, inv_unit, -20.0, 1.0, 40, k)
+    np.testing.assert_array_equal(counts, want)
+    assert counts.sum() == n
+
+
+def test_projection_histogram_skips_unknown_classes():
+    X = np.ones((4, 2))
+    codes = np.array([-1, 0, -1, 0], dtype=np.int64)
+    counts = np.zeros((1, 12), dtype=np.int64)
+    _kernels.projection_histogram(X, codes, np.zeros(2), np.ones(2), 6.0, np.zeros((1, 2)), np.ones((1, 2)), np.ones(1), -5.0, 1.0, counts)
+    assert counts.sum() == 2 and counts[0, 8] == 2  # projection 2.0 -> bin [2, 3)

@@ -48,16 +48,23 @@ def test_hash_sample_is_exact_in_any_order(order):
     h = row_hash(np.arange(1000), seed=5)
     parts = _splits(len(X), rng, 4)
     merged = _merge_in_order([HashSample(64, 3).add_batch(X[p], h[p]) for p in parts], order)
-    want = np.sort(np.argsort(h)[:64])
-    got = np.sort([int(np.flatnonzero(h == v)[0]) for v in merged.hashes])
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(merged.rows, X[np.argsort(h)[:64]])
+    hashes, rows = merged.result()
+    np.testing.assert_array_equal(hashes, np.sort(h)[:64])
+    np.testing.assert_array_equal(rows, X[np.argsort(h)[:64]])
+
+
+def test_hash_sample_trims_as_it_grows():
+    rng = np.random.default_rng(6)
+    sample = HashSample(10, 1)
+    for _ in range(50):
+        sample.add_batch(rng.normal(size=(7, 1)), rng.integers(0, 2**63, 7, dtype=np.uint64))
+        assert len(sample.hashes) <= 20
 
 
 def test_hash_sample_smaller_than_size_keeps_everything():
     X = np.arange(6.0).reshape(3, 2)
     s = HashSample(10, 2).add_batch(X, np.array([3, 1, 2], dtype=np.uint64))
-    np.testing.assert_array_equal(s.rows, X[[1, 2, 0]])
+    np.testing.assert_array_equal(s.result()[1], X[[1, 2, 0]])
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
