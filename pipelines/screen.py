@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
 
 from .. import __version__
 from ..detectors import DETECTORS, BaseDetector
@@ -252,7 +254,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
             t = time.perf_counter()
             summary = screen_pass(session, model, detector.name, shards, contract, config.batch_rows, staging)
             timings["screen_s"] = time.perf_counter() - t
-        _check_conservation(summary)
+        _check_conservation(summary, model, shards, staging)
         report = build_report(config, detector, contract, shards, summary, model,
                               {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings)
         for output in OUTPUTS:
@@ -274,12 +276,32 @@ def _reference_contract(contract: Contract, ref_shards) -> Contract:
     return Contract(contract.label_column, contract.id_column, contract.feature_columns, contract.label_type, ref.passthrough, ref.columns)
 
 
-def _check_conservation(summary: ScreenSummary) -> None:
+def _check_conservation(summary: ScreenSummary, model, shards, staging: str) -> None:
+    """Cross-check row counts between independent pipelines and the files written.
+
+    A runner that silently drops or duplicates elements (DESIGN.md, Engines) is caught
+    here, before anything is published: the valid rows seen by the fit must be the rows
+    screened, the part files must hold what the summary says, and for Parquet inputs the
+    rows read must be the rows the files' metadata declare.
+    """
+    problems = []
     if summary.cleaned + summary.quarantine + summary.invalid != summary.rows_in:
-        raise PoisonguardError(
-            f"row conservation violated: {summary.rows_in} rows in, but {summary.cleaned} cleaned + "
-            f"{summary.quarantine} quarantined + {summary.invalid} invalid; outputs were not written"
-        )
+        problems.append(f"{summary.rows_in} rows in, but {summary.cleaned} cleaned + {summary.quarantine} quarantined + "
+                        f"{summary.invalid} invalid")
+    fitted = int(np.sum(model.counts)) if len(model.classes) else 0
+    if fitted != summary.cleaned + summary.quarantine:
+        problems.append(f"the fit saw {fitted} valid rows but {summary.cleaned + summary.quarantine} were screened")
+    for output in OUTPUTS:
+        folder = os.path.join(staging, output)
+        written = sum(pq.read_metadata(os.path.join(folder, f)).num_rows for f in os.listdir(folder)) if os.path.isdir(folder) else 0
+        if written != getattr(summary, output):
+            problems.append(f"{output}/ holds {written} rows but the summary counts {getattr(summary, output)}")
+    if all(shard.format == "parquet" for shard in shards):
+        declared = sum(pq.read_metadata(shard.path).num_rows for shard in shards)
+        if declared != summary.rows_in:
+            problems.append(f"the inputs declare {declared} rows but {summary.rows_in} were read")
+    if problems:
+        raise PoisonguardError("row conservation violated (" + "; ".join(problems) + "); nothing was published")
 
 
 def _publish(staging: str, out: str) -> None:

@@ -169,3 +169,19 @@ def test_failed_run_leaves_no_outputs(dataset, tmp_path, monkeypatch):
     with pytest.raises(Exception, match="disk full"):
         _screen(dataset, tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_lost_rows_are_detected_before_publishing(dataset, tmp_path, monkeypatch):
+    """If a runner dropped a chunk, the cross-check fails the job and publishes nothing."""
+    original = screen_module.write_screened
+
+    def drop_first_part(chunk, staging):
+        summary = original(chunk, staging)
+        if (chunk.shard_index, chunk.number) == (0, 0):
+            os.remove(os.path.join(staging, "cleaned", "part-00000-000000.parquet"))
+        return summary
+
+    monkeypatch.setattr(screen_module, "write_screened", drop_first_part)
+    with pytest.raises(Exception, match="row conservation violated.*cleaned/ holds"):
+        _screen(dataset, tmp_path)
+    assert os.listdir(tmp_path) == []
