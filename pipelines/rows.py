@@ -136,41 +136,43 @@ def resolve_contract(
 
 # -- per-chunk validation -------------------------------------------------------------------
 class _Reasons:
-    """Per-row reasons, joined with '; ' when a row has several."""
+    """Per-row reasons, joined with '; ' when a row has several (text built for bad rows only)."""
 
     def __init__(self, n: int):
         self.text = np.full(n, None, dtype=object)
+        self.bad = np.zeros(n, dtype=bool)
 
     def add(self, mask: np.ndarray, make_reason) -> None:
+        self.bad |= mask
         for i in np.flatnonzero(mask):
             reason = make_reason(i)
             self.text[i] = reason if self.text[i] is None else f"{self.text[i]}; {reason}"
-
-    @property
-    def bad(self) -> np.ndarray:
-        return np.array([r is not None for r in self.text], dtype=bool)
 
 
 def _as_float(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarray:
     """Parse one feature column to float64, recording why a value is unusable."""
     t = column.type
     missing = column.is_null().to_numpy(zero_copy_only=False)
-    if _is_text(t):
-        raw = column.cast(pa.string()).to_numpy(zero_copy_only=False)
-        values = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        nan_literal = np.array([isinstance(v, str) and v.strip().lower().lstrip("+-") == "nan" for v in raw], dtype=bool)
-        unparsable = ~missing & np.isnan(values) & ~nan_literal
-        reasons.add(unparsable, lambda i: f"column '{name}': {raw[i]!r} is not a number")
-    elif pa.types.is_null(t):
+    unparsable = np.zeros(len(column), dtype=bool)
+    if pa.types.is_null(t):
         values = np.full(len(column), np.nan)
-        unparsable = np.zeros(len(column), dtype=bool)
+    elif _is_text(t):
+        try:  # fast path: every value parses (Arrow reads "nan" and "inf" as numbers, as we want)
+            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            text = column.cast(pa.string())
+            values = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False), dtype=object), errors="coerce")
+            values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            normalised = pc.utf8_lower(pc.utf8_trim_whitespace(text))
+            nan_literal = pc.is_in(normalised, value_set=pa.array(["nan", "+nan", "-nan"])).to_numpy(zero_copy_only=False)
+            unparsable = ~missing & np.isnan(values) & ~nan_literal
+            reasons.add(unparsable, lambda i: f"column '{name}': {column[i].as_py()!r} is not a number")
     else:
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        unparsable = np.zeros(len(column), dtype=bool)
-        raw = values
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    values = values.astype(np.float64, copy=False)
     reasons.add(missing, lambda i: f"column '{name}': missing value")
     nonfinite = ~missing & ~unparsable & ~np.isfinite(values)
-    reasons.add(nonfinite, lambda i: f"column '{name}': non-finite value {raw[i]!r}")
+    reasons.add(nonfinite, lambda i: f"column '{name}': non-finite value {column[i].as_py()!r}")
     return values
 
 
@@ -193,18 +195,22 @@ def _as_bool(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarra
     return parsed
 
 
+def derived_ids(source: str, offsets: np.ndarray) -> pa.Array:
+    """Row ids ``"<source>:<offset>"`` for rows without an id column."""
+    if len(offsets) == 0:
+        return pa.array([], pa.string())
+    return pc.binary_join_element_wise(f"{source}:", pc.cast(pa.array(offsets), pa.string()), "")
+
+
 def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Table]:
     """Split a chunk into ``(valid, invalid)`` tables; every input row is in exactly one."""
     table, n = raw.table, raw.table.num_rows
     reasons = _Reasons(n)
-    derived_ids = [f"{raw.shard.source}:{off}" for off in raw.offsets.tolist()]
+    ids = derived_ids(raw.shard.source, raw.offsets)
     if contract.id_column is not None:
         id_col = table.column(contract.id_column).cast(pa.string())
-        id_missing = id_col.is_null().to_numpy(zero_copy_only=False)
-        reasons.add(id_missing, lambda i: f"column '{contract.id_column}': missing id")
-        ids = np.where(id_missing, np.array(derived_ids, dtype=object), id_col.to_numpy(zero_copy_only=False))
-    else:
-        ids = np.array(derived_ids, dtype=object)
+        reasons.add(id_col.is_null().to_numpy(zero_copy_only=False), lambda i: f"column '{contract.id_column}': missing id")
+        ids = pc.coalesce(id_col.combine_chunks() if isinstance(id_col, pa.ChunkedArray) else id_col, ids)
 
     label = table.column(contract.label_column)
     label_missing = label.is_null().to_numpy(zero_copy_only=False)
@@ -217,25 +223,26 @@ def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Tabl
 
     bad = reasons.bad
     ok = ~bad
-    columns = {ROW_ID: pa.array(ids[ok], pa.string()), contract.label_column: label.filter(pa.array(ok)).cast(contract.label_type)}
+    keep, drop = pa.array(ok), pa.array(bad)
+    columns = {ROW_ID: ids.filter(keep), contract.label_column: label.filter(keep).cast(contract.label_type)}
     for name, values in zip(contract.feature_columns, features):
         columns[name] = pa.array(values[ok], pa.float64())
     for name, typ in contract.passthrough:
         if name == POISONED:
             columns[name] = pa.array(truth[ok], pa.bool_())
         else:
-            columns[name] = table.column(name).filter(pa.array(ok)).cast(typ)
+            columns[name] = table.column(name).filter(keep).cast(typ)
     valid = pa.table(columns, schema=contract.valid_schema())
 
     invalid_rows = {
-        ROW_ID: list(ids[bad]),
+        ROW_ID: ids.filter(drop).to_pylist(),
         SOURCE: [raw.shard.source] * int(bad.sum()),
         REASON: list(reasons.text[bad]),
     }
     for name in contract.columns:
         if name in invalid_rows:
             continue
-        invalid_rows[name] = _as_text(table.column(name).filter(pa.array(bad)))
+        invalid_rows[name] = _as_text(table.column(name).filter(drop))
     for offset, reason in raw.malformed:
         invalid_rows[ROW_ID].append(f"{raw.shard.source}:{offset}")
         invalid_rows[SOURCE].append(raw.shard.source)
