@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -64,9 +67,12 @@ class RunnerSession:
         if self.config.runner == "direct":
             from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+            quiet = contextlib.nullcontext()
             if self.config.workers > 1:
                 args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={self.config.workers}"]
-            with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(args)) as p:
+                if logging.getLogger().level > logging.WARNING:
+                    quiet = _worker_stderr_captured()
+            with quiet, beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(args)) as p:
                 build(p)
             return
         from apache_beam.runners.dask.dask_runner import DaskRunner
@@ -81,6 +87,31 @@ class RunnerSession:
             result.wait_until_finish()
         finally:
             result.client.close()
+
+
+@contextlib.contextmanager
+def _worker_stderr_captured():
+    """Hold back what worker processes write to stderr; show its tail only if the run fails.
+
+    Beam's SDK worker processes (``--direct_running_mode=multi_processing``) inherit this
+    process's stderr and log their start-up and shutdown at INFO, with no option to change
+    that; it would bury the progress and error messages.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0, os.SEEK_END)
+            held.seek(max(held.tell() - 4000, 0))
+            sys.stderr.write(held.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 @contextlib.contextmanager
