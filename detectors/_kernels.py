@@ -37,38 +37,35 @@ def standardize_clip(X, median, inv_scale, clip, out):
 
 
 @njit
-def project_standardized(X, codes, median, inv_scale, clip, mean, direction, out):
-    """Project standardized, clipped rows onto their class direction.
+def _row_projection(X, i, c, median, inv_scale, clip, mean, direction):
+    """sum_j (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]."""
+    acc = 0.0
+    for j in range(X.shape[1]):
+        acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
+    return acc
 
-    out[i] = sum_j (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
-    with c = codes[i]; NaN where c < 0.
+
+@njit
+def project_standardized(X, codes, median, inv_scale, clip, mean, direction, out):
+    """Project standardised, soft-clipped rows, centred on their class mean, onto their class direction.
+
+    out[i] = _row_projection(X, i, codes[i], ...); NaN where codes[i] < 0.
     """
-    n, d = X.shape
-    for i in range(n):
+    for i in range(X.shape[0]):
         c = codes[i]
-        if c < 0:
-            out[i] = np.nan
-            continue
-        acc = 0.0
-        for j in range(d):
-            acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
-        out[i] = acc
+        out[i] = np.nan if c < 0 else _row_projection(X, i, c, median, inv_scale, clip, mean, direction)
     return out
 
 
 @njit
 def robust_z(X, codes, median, inv_scale, clip, mean, direction, location, inv_spread, out):
     """|projection - location[c]| * inv_spread[c] per row (the spectral suspicion); NaN where c < 0."""
-    n, d = X.shape
-    for i in range(n):
+    for i in range(X.shape[0]):
         c = codes[i]
         if c < 0:
             out[i] = np.nan
-            continue
-        acc = 0.0
-        for j in range(d):
-            acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
-        out[i] = abs(acc - location[c]) * inv_spread[c]
+        else:
+            out[i] = abs(_row_projection(X, i, c, median, inv_scale, clip, mean, direction) - location[c]) * inv_spread[c]
     return out
 
 
@@ -100,16 +97,12 @@ def projection_histogram(X, codes, median, inv_scale, clip, mean, direction, inv
     ``counts`` has shape (K, n_bins + 2): column 0 is underflow (below ``low``), column
     n_bins + 1 overflow. Rows with a negative code are skipped.
     """
-    n, d = X.shape
     n_bins = counts.shape[1] - 2
-    for i in range(n):
+    for i in range(X.shape[0]):
         c = codes[i]
         if c < 0:
             continue
-        acc = 0.0
-        for j in range(d):
-            acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * direction[c, j]
-        t = (acc * inv_unit[c] - low) * inv_width
+        t = (_row_projection(X, i, c, median, inv_scale, clip, mean, direction) * inv_unit[c] - low) * inv_width
         if t < 0.0:
             b = 0
         elif t >= n_bins:
