@@ -109,10 +109,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 part = slice(start, start + CHUNK_ROWS)
                 self.batch_statistics(stage, state, X[part], y[part], hashes[part], into=merged)
             state = self.advance(stage, state, merged)
-        self.model_ = state
-        self.classes_ = np.asarray(state.classes, dtype=object)
-        self.thresholds_ = dict(zip(state.classes, state.thresholds.tolist()))
+        self._set_model(state)
         return self
+
+    def _set_model(self, model) -> None:
+        self.model_ = model
+        self.classes_ = np.asarray(model.classes, dtype=object)
+        self.thresholds_ = dict(zip(model.classes, model.thresholds.tolist()))
 
     def calibrate(self, X, y, *, target_fpr: float = 0.01):
         """Set one threshold for all classes from trusted reference rows.
@@ -123,8 +126,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         hist = Histogram(SUSPICION_EDGES).add_batch(self.suspicion(X, y))
-        self.model_ = self.model_.with_threshold(calibrated_threshold(hist, target_fpr))
-        self.thresholds_ = dict(zip(self.model_.classes, self.model_.thresholds.tolist()))
+        self._set_model(self.model_.with_threshold(calibrated_threshold(hist, target_fpr)))
         return self
 
     def suspicion(self, X, y) -> np.ndarray:

@@ -26,9 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..detectors import BaseDetector, calibrated_threshold
+from ..detectors.base import group_by_label
 from ..detectors.statistics import Histogram
 from ..detectors.thresholds import SUSPICION_EDGES
-from ..schemas import FLAGGED, POISONED, REASON, SUSPICION, InputError, score_column
+from ..schemas import FLAGGED, POISONED, REASON, ROW_ID, SUSPICION, InputError, score_column
 from .io import Shard, read_shard
 from .rows import Contract, validate_chunk
 from .summary import ClassSummary, ScreenSummary
@@ -104,7 +105,7 @@ def batch_statistics(chunk: Chunk, detector: BaseDetector, stage: int, state, co
         return
     X = contract.features(chunk.valid)
     labels = contract.labels(chunk.valid)
-    hashes = detector.row_hashes(chunk.valid.column("row_id").to_numpy(zero_copy_only=False)) if stage == 0 else None
+    hashes = detector.row_hashes(chunk.valid.column(ROW_ID).to_numpy(zero_copy_only=False)) if stage == 0 else None
     yield from detector.batch_statistics(stage, state, X, labels, hashes).items()
 
 
@@ -134,10 +135,6 @@ class FitDetector(beam.PTransform):
 
 
 # -- scoring -------------------------------------------------------------------------------
-def _format_label(label) -> str:
-    return str(label)
-
-
 def screen_chunk(chunk: Chunk, model, detector_name: str, contract: Contract) -> ScreenedChunk:
     """Score a chunk, flag its rows and split it into cleaned / quarantine."""
     valid = chunk.valid
@@ -148,7 +145,7 @@ def screen_chunk(chunk: Chunk, model, detector_name: str, contract: Contract) ->
     flagged = suspicion > thresholds
     reasons = np.full(len(valid), None, dtype=object)
     for i in np.flatnonzero(flagged):
-        reasons[i] = f"{detector_name}: suspicion {suspicion[i]:.2f} > threshold {thresholds[i]:.2f} of class {_format_label(labels[i])!r}"
+        reasons[i] = f"{detector_name}: suspicion {suspicion[i]:.2f} > threshold {thresholds[i]:.2f} of class {str(labels[i])!r}"
     scored = (
         valid.append_column(score_column(detector_name), pa.array(suspicion, pa.float64()))
         .append_column(SUSPICION, pa.array(suspicion, pa.float64()))
@@ -162,14 +159,11 @@ def screen_chunk(chunk: Chunk, model, detector_name: str, contract: Contract) ->
         quarantine=int(flagged.sum()),
         invalid=chunk.invalid.num_rows,
     )
-    for label in np.unique(labels) if len(labels) else []:
-        rows = labels == label
-        cs = ClassSummary()
+    for label, rows in group_by_label(labels):
+        summary.classes[str(label)] = cs = ClassSummary()
         cs.add(suspicion[rows], flagged[rows])
-        summary.classes[_format_label(label.item() if isinstance(label, np.generic) else label)] = cs
-    if POISONED in valid.column_names:
-        truth = valid.column(POISONED).fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
-        summary.add_truth(truth, flagged, suspicion)
+    if POISONED in valid.column_names:  # ground truth, parsed to bool by the row contract
+        summary.add_truth(valid.column(POISONED).to_numpy(zero_copy_only=False), flagged, suspicion)
     return ScreenedChunk(chunk.shard_index, chunk.number, scored.filter(keep), scored.filter(pa.array(flagged)), chunk.invalid, summary)
 
 
