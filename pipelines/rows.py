@@ -187,10 +187,10 @@ def _as_bool(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarra
         bad = missing | ~np.isin(np.where(missing, 0, values).astype(np.int64), [0, 1])
         parsed = np.where(bad, False, values).astype(bool)
     else:
-        raw = column.cast(pa.string()).to_numpy(zero_copy_only=False)
-        norm = [v.strip().lower() if isinstance(v, str) else None for v in raw]
-        parsed = np.array([v in _TRUE for v in norm], dtype=bool)
-        bad = np.array([v not in _TRUE and v not in _FALSE for v in norm], dtype=bool)
+        norm = pc.utf8_lower(pc.utf8_trim_whitespace(column.cast(pa.string())))
+        parsed = pc.is_in(norm, value_set=pa.array(sorted(_TRUE))).to_numpy(zero_copy_only=False)
+        known = pc.is_in(norm, value_set=pa.array(sorted(_TRUE | _FALSE))).to_numpy(zero_copy_only=False)
+        bad = ~known  # nulls are not in either set
     reasons.add(bad, lambda i: f"column '{name}': expected true or false")
     return parsed
 
@@ -243,13 +243,14 @@ def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Tabl
         if name in invalid_rows:
             continue
         invalid_rows[name] = _as_text(table.column(name).filter(drop))
-    for offset, reason in raw.malformed:
-        invalid_rows[ROW_ID].append(f"{raw.shard.source}:{offset}")
-        invalid_rows[SOURCE].append(raw.shard.source)
-        invalid_rows[REASON].append(reason)
+    if raw.malformed:  # CSV lines that could not be split into fields: no values to keep
+        offsets, texts = zip(*raw.malformed)
+        invalid_rows[ROW_ID] += derived_ids(raw.shard.source, np.array(offsets)).to_pylist()
+        invalid_rows[SOURCE] += [raw.shard.source] * len(texts)
+        invalid_rows[REASON] += list(texts)
         for name in contract.columns:
             if name not in (ROW_ID, SOURCE, REASON):
-                invalid_rows[name].append(None)
+                invalid_rows[name] += [None] * len(texts)
     invalid = pa.table(invalid_rows, schema=contract.invalid_schema())
     return valid, invalid
 
