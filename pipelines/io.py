@@ -18,7 +18,7 @@ import csv
 import glob
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -33,12 +33,22 @@ SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 @dataclass(frozen=True)
 class Shard:
-    """One input file: where it is, how to read it, and the name used in derived row ids."""
+    """One unit of input work: a file, or some of a Parquet file's row groups.
+
+    ``source`` is the name used in derived row ids; ``first_row`` the file offset of the
+    unit's first row; ``row_groups`` the Parquet row groups it covers (None: all).
+    """
 
     path: str
     source: str
     format: str
     index: int = 0
+    row_groups: tuple[int, ...] | None = None
+    first_row: int = 0
+
+#: A Parquet file is split into work units of whole row groups holding about this many rows,
+#: so that one large file can be read by several workers.
+UNIT_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -89,14 +99,44 @@ def discover_shards(inputs: list[str]) -> list[Shard]:
         else:
             raise InputError(f"input '{arg}': no such file or directory")
     seen: dict[str, str] = {}
+    files: set[str] = set()
     shards = []
-    for i, (path, source, fmt) in enumerate(found):
+    for path, source, fmt in found:
+        if os.path.abspath(path) in files:  # named twice (a file and its directory, say): read once
+            continue
+        files.add(os.path.abspath(path))
         source = source.replace(os.sep, "/")
-        if source in seen and os.path.abspath(seen[source]) != os.path.abspath(path):
+        if source in seen:
             raise InputError(f"inputs '{seen[source]}' and '{path}' would give rows the same ids ('{source}:N'); use --id-column or rename one")
         seen[source] = path
-        shards.append(Shard(path=path, source=source, format=fmt, index=i))
+        shards.append(Shard(path=path, source=source, format=fmt, index=len(shards)))
     return shards
+
+
+def split_units(shards: list[Shard], unit_rows: int = UNIT_ROWS) -> list[Shard]:
+    """Split Parquet files into work units of consecutive row groups (about ``unit_rows`` rows each).
+
+    Row ids stay file offsets, so results do not depend on the split; units are numbered
+    afresh. CSV files stay whole (a row's offset is only known after reading the lines
+    before it).
+    """
+    units: list[Shard] = []
+    for shard in shards:
+        if shard.format != "parquet":
+            units.append(replace(shard, index=len(units)))
+            continue
+        meta = pq.read_metadata(shard.path)
+        groups, rows, first = [], 0, 0
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= unit_rows or g == meta.num_row_groups - 1:
+                units.append(replace(shard, index=len(units), row_groups=tuple(groups), first_row=first))
+                first += rows
+                groups, rows = [], 0
+        if meta.num_row_groups == 0:
+            units.append(replace(shard, index=len(units)))
+    return units
 
 
 def _glob_root(pattern: str) -> str:
@@ -184,9 +224,10 @@ def read_shard(shard: Shard, batch_rows: int) -> Iterator[RawChunk]:
 
 
 def _read_parquet(shard: Shard, batch_rows: int) -> Iterator[RawChunk]:
-    start = 0
+    start = shard.first_row
     pf = pq.ParquetFile(shard.path)
-    for number, batch in enumerate(pf.iter_batches(batch_size=batch_rows)):
+    groups = list(shard.row_groups) if shard.row_groups is not None else None
+    for number, batch in enumerate(pf.iter_batches(batch_size=batch_rows, row_groups=groups)):
         n = batch.num_rows
         yield RawChunk(shard, number, pa.Table.from_batches([batch]), np.arange(start, start + n, dtype=np.int64))
         start += n

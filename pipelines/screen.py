@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..detectors import DETECTORS, BaseDetector
 from ..schemas import OUTPUTS, ConfigError, PoisonguardError
-from .io import discover_shards, part_name, write_part
+from .io import discover_shards, part_name, split_units, write_part
 from .report import write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
@@ -173,7 +173,7 @@ def write_screened(chunk: ScreenedChunk, staging: str) -> ScreenSummary:
     return chunk.summary
 
 
-def fit_passes(session: RunnerSession, detector, shards, contract: Contract, batch_rows: int, staging: str):
+def fit_passes(session: RunnerSession, detector, units, contract: Contract, batch_rows: int, staging: str):
     """Run the detector's fit passes, one pipeline each; return the model."""
     state = detector.initial_state(len(contract.feature_columns))
     for stage in range(detector.n_stages):
@@ -181,7 +181,7 @@ def fit_passes(session: RunnerSession, detector, shards, contract: Contract, bat
         started = time.perf_counter()
         session.run(lambda p: (
             p
-            | "Shards" >> beam.Create(shards, reshuffle=False)
+            | "Units" >> beam.Create(units, reshuffle=False)
             | "Summarise" >> beam.FlatMap(_read_statistics, contract, batch_rows, detector, stage, state)
             | "MergePerClass" >> beam.CombinePerKey(MergeAll())
             | "Collect" >> beam.combiners.ToDict()
@@ -192,11 +192,11 @@ def fit_passes(session: RunnerSession, detector, shards, contract: Contract, bat
     return state
 
 
-def calibrate_pass(session: RunnerSession, model, ref_shards, contract: Contract, batch_rows: int, target_fpr: float, staging: str):
+def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract, batch_rows: int, target_fpr: float, staging: str):
     path = os.path.join(staging, "_reference.pkl")
     session.run(lambda p: (
         p
-        | "Shards" >> beam.Create(ref_shards, reshuffle=False)
+        | "Units" >> beam.Create(ref_units, reshuffle=False)
         | "ScoreReference" >> beam.FlatMap(_read_reference, contract, batch_rows, model)
         | "Merge" >> beam.CombineGlobally(MergeAll())
         | "Save" >> beam.Map(_save, path)
@@ -205,11 +205,11 @@ def calibrate_pass(session: RunnerSession, model, ref_shards, contract: Contract
     return calibrate(model, reference, target_fpr), reference
 
 
-def screen_pass(session: RunnerSession, model, detector_name: str, shards, contract: Contract, batch_rows: int, staging: str) -> ScreenSummary:
+def screen_pass(session: RunnerSession, model, detector_name: str, units, contract: Contract, batch_rows: int, staging: str) -> ScreenSummary:
     path = os.path.join(staging, "_summary.pkl")
     session.run(lambda p: (
         p
-        | "Shards" >> beam.Create(shards, reshuffle=False)
+        | "Units" >> beam.Create(units, reshuffle=False)
         | "ScreenAndWrite" >> beam.FlatMap(_read_screen_write, contract, batch_rows, model, detector_name, staging)
         | "Summarise" >> beam.CombineGlobally(MergeAll())
         | "Save" >> beam.Map(_save, path)
@@ -224,18 +224,20 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector = config.make_detector()
     if config.batch_rows < 1:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
-    shards = discover_shards(list(config.inputs))
+    files = discover_shards(list(config.inputs))
     contract = resolve_contract(
-        shards, label_column=config.label_column, id_column=config.id_column,
+        files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,
     )
-    ref_shards, ref_contract = [], None
+    ref_units, ref_contract = [], None
     if config.reference:
-        ref_shards = discover_shards(list(config.reference))
-        ref_contract = _reference_contract(contract, ref_shards)
-    total_bytes = sum(os.path.getsize(s.path) for s in shards)
-    log.info("screening %d file(s), %.1f MB: label '%s', %d feature column(s), detector %s, runner %s x%d",
-             len(shards), total_bytes / 1e6, contract.label_column, len(contract.feature_columns),
+        ref_files = discover_shards(list(config.reference))
+        ref_contract = _reference_contract(contract, ref_files)
+        ref_units = split_units(ref_files)
+    units = split_units(files)
+    total_bytes = sum(os.path.getsize(f.path) for f in files)
+    log.info("screening %d file(s) in %d work unit(s), %.1f MB: label '%s', %d feature column(s), detector %s, runner %s x%d",
+             len(files), len(units), total_bytes / 1e6, contract.label_column, len(contract.feature_columns),
              detector.name, config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
@@ -244,18 +246,18 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     try:
         with runner_session(config.runner) as session:
             t = time.perf_counter()
-            model = fit_passes(session, detector, shards, contract, config.batch_rows, staging)
+            model = fit_passes(session, detector, units, contract, config.batch_rows, staging)
             timings["fit_s"] = time.perf_counter() - t
             reference = None
-            if ref_shards:
+            if ref_units:
                 t = time.perf_counter()
-                model, reference = calibrate_pass(session, model, ref_shards, ref_contract, config.batch_rows, config.target_fpr, staging)
+                model, reference = calibrate_pass(session, model, ref_units, ref_contract, config.batch_rows, config.target_fpr, staging)
                 timings["calibrate_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            summary = screen_pass(session, model, detector.name, shards, contract, config.batch_rows, staging)
+            summary = screen_pass(session, model, detector.name, units, contract, config.batch_rows, staging)
             timings["screen_s"] = time.perf_counter() - t
-        _check_conservation(summary, model, shards, staging)
-        report = build_report(config, detector, contract, shards, summary, model,
+        _check_conservation(summary, model, files, staging)
+        report = build_report(config, detector, contract, files, summary, model,
                               {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings)
         for output in OUTPUTS:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
@@ -276,7 +278,7 @@ def _reference_contract(contract: Contract, ref_shards) -> Contract:
     return Contract(contract.label_column, contract.id_column, contract.feature_columns, contract.label_type, ref.passthrough, ref.columns)
 
 
-def _check_conservation(summary: ScreenSummary, model, shards, staging: str) -> None:
+def _check_conservation(summary: ScreenSummary, model, files, staging: str) -> None:
     """Cross-check row counts between independent pipelines and the files written.
 
     A runner that silently drops or duplicates elements (DESIGN.md, Engines) is caught
@@ -296,8 +298,8 @@ def _check_conservation(summary: ScreenSummary, model, shards, staging: str) -> 
         written = sum(pq.read_metadata(os.path.join(folder, f)).num_rows for f in os.listdir(folder)) if os.path.isdir(folder) else 0
         if written != getattr(summary, output):
             problems.append(f"{output}/ holds {written} rows but the summary counts {getattr(summary, output)}")
-    if all(shard.format == "parquet" for shard in shards):
-        declared = sum(pq.read_metadata(shard.path).num_rows for shard in shards)
+    if all(f.format == "parquet" for f in files):
+        declared = sum(pq.read_metadata(f.path).num_rows for f in files)
         if declared != summary.rows_in:
             problems.append(f"the inputs declare {declared} rows but {summary.rows_in} were read")
     if problems:
@@ -316,7 +318,7 @@ def _publish(staging: str, out: str) -> None:
         os.replace(os.path.join(staging, name), os.path.join(out, name))
 
 
-def build_report(config: ScreenConfig, detector, contract: Contract, shards, summary: ScreenSummary, model, reference, timings) -> dict:
+def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings) -> dict:
     import apache_beam
     import numba
     import numpy
@@ -331,7 +333,7 @@ def build_report(config: ScreenConfig, detector, contract: Contract, shards, sum
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": {
             "paths": list(config.inputs),
-            "files": [s.path for s in shards],
+            "files": [f.path for f in files],
             "label_column": contract.label_column,
             "id_column": contract.id_column,
             "feature_columns": list(contract.feature_columns),

@@ -16,6 +16,7 @@ from poisonguard.pipelines import (
     ReadChunks, RunnerConfig, ScreenBatches, ScreenConfig, discover_shards, read_output, resolve_contract, run_screen,
 )
 from poisonguard.pipelines import screen as screen_module
+from poisonguard.pipelines.io import split_units
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +186,32 @@ def test_lost_rows_are_detected_before_publishing(dataset, tmp_path, monkeypatch
     with pytest.raises(Exception, match="row conservation violated.*cleaned/ holds"):
         _screen(dataset, tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_parquet_split_into_row_group_units_gives_same_results(tmp_path, monkeypatch):
+    """A large Parquet file is read as several work units; ids and results do not change."""
+    X, y, mask, columns = heavy_tailed_table(2, n=12000)
+    frame = pd.DataFrame(X, columns=columns)
+    frame.insert(0, "label", y)
+    frame["poisoned"] = mask
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "one.parquet"
+    frame.to_parquet(path, index=False, row_group_size=1000)
+    whole = run_screen(ScreenConfig(inputs=(str(path),), out=str(tmp_path / "whole"), batch_rows=4096))
+    monkeypatch.setattr(screen_module, "split_units", lambda shards: split_units(shards, unit_rows=2500))
+    assert len(split_units(discover_shards([str(path)]), unit_rows=2500)) == 4
+    units = run_screen(ScreenConfig(inputs=(str(path), str(tmp_path / "data")), out=str(tmp_path / "units"), batch_rows=4096))
+    _assert_same_outputs(_outputs(tmp_path / "whole"), _outputs(tmp_path / "units"))
+    assert whole.report["counts"] == units.report["counts"]
+    assert units.report["inputs"]["files"] == [str(path)]  # named twice, read once
+    ids = _outputs(tmp_path / "units")
+    assert sorted(pd.concat([ids[k]["row_id"] for k in ids])) == sorted(f"one.parquet:{i}" for i in range(12000))
+
+
+@pytest.mark.slow
+def test_existing_dask_cluster_by_address(dataset, baseline, tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        _screen(dataset, tmp_path, runner=RunnerConfig(runner="dask", dask_address=cluster.scheduler_address, workers=2))
+    _assert_same_outputs(baseline[1], _outputs(tmp_path))
