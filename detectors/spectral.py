@@ -10,11 +10,12 @@ differs from the reference code of ART and BackdoorBench in four ways:
 1. **Centred.** Rows are centred on their class mean before projecting; the reference code
    projects raw rows, so a large common offset (a feature that is 10,000 +/- 1) makes the
    offset, not the poison, the top direction.
-2. **Robustly standardised and clipped.** Each feature is shifted by its median and divided
-   by its inter-quartile range (from a bounded, hash-selected sample), then clipped to
-   ``+/- clip``. Raw feature scales do not decide the result, and rare but clean extreme
-   rows of a heavy-tailed feature (incomes, counts, durations) cannot dominate the
-   covariance and hide a poison cluster.
+2. **Robustly standardised, extremes compressed.** Each feature is shifted by its median
+   and divided by its inter-quartile range (from a bounded, hash-selected sample); values
+   beyond ``+/- clip`` are compressed logarithmically. Raw feature scales do not decide
+   the result, and rare but clean extreme rows of a heavy-tailed feature (incomes, counts,
+   durations) cannot dominate the covariance and hide a poison cluster. (A hard clip would
+   pile those rows onto one value, which itself looks like a cluster.)
 3. **Whitened by the pooled within-class covariance** (ridge-shrunk by ``shrinkage``).
    Correlations that every class shares are removed, so a class's top direction is the one
    where it has *more* variance than the classes in general: the direction a planted
@@ -23,15 +24,17 @@ differs from the reference code of ART and BackdoorBench in four ways:
 4. **No blanket fraction.** ART removes 1.5 x the expected poison rate from every class.
    Here each row's suspicion is its robust z-score along the class direction
    (``|p - median| / (1.4826 MAD)``), and by default (``contamination="auto"``) a class is
-   cut only where its distribution of z has an outlying cluster: an empty gap at least
-   ``min_gap`` wide beyond ``z_min`` with at least ``min_cluster_size`` rows past it.
-   Classes without one lose nothing. Alternatively, ``contamination`` flags a fixed share
-   of all rows, or :meth:`calibrate` sets the threshold on trusted reference rows.
+   cut only where its distribution of z has an outlying cluster beyond ``z_min``: at least
+   ``min_cluster_size`` rows past an empty gap at least ``min_gap`` wide, or past a
+   density valley followed by a second mode. Classes without one lose nothing.
+   Alternatively, ``contamination`` flags a fixed share of all rows, or :meth:`calibrate`
+   sets the threshold on trusted reference rows.
 
 Fit is three passes, each a combinable statistic: (1) a per-class sample of at most
 ``sample_size`` rows with the smallest keyed hash of their row id, giving the per-feature
 median and scale and a pilot mean; (2) per-class count, sum and second moments of the
-standardised rows (float64 accumulators, BLAS per batch), giving the means, the pooled
+standardised rows (float64 accumulators; one BLAS call per class and batch, in the
+input's precision), giving the means, the pooled
 covariance and each class's top whitened direction; (3) a per-class histogram of the
 projections, giving the robust location and scale and the cluster test. Scoring is one
 numba pass. Memory is O(K d^2 + K sample_size d), independent of N.
@@ -122,21 +125,25 @@ class SpectralSignatureDetector(BaseDetector):
     Parameters
     ----------
     contamination : "auto" or float in (0, 0.5], default "auto"
-        "auto": flag only rows beyond an outlying cluster gap of their class (see module
-        docstring); a float: flag that share of all rows, the most suspicious first.
+        "auto": flag only rows beyond an outlying cluster of their class (a gap or a
+        density valley, see :func:`~poisonguard.detectors.thresholds.cluster_threshold`);
+        a float: flag that share of all rows, the most suspicious first.
     clip : float, default 6.0
-        Standardised feature values are clipped to +/- ``clip`` robust standard deviations.
+        Standardised feature values beyond +/- ``clip`` robust standard deviations are
+        compressed logarithmically (``clip + log1p(excess)``).
     shrinkage : float in [0, 1], default 0.1
         Ridge shrinkage of the pooled covariance towards its average variance before whitening.
     sample_size : int, default 2000
         Rows per class kept in the bounded sample for the per-feature median and scale
         (pooled over classes) and each class's pilot mean.
     z_min : float, default 3.0
-        "auto" only: a cluster gap is looked for beyond this robust z-score.
+        "auto" only: a cluster is looked for beyond this robust z-score.
     min_gap : float, default 1.0
-        "auto" only: width, in robust standard deviations, of the empty gap before a cluster.
+        "auto" only: width, in robust standard deviations, of an empty gap before a
+        cluster; density valleys are measured in windows half as wide.
     min_cluster_size : int, default 5
-        "auto" only: fewest rows past the gap for it to count as a cluster.
+        "auto" only: fewest rows past the cut for them to count as a cluster; classes with
+        fewer than twice as many rows are not cut.
     max_cluster_fraction : float, default 0.35
         "auto" only: a "cluster" holding more of the class than this is not an outlier.
     seed : int, default 0
@@ -309,7 +316,9 @@ class SpectralSignatureDetector(BaseDetector):
             loc, sc = robust_location_scale(PROJECTION_EDGES, counts, fallback_scale=1.0)
             if sd > 0:
                 location[k], scale[k] = loc * sd, sc * sd
-            if self.contamination == "auto" and model.counts[k] >= max(2 * self.min_cluster_size, 3):
+            if self.contamination != "auto":
+                z_hist += _rebin_abs_z(counts, loc, sc)
+            elif model.counts[k] >= max(2 * self.min_cluster_size, 3):  # else too small to test: not cut
                 thresholds[k] = cluster_threshold(
                     PROJECTION_EDGES,
                     counts,
@@ -320,8 +329,6 @@ class SpectralSignatureDetector(BaseDetector):
                     min_size=self.min_cluster_size,
                     max_fraction=self.max_cluster_fraction,
                 )
-            else:
-                z_hist += _rebin_abs_z(counts, loc, sc)
         fitted = replace(model, location=location, scale=scale, thresholds=thresholds)
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
