@@ -58,7 +58,7 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
                    help="BLAS/numba threads per worker (default 1; more threads on a busy machine run slower)")
     g.add_argument("--batch-rows", type=_positive_int, default=65536, metavar="N", help="rows per chunk (default 65536)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
-    g.add_argument("--debug", action="store_true", help="show tracebacks and per-chunk progress")
+    g.add_argument("--debug", action="store_true", help="show tracebacks and the libraries' own logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
