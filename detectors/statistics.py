@@ -47,7 +47,11 @@ class HashSample:
         return self._take(h, X[candidates])
 
     def merge(self, other: HashSample) -> HashSample:
-        return self._take(other.hashes, other.rows)
+        hashes, rows = other.hashes, other.rows
+        if self._cut is not None:
+            below = hashes < self._cut
+            hashes, rows = hashes[below], rows[below]
+        return self._take(hashes, rows)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(hashes, rows)`` of the sample, sorted by hash."""
@@ -56,9 +60,7 @@ class HashSample:
         return self.hashes[order], self.rows[order]
 
     def _take(self, hashes: np.ndarray, rows: np.ndarray) -> HashSample:
-        if self._cut is not None:
-            below = hashes < self._cut
-            hashes, rows = hashes[below], rows[below]
+        """Append candidates already below the cut; trim or set the cut as the buffer fills."""
         if len(hashes):
             self.hashes = np.concatenate([self.hashes, hashes])
             self.rows = np.concatenate([self.rows, np.asarray(rows, dtype=np.float64)])

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -175,19 +176,34 @@ def read_schema(shard: Shard) -> pa.Schema:
             first = None
         fields = []
         for name in header:
-            values = first.column(name).drop_null().to_numpy(zero_copy_only=False) if first is not None else np.array([])
-            if len(values) == 0:
+            if first is None or first.column(name).null_count == first.num_rows:
                 fields.append(pa.field(name, pa.null()))
                 continue
-            parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-            literal_nan = np.array([v.strip().lower().lstrip("+-") == "nan" for v in values])
-            numeric = (parsed.notna().to_numpy() | literal_nan).mean() >= 0.9
+            numeric = (~parse_numbers(first.column(name).drop_null())[1]).mean() >= 0.9
             fields.append(pa.field(name, pa.float64() if numeric else pa.string()))
         return pa.schema(fields)
     except InputError:
         raise
     except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{shard.path}: cannot read the file as {shard.format.upper()}: {_first_line(exc)}") from None
+
+
+def parse_numbers(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Parse text to float64: ``(values, unparsable)``, NaN and True where a value is no number.
+
+    Arrow's cast does the work when every value parses ("nan" and "inf" included); when one
+    does not, pandas parses value by value. Nulls give NaN but are not "unparsable".
+    """
+    try:
+        return pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False), np.zeros(len(text), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    text = text.cast(pa.string())
+    values = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False), dtype=object), errors="coerce")
+    values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    nan_literal = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(text)), value_set=pa.array(["nan", "+nan", "-nan"]))
+    present = ~text.is_null().to_numpy(zero_copy_only=False)
+    return values, present & np.isnan(values) & ~nan_literal.to_numpy(zero_copy_only=False)
 
 
 def _csv_header(shard: Shard) -> list[str]:

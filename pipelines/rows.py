@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, REASON, ROW_ID, SOURCE, InputError, invalid_schema
-from .io import RawChunk, Shard, read_schema
+from .io import RawChunk, Shard, parse_numbers, read_schema
 
 
 @dataclass(frozen=True)
@@ -157,16 +156,8 @@ def _as_float(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarr
     if pa.types.is_null(t):
         values = np.full(len(column), np.nan)
     elif _is_text(t):
-        try:  # fast path: every value parses (Arrow reads "nan" and "inf" as numbers, as we want)
-            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            text = column.cast(pa.string())
-            values = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False), dtype=object), errors="coerce")
-            values = values.to_numpy(dtype=np.float64, na_value=np.nan)
-            normalised = pc.utf8_lower(pc.utf8_trim_whitespace(text))
-            nan_literal = pc.is_in(normalised, value_set=pa.array(["nan", "+nan", "-nan"])).to_numpy(zero_copy_only=False)
-            unparsable = ~missing & np.isnan(values) & ~nan_literal
-            reasons.add(unparsable, lambda i: f"column '{name}': {column[i].as_py()!r} is not a number")
+        values, unparsable = parse_numbers(column)
+        reasons.add(unparsable, lambda i: f"column '{name}': {column[i].as_py()!r} is not a number")
     else:
         values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
     values = values.astype(np.float64, copy=False)

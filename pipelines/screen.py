@@ -290,7 +290,7 @@ def _check_conservation(summary: ScreenSummary, model, files, staging: str) -> N
     if summary.cleaned + summary.quarantine + summary.invalid != summary.rows_in:
         problems.append(f"{summary.rows_in} rows in, but {summary.cleaned} cleaned + {summary.quarantine} quarantined + "
                         f"{summary.invalid} invalid")
-    fitted = int(np.sum(model.counts)) if len(model.classes) else 0
+    fitted = int(np.sum(model.counts))
     if fitted != summary.cleaned + summary.quarantine:
         problems.append(f"the fit saw {fitted} valid rows but {summary.cleaned + summary.quarantine} were screened")
     for output in OUTPUTS:
