@@ -13,6 +13,16 @@ Two drivers run the same three steps:
 * the Beam stage in :mod:`poisonguard.pipelines` (``CombinePerKey`` per pass, the model
   as a side input to a batched scoring ``ParDo``).
 
+Some passes read the trusted *reference* rows instead of the data (``reference_stages``):
+a detector that measures each row's effect on a trusted set (influence) accumulates the
+reference statistics there. Without reference rows such a pass receives no statistics and
+the detector falls back to what it can do without them.
+
+Every model's ``suspicion`` is in robust standard-deviation units of its class's score
+distribution on the fitted rows (0 = typical, 3 = three robust sd more suspicious than
+typical), so the scores of different detectors are comparable and the ensemble can
+combine them; ``model.counts`` holds the rows per class the fit saw.
+
 Scores follow scikit-learn's outlier convention: ``score_samples`` is higher for more
 normal rows, ``decision_function = threshold - suspicion`` is negative for flagged rows and
 ``predict`` returns -1 (flagged) or +1. :meth:`BaseDetector.suspicion` is the
@@ -21,6 +31,7 @@ poison-oriented view: higher is more suspicious.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from numbers import Integral
 
 import numpy as np
@@ -60,6 +71,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     name: str = ""
     #: Number of passes over the data the fit needs.
     n_stages: int = 1
+    #: Passes that read the trusted reference rows instead of the data.
+    reference_stages: frozenset = frozenset()
+    #: Whether the detector needs real class labels (False: ``y=None`` means one class).
+    requires_labels: bool = False
 
     _parameter_constraints: dict = {
         "seed": [Interval(Integral, 0, None, closed="left")],
@@ -70,13 +85,15 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """State before the first pass (parameters validated)."""
         raise NotImplementedError
 
-    def batch_statistics(self, stage: int, state, X: np.ndarray, labels: np.ndarray, hashes, into: dict | None = None) -> dict:
-        """Summaries of one batch for pass ``stage``: ``{label: statistic}``.
+    def batch_statistics(self, stage: int, state, X: np.ndarray, labels: np.ndarray, row_ids: np.ndarray,
+                         into: dict | None = None) -> dict:
+        """Summaries of one batch for pass ``stage``: ``{key: statistic}``.
 
-        ``hashes`` (uint64, one per row) is only needed in passes that sample rows (else
-        None). With ``into``, the batch is added to those statistics (created as needed)
-        and ``into`` is returned: the in-memory driver accumulates that way, which is the
-        same as merging per-batch statistics but skips work a sample would discard.
+        Keys are any picklable values (usually class labels); statistics have ``merge``.
+        ``row_ids`` (one per row) select deterministic samples via :meth:`row_hashes`.
+        With ``into``, the batch is added to those statistics (created as needed) and
+        ``into`` is returned: the in-memory driver accumulates that way, which is the same
+        as merging per-batch statistics but skips work a sample would discard.
         """
         raise NotImplementedError
 
@@ -89,11 +106,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return row_hash(row_ids, self.seed, purpose=f"{self.name}-sample")
 
     # -- in-memory driver ----------------------------------------------------------------
-    def fit(self, X, y, *, row_ids=None):
+    def fit(self, X, y=None, *, row_ids=None, X_reference=None, y_reference=None):
         """Fit on rows ``X`` (N, d) with class labels ``y`` (N,).
 
-        ``row_ids`` (N,), optional, identify rows for the deterministic bounded sample; by
+        ``y=None`` treats all rows as one class (detectors that need labels refuse).
+        ``row_ids`` (N,), optional, identify rows for the deterministic bounded samples; by
         default ``0..N-1``. Passing the pipeline's row ids reproduces its result exactly.
+        ``X_reference``, ``y_reference``: trusted rows for the passes in
+        ``reference_stages`` (ignored by detectors without such passes).
         """
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
@@ -101,13 +121,18 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ids = np.arange(len(X)) if row_ids is None else np.asarray(row_ids)
         if len(ids) != len(X):
             raise ConfigError(f"row_ids has {len(ids)} entries but X has {len(X)} rows")
-        hashes = self.row_hashes(ids)
+        reference = None
+        if X_reference is not None:
+            X_ref = validate_data(self, X_reference, dtype=[np.float64, np.float32], reset=False)
+            reference = (X_ref, self._check_labels(y_reference, len(X_ref)), np.arange(len(X_ref)))
         state = self.initial_state(X.shape[1])
         for stage in range(self.n_stages):
+            rows = reference if stage in self.reference_stages else (X, y, ids)
             merged: dict = {}
-            for start in range(0, len(X), CHUNK_ROWS):
-                part = slice(start, start + CHUNK_ROWS)
-                self.batch_statistics(stage, state, X[part], y[part], hashes[part], into=merged)
+            if rows is not None:
+                for start in range(0, len(rows[0]), CHUNK_ROWS):
+                    part = slice(start, start + CHUNK_ROWS)
+                    self.batch_statistics(stage, state, rows[0][part], rows[1][part], rows[2][part], into=merged)
             state = self.advance(stage, state, merged)
         self._set_model(state)
         return self
@@ -129,43 +154,90 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._set_model(self.model_.with_threshold(calibrated_threshold(hist, target_fpr)))
         return self
 
-    def suspicion(self, X, y) -> np.ndarray:
-        """Per-row suspicion (N,), higher = more suspicious; NaN for unseen classes."""
+    def _chunked(self, method: str, X, y) -> np.ndarray:
+        """``model_.<method>(X, labels)`` over validated rows, chunk by chunk."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         y = self._check_labels(y, len(X))
         out = np.empty(len(X), dtype=np.float64)
         for start in range(0, len(X), CHUNK_ROWS):
             part = slice(start, start + CHUNK_ROWS)
-            out[part] = self.model_.suspicion(X[part], y[part])
+            out[part] = getattr(self.model_, method)(X[part], y[part])
         return out
 
-    def score_samples(self, X, y) -> np.ndarray:
+    def suspicion(self, X, y=None) -> np.ndarray:
+        """Per-row suspicion (N,), higher = more suspicious; NaN for unseen classes."""
+        return self._chunked("suspicion", X, y)
+
+    def score_samples(self, X, y=None) -> np.ndarray:
         """Opposite of :meth:`suspicion`: higher = more normal (scikit-learn convention)."""
         return -self.suspicion(X, y)
 
-    def decision_function(self, X, y) -> np.ndarray:
-        """``threshold(class) - suspicion``: negative for flagged rows."""
-        y = self._check_labels(y, len(X))
-        return self.model_.thresholds_for(y) - self.suspicion(X, y)
+    def decision_function(self, X, y=None) -> np.ndarray:
+        """``threshold - suspicion`` (the margin): negative for flagged rows."""
+        return self._chunked("margin", X, y)
 
-    def predict(self, X, y) -> np.ndarray:
+    def predict(self, X, y=None) -> np.ndarray:
         """-1 for rows flagged as suspicious, +1 otherwise."""
         return np.where(self.decision_function(X, y) < 0, -1, 1)
 
-    def fit_predict(self, X, y, **kwargs) -> np.ndarray:
+    def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
         return self.fit(X, y, **kwargs).predict(X, y)
 
-    @staticmethod
-    def _check_labels(y, n_rows: int) -> np.ndarray:
+    def screen(self, model, X: np.ndarray, labels: np.ndarray) -> Screened:
+        """Score a batch against a fitted ``model`` and decide (the pipeline's scoring step)."""
+        suspicion = model.suspicion(X, labels)
+        thresholds = model.thresholds_for(labels)
+        flagged = suspicion > thresholds
+        reasons = np.full(len(X), None, dtype=object)
+        for i in np.flatnonzero(flagged):
+            reasons[i] = f"{self.name}: suspicion {suspicion[i]:.2f} > threshold {thresholds[i]:.2f} of class {str(labels[i])!r}"
+        return Screened({self.name: suspicion}, suspicion, flagged, reasons)
+
+    def _check_labels(self, y, n_rows: int) -> np.ndarray:
         if y is None:
-            raise ConfigError("y (class labels) is required: detectors score rows within their class")
+            if self.requires_labels:
+                raise ConfigError(f"{self.name}: y (class labels) is required")
+            classes = getattr(self, "classes_", None)
+            if classes is not None and len(classes) > 1:
+                raise ConfigError(f"y (class labels) is required: the detector was fitted on {len(classes)} classes")
+            return np.full(n_rows, 0 if classes is None or len(classes) == 0 else classes[0], dtype=object)
         y = column_or_1d(y, warn=False)
         if len(y) != n_rows:
             raise ConfigError(f"y has {len(y)} labels but X has {n_rows} rows")
         if pd.isna(y).any():
             raise ConfigError("y contains missing labels")
         return y
+
+
+class PerClassModel:
+    """Mixin for fitted models (frozen dataclasses) with ``classes`` (K,) and ``thresholds`` (K,).
+
+    Subclasses define ``suspicion(X, labels)``; rows of classes the fit did not see get an
+    infinite threshold (never flagged).
+    """
+
+    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
+        codes = label_codes(self.classes, labels)
+        return np.where(codes >= 0, self.thresholds[np.maximum(codes, 0)], np.inf) if len(self.classes) else np.full(len(codes), np.inf)
+
+    def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``threshold - suspicion``: negative for flagged rows."""
+        return self.thresholds_for(labels) - self.suspicion(X, labels)
+
+    def with_threshold(self, threshold: float):
+        """The same model with one threshold for every class (calibration)."""
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A scored batch: per-detector suspicion, the combined suspicion, decisions and reasons."""
+
+    columns: dict  # detector name -> (N,) suspicion
+    suspicion: np.ndarray  # (N,) combined suspicion
+    flagged: np.ndarray  # (N,) bool
+    reasons: np.ndarray  # (N,) object: why a flagged row was flagged, None otherwise
 
 
 def calibrated_threshold(histogram: Histogram, target_fpr: float) -> float:

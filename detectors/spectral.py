@@ -49,7 +49,7 @@ import numpy as np
 
 from ._kernels import project_standardized, projection_histogram, robust_z, standardize_clip, standardize_grouped
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, group_by_label, label_codes
+from .base import BaseDetector, PerClassModel, group_by_label, label_codes
 from .statistics import HashSample, Histogram, Moments
 from .thresholds import SUSPICION_EDGES, cluster_threshold, robust_location_scale, upper_quantile_threshold
 
@@ -58,7 +58,7 @@ PROJECTION_EDGES = np.linspace(-64.0, 64.0, 6401)
 
 
 @dataclass(frozen=True)
-class SpectralModel:
+class SpectralModel(PerClassModel):
     """Fitted state of :class:`SpectralSignatureDetector` (picklable; a Beam side input).
 
     Arrays are indexed by class in the order of ``classes``.
@@ -89,13 +89,6 @@ class SpectralModel:
             return np.full(len(codes), np.nan)
         return robust_z(np.ascontiguousarray(X), codes, self.median, self.inv_scale, self.clip, self.mean, self.direction,
                         self.location, 1.0 / self.scale, np.empty(len(codes)))
-
-    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
-        codes = label_codes(self.classes, labels)
-        return np.where(codes >= 0, self.thresholds[np.maximum(codes, 0)], np.inf)
-
-    def with_threshold(self, threshold: float) -> SpectralModel:
-        return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
 
     def summary(self) -> dict:
         """Per-class facts for reports, keyed by class label (as text)."""
@@ -203,9 +196,10 @@ class SpectralSignatureDetector(BaseDetector):
         self._validate_params()
         return {"n_features": n_features}
 
-    def batch_statistics(self, stage, state, X, labels, hashes, into=None):
+    def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
         if stage == 0:
+            hashes = self.row_hashes(row_ids)
             for label, rows in group_by_label(labels):
                 if label not in stats:
                     stats[label] = HashSample(self.sample_size, X.shape[1])

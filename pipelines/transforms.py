@@ -105,8 +105,8 @@ def batch_statistics(chunk: Chunk, detector: BaseDetector, stage: int, state, co
         return
     X = contract.features(chunk.valid)
     labels = contract.labels(chunk.valid)
-    hashes = detector.row_hashes(chunk.valid.column(ROW_ID).to_numpy(zero_copy_only=False)) if stage == 0 else None
-    yield from detector.batch_statistics(stage, state, X, labels, hashes).items()
+    row_ids = chunk.valid.column(ROW_ID).to_numpy(zero_copy_only=False)
+    yield from detector.batch_statistics(stage, state, X, labels, row_ids).items()
 
 
 def _advance(statistics: dict, state, detector: BaseDetector, stage: int):

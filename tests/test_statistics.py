@@ -83,7 +83,7 @@ def test_detector_statistics_split_like_one_pass(cancer_backdoor):
     """The detector's own per-batch statistics, merged across batches, give the same model."""
     X, y, _ = cancer_backdoor
     det = SpectralSignatureDetector()
-    hashes = det.row_hashes(np.arange(len(X)))
+    ids = np.arange(len(X))
     rng = np.random.default_rng(4)
     order = rng.permutation(len(X))
     parts = _splits(len(X), rng, 5)
@@ -93,10 +93,10 @@ def test_detector_statistics_split_like_one_pass(cancer_backdoor):
         merged = {}
         for p in reversed(parts):
             rows = order[p]
-            for label, stat in det.batch_statistics(stage, state, X[rows], y[rows], hashes[rows]).items():
+            for label, stat in det.batch_statistics(stage, state, X[rows], y[rows], ids[rows]).items():
                 merged[label] = merged[label].merge(stat) if label in merged else stat
         state = det.advance(stage, state, merged)
-        one = det.advance(stage, one, det.batch_statistics(stage, one, X, y, hashes))
+        one = det.advance(stage, one, det.batch_statistics(stage, one, X, y, ids))
     np.testing.assert_allclose(state.direction, one.direction, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(state.location, one.location, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(state.thresholds, one.thresholds, rtol=1e-7)
