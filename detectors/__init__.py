@@ -4,7 +4,8 @@ Every detector splits into combinable per-class statistics, a fit that turns the
 small model, and a numba kernel that scores rows against the model (see ``base``).
 """
 
-from .base import BaseDetector, calibrated_threshold
+from .base import BaseDetector, PerClassModel, Screened, calibrated_threshold
+from .ensemble import EnsembleDetector, EnsembleModel
 from .spectral import SpectralModel, SpectralSignatureDetector
 
 #: Detectors by their command-line / ``score_<name>`` name.
@@ -13,6 +14,10 @@ DETECTORS = {SpectralSignatureDetector.name: SpectralSignatureDetector}
 __all__ = [
     "BaseDetector",
     "DETECTORS",
+    "EnsembleDetector",
+    "EnsembleModel",
+    "PerClassModel",
+    "Screened",
     "SpectralModel",
     "SpectralSignatureDetector",
     "calibrated_threshold",

@@ -43,7 +43,7 @@ def _positive_int(text: str) -> int:
 def _columns(text: str) -> tuple[str, ...]:
     cols = tuple(c.strip() for c in text.split(",") if c.strip())
     if not cols:
-        raise argparse.ArgumentTypeError("expected comma-separated column names")
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
     return cols
 
 
@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
     s.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     s.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
-    s.add_argument("--detectors", default="spectral", metavar="NAME", help="detector to run (default: spectral)")
+    s.add_argument("--detectors", type=_columns, default=("spectral",), metavar="A,B",
+                   help="detectors to run, comma-separated: spectral, robust_spectral, influence, clustering, knn "
+                        "(default: spectral); with several, a row's suspicion is the highest of theirs and it is "
+                        "flagged when any of them flags it")
     s.add_argument("--contamination", type=_fraction, metavar="F",
                    help="flag this fraction of all rows, most suspicious first (default: auto, per-class cluster test)")
     s.add_argument("--reference", action="append", default=[], metavar="PATH",
@@ -194,18 +197,13 @@ def _run(args, beam_args) -> int:
         print(table)
         return EXIT_OK
 
-    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
-    if len(detectors) != 1:
-        from ..schemas import ConfigError
-
-        raise ConfigError(f"--detectors: this version runs one detector at a time, got {args.detectors!r}")
     config = ScreenConfig(
         inputs=tuple(args.inputs),
         out=args.out,
         label_column=args.label_column,
         id_column=args.id_column,
         feature_columns=args.feature_columns,
-        detector=detectors[0],
+        detectors=args.detectors,
         contamination=args.contamination,
         reference=tuple(args.reference),
         target_fpr=args.target_fpr,

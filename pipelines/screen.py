@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import __version__
-from ..detectors import DETECTORS, BaseDetector
+from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..schemas import OUTPUTS, ConfigError, PoisonguardError
 from .io import discover_shards, part_name, split_units, write_part
 from .report import write_report
@@ -89,8 +89,8 @@ class ScreenConfig:
     label_column: str = "label"
     id_column: str | None = None
     feature_columns: tuple[str, ...] | None = None
-    detector: str = "spectral"
-    detector_params: dict = field(default_factory=dict)
+    detectors: tuple[str, ...] = ("spectral",)
+    detector_params: dict = field(default_factory=dict)  # detector name -> {parameter: value}
     contamination: float | None = None
     reference: tuple[str, ...] = ()
     target_fpr: float = 0.01
@@ -99,16 +99,30 @@ class ScreenConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     def make_detector(self) -> BaseDetector:
-        if self.detector not in DETECTORS:
-            raise ConfigError(f"--detectors: unknown detector {self.detector!r}; expected one of: {', '.join(DETECTORS)}")
-        params = dict(self.detector_params)
-        if self.contamination is not None:
-            params["contamination"] = self.contamination
-        det = DETECTORS[self.detector](**params)
-        try:
-            det._validate_params()
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"detector {self.detector}: {exc}") from None
+        """The configured detector: one of :data:`DETECTORS`, or an ensemble of several.
+
+        ``contamination`` applies to the single detector, or to the ensemble's combined
+        suspicion (the members keep their own default rules).
+        """
+        names = list(self.detectors)
+        if not names:
+            raise ConfigError(f"--detectors: expected one or more of: {', '.join(DETECTORS)}")
+        for name in [*names, *self.detector_params]:
+            if name not in DETECTORS:
+                raise ConfigError(f"--detectors: unknown detector {name!r}; expected one or more of: {', '.join(DETECTORS)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--detectors: {','.join(names)} names a detector twice")
+        members = [DETECTORS[name](**self.detector_params.get(name, {})) for name in names]
+        extra = {} if self.contamination is None else {"contamination": self.contamination}
+        if len(members) == 1:
+            det = members[0].set_params(**extra)
+        else:
+            det = EnsembleDetector(detectors=members, **extra)
+        for d in (*members, det):
+            try:
+                d._validate_params()
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"detector {d.name}: {exc}") from None
         return det
 
 
@@ -159,9 +173,9 @@ def _read_reference(shard, contract, batch_rows, model):
         yield reference_summary(chunk, model, contract)
 
 
-def _read_screen_write(shard, contract, batch_rows, model, detector_name, staging):
+def _read_screen_write(shard, contract, batch_rows, model, detector, staging):
     for chunk in read_and_validate(shard, contract, batch_rows):
-        yield write_screened(screen_chunk(chunk, model, detector_name, contract), staging)
+        yield write_screened(screen_chunk(chunk, model, detector, contract), staging)
 
 
 def write_screened(chunk: ScreenedChunk, staging: str) -> ScreenSummary:
@@ -173,16 +187,25 @@ def write_screened(chunk: ScreenedChunk, staging: str) -> ScreenSummary:
     return chunk.summary
 
 
-def fit_passes(session: RunnerSession, detector, units, contract: Contract, batch_rows: int, staging: str):
-    """Run the detector's fit passes, one pipeline each; return the model."""
+def fit_passes(session: RunnerSession, detector, units, contract: Contract, batch_rows: int, staging: str,
+               ref_units=(), ref_contract: Contract | None = None):
+    """Run the detector's fit passes, one pipeline each; return the model.
+
+    Passes in ``detector.reference_stages`` read the reference units (none: no statistics).
+    """
     state = detector.initial_state(len(contract.feature_columns))
     for stage in range(detector.n_stages):
         path = os.path.join(staging, f"_pass{stage}.pkl")
         started = time.perf_counter()
+        on_reference = stage in detector.reference_stages
+        pass_units, pass_contract = (ref_units, ref_contract) if on_reference else (units, contract)
+        if not pass_units:
+            state = detector.advance(stage, state, {})
+            continue
         session.run(lambda p: (
             p
-            | "Units" >> beam.Create(units, reshuffle=False)
-            | "Summarise" >> beam.FlatMap(_read_statistics, contract, batch_rows, detector, stage, state)
+            | "Units" >> beam.Create(pass_units, reshuffle=False)
+            | "Summarise" >> beam.FlatMap(_read_statistics, pass_contract, batch_rows, detector, stage, state)
             | "MergePerClass" >> beam.CombinePerKey(MergeAll())
             | "Collect" >> beam.combiners.ToDict()
             | "Save" >> beam.Map(_save, path)
@@ -205,12 +228,12 @@ def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract,
     return calibrate(model, reference, target_fpr), reference
 
 
-def screen_pass(session: RunnerSession, model, detector_name: str, units, contract: Contract, batch_rows: int, staging: str) -> ScreenSummary:
+def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, contract: Contract, batch_rows: int, staging: str) -> ScreenSummary:
     path = os.path.join(staging, "_summary.pkl")
     session.run(lambda p: (
         p
         | "Units" >> beam.Create(units, reshuffle=False)
-        | "ScreenAndWrite" >> beam.FlatMap(_read_screen_write, contract, batch_rows, model, detector_name, staging)
+        | "ScreenAndWrite" >> beam.FlatMap(_read_screen_write, contract, batch_rows, model, detector, staging)
         | "Summarise" >> beam.CombineGlobally(MergeAll())
         | "Save" >> beam.Map(_save, path)
     ))
@@ -246,7 +269,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     try:
         with runner_session(config.runner) as session:
             t = time.perf_counter()
-            model = fit_passes(session, detector, units, contract, config.batch_rows, staging)
+            model = fit_passes(session, detector, units, contract, config.batch_rows, staging, ref_units, ref_contract)
             timings["fit_s"] = time.perf_counter() - t
             reference = None
             if ref_units:
@@ -254,7 +277,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                 model, reference = calibrate_pass(session, model, ref_units, ref_contract, config.batch_rows, config.target_fpr, staging)
                 timings["calibrate_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            summary = screen_pass(session, model, detector.name, units, contract, config.batch_rows, staging)
+            summary = screen_pass(session, model, detector, units, contract, config.batch_rows, staging)
             timings["screen_s"] = time.perf_counter() - t
         _check_conservation(summary, model, files, staging)
         report = build_report(config, detector, contract, files, summary, model,
@@ -318,6 +341,29 @@ def _publish(staging: str, out: str) -> None:
         os.replace(os.path.join(staging, name), os.path.join(out, name))
 
 
+def _json_params(detector: BaseDetector) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in detector.get_params(deep=False).items()
+            if k != "detectors"}
+
+
+def _member_mode(member: BaseDetector) -> str:
+    return "auto" if member.get_params().get("contamination", "auto") == "auto" else "contamination"
+
+
+def _combination(detector: BaseDetector, model, threshold_mode: str, target_fpr) -> dict | None:
+    """How an ensemble turned its members' scores into one suspicion and one decision."""
+    if not isinstance(detector, EnsembleDetector):
+        return None
+    return {
+        "members": list(model.names),
+        "suspicion": "max",
+        "decision": "any member flags" if model.threshold is None else "combined suspicion above threshold",
+        "threshold_mode": threshold_mode,
+        "threshold": model.threshold,
+        "target_fpr": target_fpr,
+    }
+
+
 def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings) -> dict:
     import apache_beam
     import numba
@@ -326,6 +372,8 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
     import pyarrow
     import sklearn
 
+    members = detector.members() if isinstance(detector, EnsembleDetector) else [detector]
+    models = model.models if isinstance(detector, EnsembleDetector) else [model]
     threshold_mode = "reference" if reference else ("auto" if detector.get_params().get("contamination") == "auto" else "contamination")
     report = {
         "job": "screen",
@@ -349,13 +397,15 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
         "outputs": {name: os.path.join(config.out, name) for name in OUTPUTS},
         "detectors": [
             {
-                "name": detector.name,
-                "params": {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in detector.get_params().items()},
-                "threshold_mode": threshold_mode,
+                "name": member.name,
+                "params": _json_params(member),
+                "threshold_mode": threshold_mode if len(members) == 1 else _member_mode(member),
                 "target_fpr": config.target_fpr if reference else None,
-                "classes": model.summary(),
+                "classes": member_model.summary(),
             }
+            for member, member_model in zip(members, models)
         ],
+        "combination": _combination(detector, model, threshold_mode, config.target_fpr if reference else None),
         "classes": {label: cs.to_json() for label, cs in sorted(summary.classes.items())},
         "reference": ({"paths": list(config.reference), **reference} if reference else None),
         "policy": config.policy.verdict(summary),

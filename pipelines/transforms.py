@@ -114,20 +114,28 @@ def _advance(statistics: dict, state, detector: BaseDetector, stage: int):
 
 
 class FitDetector(beam.PTransform):
-    """Run a detector's fit passes: ``PCollection[Chunk] -> PCollection[model]`` (one element)."""
+    """Run a detector's fit passes: ``PCollection[Chunk] -> PCollection[model]`` (one element).
 
-    def __init__(self, detector: BaseDetector, contract: Contract, label: str | None = None):
+    Passes in ``detector.reference_stages`` read ``reference`` (a ``PCollection[Chunk]`` of
+    trusted rows) instead; without it they see no rows.
+    """
+
+    def __init__(self, detector: BaseDetector, contract: Contract, reference=None, label: str | None = None):
         super().__init__(label)
-        self._detector, self._contract = detector, contract
+        self._detector, self._contract, self._reference = detector, contract, reference
 
     def expand(self, chunks):
         det = self._detector
         state = chunks.pipeline | "InitialState" >> beam.Create([det.initial_state(len(self._contract.feature_columns))])
+        reference = self._reference
+        if reference is None and det.reference_stages:
+            reference = chunks.pipeline | "NoReference" >> beam.Create([])
         for stage in range(det.n_stages):
+            rows = reference if stage in det.reference_stages else chunks
             state = (
-                chunks
+                rows
                 | f"Pass{stage}/Summarise" >> beam.FlatMap(batch_statistics, det, stage, beam.pvalue.AsSingleton(state), self._contract)
-                | f"Pass{stage}/MergePerClass" >> beam.CombinePerKey(MergeAll())
+                | f"Pass{stage}/MergePerKey" >> beam.CombinePerKey(MergeAll())
                 | f"Pass{stage}/Collect" >> beam.combiners.ToDict()
                 | f"Pass{stage}/Advance" >> beam.Map(_advance, beam.pvalue.AsSingleton(state), det, stage)
             )
@@ -135,22 +143,19 @@ class FitDetector(beam.PTransform):
 
 
 # -- scoring -------------------------------------------------------------------------------
-def screen_chunk(chunk: Chunk, model, detector_name: str, contract: Contract) -> ScreenedChunk:
+def screen_chunk(chunk: Chunk, model, detector: BaseDetector, contract: Contract) -> ScreenedChunk:
     """Score a chunk, flag its rows and split it into cleaned / quarantine."""
     valid = chunk.valid
-    X = contract.features(valid)
     labels = contract.labels(valid)
-    suspicion = model.suspicion(X, labels)
-    thresholds = model.thresholds_for(labels)
-    flagged = suspicion > thresholds
-    reasons = np.full(len(valid), None, dtype=object)
-    for i in np.flatnonzero(flagged):
-        reasons[i] = f"{detector_name}: suspicion {suspicion[i]:.2f} > threshold {thresholds[i]:.2f} of class {str(labels[i])!r}"
+    screened = detector.screen(model, contract.features(valid), labels)
+    suspicion, flagged = screened.suspicion, screened.flagged
+    scored = valid
+    for name, scores in screened.columns.items():
+        scored = scored.append_column(score_column(name), pa.array(scores, pa.float64()))
     scored = (
-        valid.append_column(score_column(detector_name), pa.array(suspicion, pa.float64()))
-        .append_column(SUSPICION, pa.array(suspicion, pa.float64()))
+        scored.append_column(SUSPICION, pa.array(suspicion, pa.float64()))
         .append_column(FLAGGED, pa.array(flagged, pa.bool_()))
-        .append_column(REASON, pa.array(reasons, pa.string()))
+        .append_column(REASON, pa.array(screened.reasons, pa.string()))
     )
     keep = pa.array(~flagged)
     summary = ScreenSummary(
@@ -174,12 +179,12 @@ class ScreenChunks(beam.PTransform):
     version of it); it reaches every worker as a side input.
     """
 
-    def __init__(self, model, detector_name: str, contract: Contract, label: str | None = None):
+    def __init__(self, model, detector: BaseDetector, contract: Contract, label: str | None = None):
         super().__init__(label)
-        self._model, self._name, self._contract = model, detector_name, contract
+        self._model, self._detector, self._contract = model, detector, contract
 
     def expand(self, chunks):
-        return chunks | "ScoreAndFlag" >> beam.Map(screen_chunk, beam.pvalue.AsSingleton(self._model), self._name, self._contract)
+        return chunks | "ScoreAndFlag" >> beam.Map(screen_chunk, beam.pvalue.AsSingleton(self._model), self._detector, self._contract)
 
 
 # -- calibration on trusted reference rows -------------------------------------------------------
@@ -230,7 +235,7 @@ class ScreenBatches(beam.PTransform):
         self.model = None
 
     def expand(self, chunks):
-        model = chunks | "Fit" >> FitDetector(self._detector, self._contract)
+        model = chunks | "Fit" >> FitDetector(self._detector, self._contract, self._reference)
         if self._reference is not None:
             summary = (
                 self._reference
@@ -239,4 +244,4 @@ class ScreenBatches(beam.PTransform):
             )
             model = model | "Calibrate" >> beam.Map(calibrate, beam.pvalue.AsSingleton(summary), self._target_fpr)
         self.model = model
-        return chunks | "Screen" >> ScreenChunks(model, self._detector.name, self._contract)
+        return chunks | "Screen" >> ScreenChunks(model, self._detector, self._contract)
