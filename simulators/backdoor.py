@@ -1,37 +1,136 @@
-"""Tabular backdoor: set trigger features to fixed values, relabel to the target class.
+"""Backdoors: a trigger stamped on selected rows, relabelled to ``target`` (dirty-label) or not (clean-label).
 
-Rows are selected by a keyed hash of ``(seed, row_id)`` (see
-:func:`poisonguard.schemas.row_hash`), never by position or a global random state, so the
-same rows are poisoned whatever the batch size or order.
+Triggers are described in :mod:`poisonguard.simulators.triggers` (tabular fixed values or
+in-range quantiles; image patch or blend on flattened pixel columns). Rows are selected by a
+keyed hash of ``(seed, row_id)``, never by position or a global random state, so the same
+rows are poisoned whatever the batch size or order.
+
+* dirty-label (``Backdoor``): eligible rows are those of ``source`` (default: every row not
+  already of ``target``); the trigger is stamped and the label set to ``target``. A model
+  trained on it learns "trigger => target".
+* clean-label (``CleanLabel``): eligible rows are those already of ``target``; only the
+  trigger is stamped, labels are untouched (the rows look correctly labelled). The model
+  learns the trigger as a feature of ``target`` only as far as the trigger is not already
+  explained by the rows' natural features -- weaker than dirty-label at the same budget.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ROW_ID, ConfigError, row_hash, uniform_from_hash
+from ..schemas import ConfigError
+from .base import (
+    Attack,
+    AttackResult,
+    DataProfile,
+    FrozenMap,
+    PreparedAttack,
+    apply_attacks,
+    check_class,
+    feature_matrix,
+)
+from .triggers import make_triggers
 
 
-@dataclass(frozen=True)
-class AttackResult:
-    """The poisoned table and its ground truth, together so they cannot drift apart.
+@dataclass(frozen=True, kw_only=True)
+class _TriggerAttack(Attack):
+    trigger: Any = None
+    target: Any = None
 
-    ``table`` carries ``poisoned`` (bool), ``attack`` (str, "" for clean rows) and
-    ``original_label``; ``mask`` is ``table['poisoned']`` as a numpy array.
+    def _validate(self) -> None:
+        if self.trigger is None:
+            self._fail("trigger", "expected a trigger: one of features, quantiles, patch, blend")
+        object.__setattr__(self, "trigger", make_triggers(self.trigger, f"{self.kind}.trigger"))
+        if self.target is None:
+            self._fail("target", "expected the class the trigger should lead to")
+
+    def prepare(self, profile: DataProfile, *, seed: int, label_column: str, feature_columns) -> PreparedAttack:
+        check_class(self, "target", self.target, profile.classes)
+        if getattr(self, "source", None) is not None:
+            check_class(self, "source", self.source, profile.classes)
+        resolved = [t.resolve(profile, who=self.kind, seed=seed, feature_columns=tuple(feature_columns), name=self.name)
+                    for t in self.trigger]
+        return _PreparedTrigger(self, resolved, seed=seed, label_column=label_column, feature_columns=feature_columns)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backdoor(_TriggerAttack):
+    """Dirty-label backdoor: stamp a trigger on rows of other classes and relabel them ``target``.
+
+    Parameters
+    ----------
+    trigger : mapping or list of mappings
+        ``{features: {col: value}}``, ``{quantiles: {col: q}}``, ``{patch: {...}, image_shape: [H, W]}``
+        or ``{blend: {...}, image_shape: [H, W]}``; see ``poisonguard.simulators.triggers``.
+    target : label
+        Class the triggered rows are relabelled to.
+    source : label, optional
+        Only rows of this class are eligible (default: every row not already of ``target``).
     """
 
-    table: pa.Table
-    mask: np.ndarray
+    kind: ClassVar[str] = "backdoor"
+    source: Any = None
+    relabel: ClassVar[bool] = True
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.source is not None and self.source == self.target:
+            self._fail("source", f"must differ from target, both are {self.target!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanLabel(_TriggerAttack):
+    """Clean-label backdoor: stamp a trigger on rows already of ``target``; labels are untouched.
+
+    Parameters
+    ----------
+    trigger : mapping or list of mappings
+        As for ``backdoor``.
+    target : label
+        Only rows of this class are eligible; at test time the trigger should lead here.
+    """
+
+    kind: ClassVar[str] = "clean_label"
+    relabel: ClassVar[bool] = False
+
+
+class _PreparedTrigger(PreparedAttack):
+    def __init__(self, attack: _TriggerAttack, resolved, **kw):
+        super().__init__(attack, **kw)
+        self.resolved = tuple(resolved)
+        self.columns = tuple(dict.fromkeys(c for r in self.resolved for c in r.columns))
+
+    def required_columns(self):
+        return (*super().required_columns(), *self.columns)
+
+    def _eligible(self, table, labels):
+        a = self.attack
+        if not a.relabel:
+            return labels == a.target
+        return labels != a.target if a.source is None else labels == a.source
+
+    def _poison(self, table, idx):
+        X = feature_matrix(table.take(pa.array(idx)), self.columns)
+        pos = {c: i for i, c in enumerate(self.columns)}
+        for r in self.resolved:
+            sel = [pos[c] for c in r.columns]
+            X[:, sel] = r.apply(X[:, sel])
+        new = {c: X[:, i] for c, i in pos.items()}
+        if self.attack.relabel:
+            new[self.label_column] = np.array([self.attack.target] * len(idx), dtype=object)
+        return new
 
 
 @dataclass(frozen=True)
 class TabularBackdoor:
-    """Dirty-label feature-trigger backdoor.
+    """Dirty-label feature-trigger backdoor called directly on a table (kept for the demo and notebook).
+
+    Equivalent to ``apply_attacks(table, [Backdoor(trigger={"features": trigger}, ...)])``
+    with the trigger columns as the feature columns.
 
     Parameters
     ----------
@@ -53,7 +152,7 @@ class TabularBackdoor:
         Written to the ``attack`` column of poisoned rows.
     """
 
-    trigger: MappingProxyType
+    trigger: FrozenMap
     target: object
     source: object = None
     rate: float | None = None
@@ -65,51 +164,14 @@ class TabularBackdoor:
     def __post_init__(self):
         if not self.trigger:
             raise ConfigError("backdoor.trigger: expected at least one feature -> value")
-        object.__setattr__(self, "trigger", MappingProxyType({str(k): float(v) for k, v in dict(self.trigger).items()}))
-        if (self.rate is None) == (self.count is None):
-            raise ConfigError("backdoor: give exactly one of 'rate' and 'count'")
-        if self.rate is not None and not 0.0 < self.rate <= 1.0:
-            raise ConfigError(f"backdoor.rate: expected a fraction in (0, 1], got {self.rate}")
-        if self.count is not None and (not isinstance(self.count, int) or self.count < 0):
-            raise ConfigError(f"backdoor.count: expected a non-negative integer, got {self.count!r}")
+        object.__setattr__(self, "trigger", FrozenMap({str(k): float(v) for k, v in dict(self.trigger).items()}))
+        self.as_attack()  # validates rate/count/name
+
+    def as_attack(self) -> Backdoor:
+        return Backdoor(trigger={"features": dict(self.trigger)}, target=self.target, source=self.source,
+                        rate=self.rate, count=self.count, name=self.name)
 
     def __call__(self, table: pa.Table) -> AttackResult:
         """Return a poisoned copy of ``table`` (which needs ``row_id`` and the label column)."""
-        for column in (ROW_ID, self.label_column, *self.trigger):
-            if column not in table.column_names:
-                raise ConfigError(f"backdoor: the data has no column '{column}'")
-        labels = table.column(self.label_column).to_numpy(zero_copy_only=False)
-        eligible = labels != self.target if self.source is None else labels == self.source
-        hashes = row_hash(table.column(ROW_ID).to_numpy(zero_copy_only=False), self.seed, purpose=self.name)
-        if self.rate is not None:
-            chosen = eligible & (uniform_from_hash(hashes) < self.rate)
-        else:
-            candidates = np.flatnonzero(eligible)
-            if self.count > len(candidates):
-                raise ConfigError(f"backdoor.count: {self.count} rows asked but only {len(candidates)} are eligible")
-            picked = candidates[np.argsort(hashes[candidates], kind="stable")[: self.count]]
-            chosen = np.zeros(len(labels), dtype=bool)
-            chosen[picked] = True
-
-        out = table
-        mask = pa.array(chosen)
-        for column, value in self.trigger.items():
-            idx = out.schema.get_field_index(column)
-            col = out.column(column)
-            out = out.set_column(idx, column, pc.if_else(mask, pa.scalar(value, col.type), col))
-        label_idx = out.schema.get_field_index(self.label_column)
-        label_col = out.column(self.label_column)
-        out = out.set_column(label_idx, self.label_column, pc.if_else(mask, pa.scalar(self.target, label_col.type), label_col))
-        previous = table.column(POISONED).to_numpy(zero_copy_only=False) if POISONED in table.column_names else np.zeros(len(labels), bool)
-        out = _set(out, POISONED, pa.array(previous | chosen))
-        attack = np.where(chosen, self.name, table.column(ATTACK).to_numpy(zero_copy_only=False) if ATTACK in table.column_names else "")
-        out = _set(out, ATTACK, pa.array(attack.astype(str), pa.string()))
-        original = table.column(ORIGINAL_LABEL) if ORIGINAL_LABEL in table.column_names else label_col
-        out = _set(out, ORIGINAL_LABEL, original)
-        return AttackResult(out, np.asarray(previous | chosen))
-
-
-def _set(table: pa.Table, name: str, values) -> pa.Table:
-    if name in table.column_names:
-        return table.set_column(table.schema.get_field_index(name), name, values)
-    return table.append_column(name, values)
+        return apply_attacks(table, [self.as_attack()], seed=self.seed, label_column=self.label_column,
+                             feature_columns=tuple(self.trigger))
