@@ -1,6 +1,7 @@
-"""Beam stages, the jobs (screen, demo) and the command line.
+"""Beam stages, the jobs (screen, simulate, demo) and the command line.
 
-Public surface: the jobs (:func:`run_screen` with :class:`ScreenConfig`), the composite
+Public surface: the jobs (:func:`run_screen` with :class:`ScreenConfig`,
+:func:`run_simulate` with :class:`SimulateConfig`), the composite
 stage for your own pipeline (:class:`ScreenBatches` with :class:`ReadChunks`), and the
 pieces they are built from.
 
@@ -15,6 +16,7 @@ _EXPORTS = {
     "Contract": "rows", "resolve_contract": "rows", "validate_chunk": "rows",
     "RunnerConfig": "runners",
     "Policy": "screen", "ScreenConfig": "screen", "ScreenResult": "screen", "run_screen": "screen",
+    "SimulateConfig": "simulate", "SimulateResult": "simulate", "run_simulate": "simulate",
     "Chunk": "transforms", "FitDetector": "transforms", "ReadChunks": "transforms", "ScreenBatches": "transforms",
     "ScreenChunks": "transforms", "ScreenedChunk": "transforms",
 }

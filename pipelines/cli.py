@@ -1,6 +1,6 @@
-"""The ``poisonguard`` command line.
+"""The ``poisonguard`` command line: ``screen``, ``simulate``, ``attacks`` and ``demo``.
 
-Exit codes: 0 the batch was accepted, 1 it breached the policy, 2 a usage or input error
+Exit codes: 0 the batch was accepted (or the simulation done), 1 it breached the policy, 2 a usage, config or input error
 (printed as one line naming the file, column or option; ``--debug`` shows the traceback).
 Beam pipeline options go after ``--`` and pass through to Beam unchanged.
 """
@@ -94,7 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build a poisoned copy of scikit-learn's breast-cancer data, screen it and print a summary.")
     d.add_argument("--out", default="poisonguard-demo", metavar="DIR", help="output directory (default: ./poisonguard-demo)")
     _add_runner_options(d)
+
+    m = sub.add_parser("simulate", help="poison a clean dataset: write data/, invalid/ and manifest.json",
+                       description="Apply the attacks of a YAML config, in order, to CSV/Parquet inputs. Writes DIR/data/ "
+                                   "(the rows with ground-truth columns poisoned, attack, original_label), DIR/invalid/ and "
+                                   "DIR/manifest.json. Exit code 0: done; 2: usage, config or input error. Beam options "
+                                   "go after '--'. 'poisonguard attacks' lists the attack kinds and their parameters.")
+    m.add_argument("inputs", nargs="+", metavar="INPUT", help="CSV or Parquet files, directories or glob patterns")
+    m.add_argument("--config", required=True, metavar="FILE", help="attack config (YAML; schema: schemas/attack_config.schema.json)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    m.add_argument("--seed", type=_integer, metavar="N", help="key of the row-selection hashes (default: the config's seed)")
+    m.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
+    m.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
+    m.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
+    _add_runner_options(m)
+
+    sub.add_parser("attacks", help="list the attack kinds and their parameters",
+                   description="Print every attack kind a simulate config can name, with its parameters "
+                               "(type, default, meaning).")
     return parser
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -145,9 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    if beam_args and args.command != "screen":
+    if beam_args and args.command not in ("screen", "simulate"):
         print(f"poisonguard: error: '{args.command}' takes no Beam options after '--'", file=sys.stderr)
         return EXIT_ERROR
+    if args.command == "attacks":
+        print(describe_attacks())
+        return EXIT_OK
 
     _pin_threads(args.threads)
     _configure_logging(args.quiet, args.debug)
@@ -187,9 +215,48 @@ def _runner_config(args, beam_args):
     return RunnerConfig(runner=args.runner, workers=args.workers, dask_address=args.dask_address, beam_args=tuple(beam_args))
 
 
+def describe_attacks() -> str:
+    """Each attack kind with its parameters (type, default, meaning), from the attack classes' own docs."""
+    import textwrap
+
+    from ..simulators import ATTACKS
+
+    blocks = []
+    for kind, cls in ATTACKS.items():
+        lines = [f"{kind}: {cls.summary()}"]
+        for name, typ, default, meaning in cls.describe():
+            lines.append(f"  {name} ({typ}; default: {default})")
+            if meaning:
+                lines += textwrap.wrap(meaning, width=96, initial_indent="      ", subsequent_indent="      ")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _simulate(args, beam_args) -> int:
+    from .simulate import SimulateConfig, run_simulate
+
+    result = run_simulate(SimulateConfig(
+        inputs=tuple(args.inputs),
+        out=args.out,
+        config=args.config,
+        seed=args.seed,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        feature_columns=args.feature_columns,
+        batch_rows=args.batch_rows,
+        runner=_runner_config(args, beam_args),
+    ))
+    counts = result.manifest["counts"]
+    print(f"{counts['rows_in']} rows: {counts['valid']} valid, {counts['invalid']} invalid; {counts['touched']} touched, "
+          f"{counts['injected']} injected; {counts['rows_out']} rows out ({counts['poisoned']} poisoned) -> {args.out}")
+    return EXIT_OK
+
+
 def _run(args, beam_args) -> int:
     from .screen import Policy, ScreenConfig, run_screen
 
+    if args.command == "simulate":
+        return _simulate(args, beam_args)
     if args.command == "demo":
         from .demo import run_demo
 

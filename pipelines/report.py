@@ -22,14 +22,14 @@ def _clean(value):
     return value
 
 
-def write_report(report: dict, path: str) -> dict:
-    """Validate ``report`` against the report schema and write it to ``path`` atomically."""
+def write_report(report: dict, path: str, schema: str = "report") -> dict:
+    """Validate ``report`` against ``schemas/<schema>.schema.json`` and write it to ``path`` atomically."""
     report = _clean(report)
     try:
-        jsonschema.validate(report, load_json_schema("report"))
+        jsonschema.validate(report, load_json_schema(schema))
     except jsonschema.ValidationError as exc:  # a bug in poisonguard, not in the user's input
         where = "/".join(str(p) for p in exc.absolute_path)
-        raise PoisonguardError(f"internal error: the report does not match its schema at '{where}': {exc.message}") from None
+        raise PoisonguardError(f"internal error: the {schema} does not match its schema at '{where}': {exc.message}") from None
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=False)

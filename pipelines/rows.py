@@ -76,6 +76,8 @@ def resolve_contract(
     schemas = [(shard, read_schema(shard)) for shard in shards]
     first_shard, first = schemas[0]
     names = list(first.names)
+    if id_column is None and ROW_ID in names:  # written by poisonguard (simulate): keep its row ids
+        id_column = ROW_ID
     for shard, schema in schemas:
         if label_column not in schema.names:
             raise InputError(f"{shard.path}: no label column '{label_column}' (columns: {', '.join(schema.names)}); set it with --label-column")
