@@ -2,21 +2,52 @@
 
 Every detector splits into combinable per-class statistics, a fit that turns them into a
 small model, and a numba kernel that scores rows against the model (see ``base``).
+
+=================  =========================================  ===================================
+name               estimator                                  finds
+=================  =========================================  ===================================
+spectral           :class:`SpectralSignatureDetector`         backdoor clusters (Tran et al. 2018)
+robust_spectral    :class:`RobustSpectralDetector`            backdoor clusters, robust to large
+                                                              poison shares (SPECTRE, 2021)
+influence          :class:`InfluenceDetector`                 rows that hurt a logistic model or a
+                                                              trusted set (Koh & Liang 2017)
+clustering         :class:`ActivationClusteringDetector`      small, separated sub-clusters of a
+                                                              class (Chen et al. 2018)
+knn                :class:`KNNLabelDetector`                  labels their neighbours disagree
+                                                              with (Peri et al. 2020)
+=================  =========================================  ===================================
+
+:class:`EnsembleDetector` runs several as one (``--detectors a,b,c`` on the command line).
 """
 
 from .base import BaseDetector, PerClassModel, Screened, calibrated_threshold
+from .clustering import ActivationClusteringDetector, ClusteringModel
 from .ensemble import EnsembleDetector, EnsembleModel
+from .influence import InfluenceDetector, InfluenceModel
+from .knn import KNNLabelDetector, KNNLabelModel
+from .robust_spectral import RobustSpectralDetector, RobustSpectralModel
 from .spectral import SpectralModel, SpectralSignatureDetector
 
 #: Detectors by their command-line / ``score_<name>`` name.
-DETECTORS = {SpectralSignatureDetector.name: SpectralSignatureDetector}
+DETECTORS = {
+    cls.name: cls
+    for cls in (SpectralSignatureDetector, RobustSpectralDetector, InfluenceDetector, ActivationClusteringDetector, KNNLabelDetector)
+}
 
 __all__ = [
+    "ActivationClusteringDetector",
     "BaseDetector",
+    "ClusteringModel",
     "DETECTORS",
     "EnsembleDetector",
     "EnsembleModel",
+    "InfluenceDetector",
+    "InfluenceModel",
+    "KNNLabelDetector",
+    "KNNLabelModel",
     "PerClassModel",
+    "RobustSpectralDetector",
+    "RobustSpectralModel",
     "Screened",
     "SpectralModel",
     "SpectralSignatureDetector",

@@ -15,8 +15,9 @@ check (pickling, dtypes, idempotent fit, sample-order and subset invariance, no 
 outlying; the random blobs of ``check_outliers_train`` / ``check_outliers_fit_predict``
 have nothing outlying, so no row is predicted -1 where the checks expect some.
 
-``requires_labels`` detectors (k-NN label consistency, influence) refuse ``y=None`` at
-fit, which the unsupervised-outlier checks use: :data:`NEEDS_LABELS_AT_FIT`.
+``requires_labels`` detectors (k-NN label consistency, influence, and an ensemble holding
+one) refuse ``y=None`` at fit, which those two outlier checks use. The list is exact:
+an expected failure that passes fails the test (``xfail_strict``).
 """
 
 from __future__ import annotations
@@ -48,16 +49,6 @@ AUTO_FLAGS_NOTHING_RANDOM = {
     name: "contamination='auto' flags only outlying structure; random blobs have none, so nothing is -1"
     for name in ("check_outliers_train", "check_outliers_fit_predict")
 }
-NEEDS_LABELS_AT_FIT = {
-    name: "the detector needs class labels (requires_labels); the check fits with y=None"
-    for name in ("check_outliers_train", "check_outliers_fit_predict", "check_fit2d_1sample", "check_fit2d_1feature",
-                 "check_fit1d", "check_estimators_empty_data_messages", "check_estimators_overwrite_params",
-                 "check_estimator_sparse_array", "check_estimator_sparse_matrix", "check_fit_check_is_fitted",
-                 "check_n_features_in", "check_positive_only_tag_during_fit", "check_estimators_unfitted",
-                 "check_fit_score_takes_y", "check_dont_overwrite_parameters", "check_fit_non_negative")
-}
-
-
 def all_detectors():
     members = [cls() for cls in DETECTORS.values()]
     return [*members, EnsembleDetector(detectors=[cls() for cls in DETECTORS.values()])]
@@ -66,11 +57,12 @@ def all_detectors():
 def expected_failures(estimator) -> dict:
     expected = {**NEEDS_LABELS_AT_PREDICT, **AUTO_FLAGS_NOTHING_RANDOM}
     if estimator.requires_labels:
-        expected.update(NEEDS_LABELS_AT_FIT)
+        expected.update({name: "the detector needs class labels (requires_labels); the check fits without y"
+                         for name in AUTO_FLAGS_NOTHING_RANDOM})
     return expected
 
 
-@parametrize_with_checks(all_detectors(), expected_failed_checks=expected_failures, xfail_strict=False)
+@parametrize_with_checks(all_detectors(), expected_failed_checks=expected_failures, xfail_strict=True)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -94,9 +86,11 @@ def test_label_aware_invariances(detector):
     # pickling round trip
     again = pickle.loads(pickle.dumps(det))
     np.testing.assert_allclose(again.suspicion(X, y), expected)
-    # float32 and Fortran-ordered input score the same (to float32 precision)
+    # Fortran-ordered input scores the same; float32 input to its precision, except where
+    # rounding reorders a tie (k-NN: which row is the k-th neighbour), for at most 1% of rows
     np.testing.assert_allclose(det.suspicion(np.asfortranarray(X), y), expected, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(det.suspicion(X.astype(np.float32), y), expected, rtol=1e-3, atol=1e-3)
+    close = np.isclose(det.suspicion(X.astype(np.float32), y), expected, rtol=1e-3, atol=1e-3)
+    assert close.mean() >= 0.99
     # sample order and subsets: a row's score depends on the model and the row only
     order = np.random.default_rng(1).permutation(len(X))
     np.testing.assert_allclose(det.suspicion(X[order], y[order]), expected[order])
