@@ -41,7 +41,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from ..schemas import ConfigError, row_hash
 from ._sklearn import Interval
-from .statistics import Histogram
+from .statistics import HashSample, Histogram
 from .thresholds import SUSPICION_EDGES, upper_quantile_threshold
 
 #: Rows per chunk when the estimator walks an in-memory array (bounds temporary memory).
@@ -83,7 +83,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     # -- the contract, shared by both drivers ---------------------------------------------
     def initial_state(self, n_features: int):
         """State before the first pass (parameters validated)."""
-        raise NotImplementedError
+        self._validate_params()
+        return {"n_features": n_features}
 
     def batch_statistics(self, stage: int, state, X: np.ndarray, labels: np.ndarray, row_ids: np.ndarray,
                          into: dict | None = None) -> dict:
@@ -104,6 +105,15 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def row_hashes(self, row_ids) -> np.ndarray:
         """Keyed hashes of row ids that select this detector's bounded samples."""
         return row_hash(row_ids, self.seed, purpose=f"{self.name}-sample")
+
+    def add_class_samples(self, stats: dict, X: np.ndarray, labels: np.ndarray, row_ids) -> dict:
+        """Add a batch to per-class bounded samples (``{label: HashSample(self.sample_size)}``)."""
+        hashes = self.row_hashes(row_ids)
+        for label, rows in group_by_label(labels):
+            if label not in stats:
+                stats[label] = HashSample(self.sample_size, X.shape[1])
+            stats[label].add_batch(X, hashes, rows)
+        return stats
 
     # -- in-memory driver ----------------------------------------------------------------
     def fit(self, X, y=None, *, row_ids=None, X_reference=None, y_reference=None):
@@ -238,6 +248,21 @@ class Screened:
     suspicion: np.ndarray  # (N,) combined suspicion
     flagged: np.ndarray  # (N,) bool
     reasons: np.ndarray  # (N,) object: why a flagged row was flagged, None otherwise
+
+
+def robust_feature_scale(rows: np.ndarray, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature median and inverse robust scale of sample ``rows`` (n, d).
+
+    The scale is the inter-quartile range / 1.349 (the standard deviation for normal data),
+    else the standard deviation where the IQR is 0, else 1. No rows: median 0, scale 1.
+    """
+    if len(rows) == 0:
+        return np.zeros(n_features), np.ones(n_features)
+    q1, median, q3 = np.percentile(rows, [25, 50, 75], axis=0)
+    scale = (q3 - q1) / 1.349
+    sd = rows.std(axis=0)
+    scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
+    return median, 1.0 / scale
 
 
 def calibrated_threshold(histogram: Histogram, target_fpr: float) -> float:

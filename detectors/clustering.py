@@ -85,8 +85,8 @@ from sklearn.metrics import silhouette_score
 from ._config import njit
 from ._kernels import soft_clip, standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, group_by_label, label_codes
-from .statistics import HashSample, Histogram
+from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
+from .statistics import Histogram
 from .thresholds import SUSPICION_EDGES, robust_location_scale, upper_quantile_threshold
 
 #: Grid of the projection histograms, in units of the class's robust spread on the sample.
@@ -322,19 +322,10 @@ class ActivationClusteringDetector(BaseDetector):
 
     # -- pass 0: bounded sample -> standardiser, PCA, 2-means, sample tests ------------------
     # -- pass 1: projection histograms -> robust location / scale, valley test, cut ----------
-    def initial_state(self, n_features: int):
-        self._validate_params()
-        return {"n_features": n_features}
-
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
         if stage == 0:
-            hashes = self.row_hashes(row_ids)
-            for label, rows in group_by_label(labels):
-                if label not in stats:
-                    stats[label] = HashSample(self.sample_size, X.shape[1])
-                stats[label].add_batch(X, hashes, rows)
-            return stats
+            return self.add_class_samples(stats, X, labels, row_ids)
         model: ClusteringModel = state["partial"]
         classes = model.classes
         codes = label_codes(classes, labels)
@@ -358,14 +349,7 @@ class ActivationClusteringDetector(BaseDetector):
         classes = tuple(sorted(samples))
         rows = {c: samples[c].result()[1] for c in classes}
         pooled = np.concatenate([rows[c] for c in classes]) if classes else np.zeros((0, d))
-        if len(pooled):
-            q1, median, q3 = np.percentile(pooled, [25, 50, 75], axis=0)
-            scale = (q3 - q1) / 1.349  # the IQR of a normal distribution is 1.349 sd
-            sd = pooled.std(axis=0)
-            scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
-        else:
-            median, scale = np.zeros(d), np.ones(d)
-        inv_scale = 1.0 / scale
+        median, inv_scale = robust_feature_scale(pooled, d)
         splits = [self._split(standardize_clip(np.ascontiguousarray(rows[c]), median, inv_scale, float(self.clip),
                                                np.empty(rows[c].shape))) for c in classes]
         K = len(classes)

@@ -112,8 +112,8 @@ from ..schemas import ConfigError
 from ._config import njit
 from ._kernels import soft_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, group_by_label, label_codes
-from .statistics import HashSample, Histogram
+from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
+from .statistics import Histogram
 from .thresholds import SUSPICION_EDGES, cluster_threshold, robust_location_scale, upper_quantile_threshold
 
 #: Grid of the raw-score histograms, in pilot robust standard deviations around the pilot median.
@@ -500,19 +500,10 @@ class InfluenceDetector(BaseDetector):
     # -- passes 1..S (S = newton_steps): gradient / Hessian sums -> damped Newton step; H'^-1/2 ----
     # -- pass S + 1 (reference rows): reference-loss gradient -> v = H'^-1 grad L_ref; pilot scales -
     # -- pass S + 2: raw-score histograms -> robust location / scale, thresholds --------------------
-    def initial_state(self, n_features: int):
-        self._validate_params()
-        return {"n_features": n_features}
-
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
         if stage == 0:
-            hashes = self.row_hashes(row_ids)
-            for label, rows in group_by_label(labels):
-                if label not in stats:
-                    stats[label] = HashSample(self.sample_size, X.shape[1])
-                stats[label].add_batch(X, hashes, rows)
-            return stats
+            return self.add_class_samples(stats, X, labels, row_ids)
         codes = label_codes(state["classes"], labels)
         reference = stage == self.newton_steps + 1
         if stage <= self.newton_steps + 1:
@@ -557,18 +548,12 @@ class InfluenceDetector(BaseDetector):
         rows = [samples[c].result()[1] for c in classes]
         pooled = np.concatenate(rows) if rows else np.zeros((0, d))
         codes = np.repeat(np.arange(K, dtype=np.int64), [len(r) for r in rows])
-        if len(pooled):
-            q1, median, q3 = np.percentile(pooled, [25, 50, 75], axis=0)
-            scale = (q3 - q1) / 1.349  # the IQR of a normal distribution is 1.349 sd
-            sd = pooled.std(axis=0)
-            scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
-        else:
-            median, scale = np.zeros(d), np.ones(d)
-        state = {**state, "classes": classes, "median": median, "inv_scale": 1.0 / scale, "sample": (pooled, codes)}
+        median, inv_scale = robust_feature_scale(pooled, d)
+        state = {**state, "classes": classes, "median": median, "inv_scale": inv_scale, "sample": (pooled, codes)}
         theta = np.zeros((K, d + 1))
         if K >= 2:
             Z = np.empty((len(pooled), d + 1))
-            standardize_softmax(np.ascontiguousarray(pooled), codes, median, 1.0 / scale, float(self.clip), theta, Z,
+            standardize_softmax(np.ascontiguousarray(pooled), codes, median, inv_scale, float(self.clip), theta, Z,
                                 np.empty((len(pooled), K)), np.empty(len(pooled)))
             binary = K == 2  # scikit-learn fits one weight vector w: theta = [-w/2, w/2], penalty alpha/4 ||w||^2
             C = (2.0 if binary else 1.0) / (self.alpha * len(pooled))

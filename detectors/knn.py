@@ -76,7 +76,7 @@ import numpy as np
 from ._config import njit
 from ._kernels import standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, group_by_label, label_codes
+from .base import BaseDetector, PerClassModel, group_by_label, label_codes, robust_feature_scale
 from .statistics import HashSample, Histogram
 from .thresholds import SUSPICION_EDGES, robust_location_scale, upper_quantile_threshold
 
@@ -389,10 +389,6 @@ class KNNLabelDetector(BaseDetector):
 
     # -- pass 0: bounded samples -> feature median / scale, the reference sample -------------
     # -- pass 1: raw-score histograms -> counts, robust location / scale, thresholds ---------
-    def initial_state(self, n_features: int):
-        self._validate_params()
-        return {"n_features": n_features}
-
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
         if stage == 0:
@@ -442,14 +438,7 @@ class KNNLabelDetector(BaseDetector):
             rows, codes = np.concatenate(parts_x)[first], np.concatenate(parts_c)[first]
         else:
             rows, codes = np.zeros((0, d)), np.zeros(0, dtype=np.int64)
-        if len(rows):
-            q1, median, q3 = np.percentile(rows, [25, 50, 75], axis=0)
-            scale = (q3 - q1) / 1.349  # the IQR of a normal distribution is 1.349 sd
-            sd = rows.std(axis=0)
-            scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
-        else:
-            median, scale = np.zeros(d), np.ones(d)
-        inv_scale = 1.0 / scale
+        median, inv_scale = robust_feature_scale(rows, d)
         sample = standardize_clip(np.ascontiguousarray(rows), median, inv_scale, float(self.clip), np.empty(rows.shape))
         K = len(classes)
         partial = KNNLabelModel(

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 
 from ..detectors import BaseDetector, calibrated_threshold
