@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import platform
 import shutil
 import tempfile
@@ -28,15 +27,15 @@ from datetime import datetime, timezone
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
 
 from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
-from ..schemas import OUTPUTS, ConfigError, PoisonguardError
+from ..schemas import OUTPUTS, ConfigError
 from .io import discover_shards, part_name, split_units, write_part
 from .report import write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
+from .staging import count_problems, load_result, publish, raise_if_lost, save_result
 from .summary import ScreenSummary
 from .transforms import MergeAll, ScreenedChunk, batch_statistics, calibrate, read_and_validate, reference_summary, screen_chunk
 
@@ -146,23 +145,6 @@ class ScreenResult:
 # staging directory; the driver turns it into the next pass's constant. This is the shape
 # every runner, DaskRunner included, executes correctly (see ScreenBatches for the
 # single-pipeline variant).
-def _save(result, path: str) -> int:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(result, fh)
-    os.replace(tmp, path)
-    return 1
-
-
-def _load(path: str, what: str):
-    if not os.path.exists(path):
-        raise PoisonguardError(f"the pipeline finished without producing its {what}; nothing was written")
-    with open(path, "rb") as fh:
-        result = pickle.load(fh)
-    os.remove(path)
-    return result
-
-
 def _read_statistics(shard, contract, batch_rows, detector, stage, state):
     for chunk in read_and_validate(shard, contract, batch_rows):
         yield from batch_statistics(chunk, detector, stage, state, contract)
@@ -208,9 +190,9 @@ def fit_passes(session: RunnerSession, detector, units, contract: Contract, batc
             | "Summarise" >> beam.FlatMap(_read_statistics, pass_contract, batch_rows, detector, stage, state)
             | "MergePerClass" >> beam.CombinePerKey(MergeAll())
             | "Collect" >> beam.combiners.ToDict()
-            | "Save" >> beam.Map(_save, path)
+            | "Save" >> beam.Map(save_result, path)
         ))
-        state = detector.advance(stage, state, _load(path, f"pass {stage} statistics") or {})
+        state = detector.advance(stage, state, load_result(path, f"pass {stage} statistics") or {})
         log.info("%s: fit pass %d/%d done in %.1f s", detector.name, stage + 1, detector.n_stages, time.perf_counter() - started)
     return state
 
@@ -222,9 +204,9 @@ def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract,
         | "Units" >> beam.Create(ref_units, reshuffle=False)
         | "ScoreReference" >> beam.FlatMap(_read_reference, contract, batch_rows, model)
         | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(_save, path)
+        | "Save" >> beam.Map(save_result, path)
     ))
-    reference = _load(path, "reference summary")
+    reference = load_result(path, "reference summary")
     return calibrate(model, reference, target_fpr), reference
 
 
@@ -235,9 +217,9 @@ def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, co
         | "Units" >> beam.Create(units, reshuffle=False)
         | "ScreenAndWrite" >> beam.FlatMap(_read_screen_write, contract, batch_rows, model, detector, staging)
         | "Summarise" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(_save, path)
+        | "Save" >> beam.Map(save_result, path)
     ))
-    return _load(path, "summary") or ScreenSummary()
+    return load_result(path, "summary") or ScreenSummary()
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -286,7 +268,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["timings"]["total_s"] = time.perf_counter() - t0
         write_report(report, os.path.join(staging, "report.json"))
-        _publish(staging, config.out)
+        publish(staging, config.out, (*OUTPUTS, "report.json"))
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
                  report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
@@ -316,29 +298,8 @@ def _check_conservation(summary: ScreenSummary, model, files, staging: str) -> N
     fitted = int(np.sum(model.counts))
     if fitted != summary.cleaned + summary.quarantine:
         problems.append(f"the fit saw {fitted} valid rows but {summary.cleaned + summary.quarantine} were screened")
-    for output in OUTPUTS:
-        folder = os.path.join(staging, output)
-        written = sum(pq.read_metadata(os.path.join(folder, f)).num_rows for f in os.listdir(folder)) if os.path.isdir(folder) else 0
-        if written != getattr(summary, output):
-            problems.append(f"{output}/ holds {written} rows but the summary counts {getattr(summary, output)}")
-    if all(f.format == "parquet" for f in files):
-        declared = sum(pq.read_metadata(f.path).num_rows for f in files)
-        if declared != summary.rows_in:
-            problems.append(f"the inputs declare {declared} rows but {summary.rows_in} were read")
-    if problems:
-        raise PoisonguardError("row conservation violated (" + "; ".join(problems) + "); nothing was published")
-
-
-def _publish(staging: str, out: str) -> None:
-    """Move the finished outputs from staging into ``out``, replacing earlier ones."""
-    for name in (*OUTPUTS, "report.json"):
-        target = os.path.join(out, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.remove(target)
-    for name in (*OUTPUTS, "report.json"):  # the report last: its presence means the run completed
-        os.replace(os.path.join(staging, name), os.path.join(out, name))
+    problems += count_problems(staging, {output: getattr(summary, output) for output in OUTPUTS}, files, summary.rows_in)
+    raise_if_lost(problems)
 
 
 def _json_params(detector: BaseDetector) -> dict:

@@ -50,17 +50,16 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import __version__
-from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ConfigError, PoisonguardError
+from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ConfigError
 from ..simulators import DataProfile, SmallestHashes
 from ..simulators.config import AttackConfig, attacks_from_dict, load_attack_config
 from .io import discover_shards, part_name, split_units, write_part
 from .report import write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
-from .screen import _load, _save
+from .staging import count_problems, load_result, publish, raise_if_lost, save_result
 from .transforms import Chunk, MergeAll, read_and_validate
 
 log = logging.getLogger("poisonguard")
@@ -232,9 +231,9 @@ def profile_pass(session: RunnerSession, units, contract: Contract, batch_rows: 
         | "Units" >> beam.Create(units, reshuffle=False)
         | "Profile" >> beam.FlatMap(_read_profile, contract, batch_rows, seed, sample_size)
         | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(_save, path)
+        | "Save" >> beam.Map(save_result, path)
     ))
-    return _load(path, "data profile") or DataProfile.empty(
+    return load_result(path, "data profile") or DataProfile.empty(
         label_column=contract.label_column, feature_columns=contract.feature_columns, seed=seed, sample_size=sample_size)
 
 
@@ -246,10 +245,10 @@ def cutoff_pass(session: RunnerSession, units, contract: Contract, batch_rows: i
         | "Units" >> beam.Create(units, reshuffle=False)
         | "SmallestKeys" >> beam.FlatMap(_read_smallest, contract, batch_rows, prepared, cutoffs)
         | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(_save, path)
+        | "Save" >> beam.Map(save_result, path)
     ))
     attack = prepared[-1].attack
-    smallest = _load(path, f"{attack.name} cutoff") or SmallestHashes(attack.count, name=attack.name)
+    smallest = load_result(path, f"{attack.name} cutoff") or SmallestHashes(attack.count, name=attack.name)
     return smallest.cutoff()
 
 
@@ -261,9 +260,9 @@ def write_pass(session: RunnerSession, units, contract: Contract, batch_rows: in
         | "Units" >> beam.Create(units, reshuffle=False)
         | "SimulateAndWrite" >> beam.FlatMap(_read_simulate_write, contract, batch_rows, prepared, cutoffs, schema, staging)
         | "Summarise" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(_save, path)
+        | "Save" >> beam.Map(save_result, path)
     ))
-    return _load(path, "summary") or SimulateSummary()
+    return load_result(path, "summary") or SimulateSummary()
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -331,7 +330,7 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
                                   passes=2 + sum(c is not None for c in cutoffs))
         manifest["timings"]["total_s"] = time.perf_counter() - t0
         write_report(manifest, os.path.join(staging, MANIFEST), schema="manifest")
-        _publish(staging, config.out)
+        publish(staging, config.out, (*SIMULATE_OUTPUTS, MANIFEST))
         log.info("done in %.1f s: %d rows in, %d invalid, %d touched, %d injected, %d rows out -> %s",
                  manifest["timings"]["total_s"], summary.rows_in, summary.invalid, sum(summary.touched.values()),
                  sum(summary.injected.values()), summary.rows_out, config.out)
@@ -380,29 +379,8 @@ def _check_conservation(summary: SimulateSummary, profile: DataProfile, attacks,
             done = summary.touched.get(attack.name, 0) + summary.injected.get(attack.name, 0)
             if done != attack.count:
                 problems.append(f"attack '{attack.name}' asked for {attack.count} rows but poisoned {done}")
-    for output, expected in (("data", summary.rows_out), ("invalid", summary.invalid)):
-        folder = os.path.join(staging, output)
-        written = sum(pq.read_metadata(os.path.join(folder, f)).num_rows for f in os.listdir(folder)) if os.path.isdir(folder) else 0
-        if written != expected:
-            problems.append(f"{output}/ holds {written} rows but the summary counts {expected}")
-    if all(f.format == "parquet" for f in files):
-        declared = sum(pq.read_metadata(f.path).num_rows for f in files)
-        if declared != summary.rows_in:
-            problems.append(f"the inputs declare {declared} rows but {summary.rows_in} were read")
-    if problems:
-        raise PoisonguardError("row conservation violated (" + "; ".join(problems) + "); nothing was published")
-
-
-def _publish(staging: str, out: str) -> None:
-    """Move the finished outputs from staging into ``out``, replacing earlier ones; the manifest last."""
-    for name in (*SIMULATE_OUTPUTS, MANIFEST):
-        target = os.path.join(out, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.remove(target)
-    for name in (*SIMULATE_OUTPUTS, MANIFEST):  # the manifest last: its presence means the run completed
-        os.replace(os.path.join(staging, name), os.path.join(out, name))
+    problems += count_problems(staging, {"data": summary.rows_out, "invalid": summary.invalid}, files, summary.rows_in)
+    raise_if_lost(problems)
 
 
 def _jsonable(value):
