@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 #: Grid of the per-class suspicion histograms in the report (0 to 50 in steps of 0.1).
 REPORT_EDGES = np.linspace(0.0, 50.0, 501)
@@ -83,12 +84,18 @@ class ScreenSummary:
     false_negative: int = 0
     poisoned_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(REPORT_EDGES) + 1, dtype=np.int64))
     clean_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(REPORT_EDGES) + 1, dtype=np.int64))
+    # with an 'attack' column too: per attack name, [poisoned rows, flagged among them]
+    by_attack: dict = field(default_factory=dict)
 
     def merge(self, other: ScreenSummary) -> ScreenSummary:
         for name in ("rows_in", "cleaned", "quarantine", "invalid", "truth_rows", "true_positive", "false_positive", "false_negative"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.poisoned_hist = self.poisoned_hist + other.poisoned_hist
         self.clean_hist = self.clean_hist + other.clean_hist
+        for name, (rows, flagged) in other.by_attack.items():
+            mine = self.by_attack.setdefault(name, [0, 0])
+            mine[0] += rows
+            mine[1] += flagged
         for label, cs in other.classes.items():
             if label in self.classes:
                 self.classes[label].merge(cs)
@@ -98,7 +105,8 @@ class ScreenSummary:
                 self.classes[label] = mine
         return self
 
-    def add_truth(self, poisoned: np.ndarray, flagged: np.ndarray, suspicion: np.ndarray) -> None:
+    def add_truth(self, poisoned: np.ndarray, flagged: np.ndarray, suspicion: np.ndarray, attacks: np.ndarray | None = None) -> None:
+        """Count one chunk against its ground truth; ``attacks`` (attack name per row) splits recall by attack."""
         self.truth_rows += len(poisoned)
         self.true_positive += int((poisoned & flagged).sum())
         self.false_positive += int((~poisoned & flagged).sum())
@@ -106,6 +114,14 @@ class ScreenSummary:
         bins = np.searchsorted(REPORT_EDGES, suspicion, side="right")
         self.poisoned_hist += np.bincount(bins[poisoned], minlength=len(self.poisoned_hist))
         self.clean_hist += np.bincount(bins[~poisoned], minlength=len(self.clean_hist))
+        if attacks is not None:
+            names, codes = np.unique(np.where(pd.isna(attacks[poisoned]), "", attacks[poisoned]).astype(str), return_inverse=True)
+            rows = np.bincount(codes, minlength=len(names))
+            caught = np.bincount(codes, weights=flagged[poisoned], minlength=len(names))
+            for name, n, k in zip(names, rows, caught):
+                mine = self.by_attack.setdefault(str(name) or "(unnamed)", [0, 0])
+                mine[0] += int(n)
+                mine[1] += int(k)
 
     def detection_json(self) -> dict | None:
         """Recall, precision, FPR and a histogram-resolution ROC-AUC against the ground truth."""
@@ -127,4 +143,5 @@ class ScreenSummary:
             "precision": tp / (tp + fp) if tp + fp else None,
             "false_positive_rate": fp / negatives if negatives else None,
             "roc_auc": auc,
+            "by_attack": {name: {"rows": n, "flagged": k, "recall": k / n} for name, (n, k) in sorted(self.by_attack.items())},
         }

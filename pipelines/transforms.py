@@ -28,7 +28,7 @@ from ..detectors import BaseDetector, calibrated_threshold
 from ..detectors.base import group_by_label
 from ..detectors.statistics import Histogram
 from ..detectors.thresholds import SUSPICION_EDGES
-from ..schemas import FLAGGED, POISONED, REASON, ROW_ID, SUSPICION, InputError, score_column
+from ..schemas import ATTACK, FLAGGED, POISONED, REASON, ROW_ID, SUSPICION, InputError, score_column
 from .io import Shard, read_shard
 from .rows import Contract, validate_chunk
 from .summary import ClassSummary, ScreenSummary
@@ -167,7 +167,8 @@ def screen_chunk(chunk: Chunk, model, detector: BaseDetector, contract: Contract
         summary.classes[str(label)] = cs = ClassSummary()
         cs.add(suspicion[rows], flagged[rows])
     if POISONED in valid.column_names:  # ground truth, parsed to bool by the row contract
-        summary.add_truth(valid.column(POISONED).to_numpy(zero_copy_only=False), flagged, suspicion)
+        attacks = valid.column(ATTACK).to_numpy(zero_copy_only=False) if ATTACK in valid.column_names else None
+        summary.add_truth(valid.column(POISONED).to_numpy(zero_copy_only=False), flagged, suspicion, attacks)
     return ScreenedChunk(chunk.shard_index, chunk.number, scored.filter(keep), scored.filter(pa.array(flagged)), chunk.invalid, summary)
 
 

@@ -423,6 +423,9 @@ def test_simulated_backdoor_is_caught_by_screen(fraud_data, tmp_path, capsys):
     detection = report["detection"]
     assert detection["poisoned"] == manifest["counts"]["poisoned"] > 100
     assert detection["recall"] >= 0.9 and detection["precision"] >= 0.8
+    assert list(detection["by_attack"]) == ["backdoor"]
+    assert detection["by_attack"]["backdoor"]["rows"] == manifest["counts"]["by_attack"]["backdoor"]
+    assert detection["by_attack"]["backdoor"]["flagged"] == detection["true_positives"]
     assert report["inputs"]["feature_columns"] == FEATURES  # not poisoned/attack/original_label/merchant
     assert report["counts"]["rows_in"] == manifest["counts"]["rows_out"]
     quarantine = read_output(str(screened / "quarantine")).to_pandas()
