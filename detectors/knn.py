@@ -35,10 +35,11 @@ ways:
    ``r = log((n_alt + 1) / (n_own + 1))`` of the strongest other class (``n_alt`` of the k
    votes) against the row's own label (``n_own``): -log(k + 1) for a row whose neighbours
    all agree, +log(k + 1) for one whose neighbours all carry one other label. Suspicion is
-   ``(r - median_c) / scale_c`` per class c, the median and 1.4826 MAD of r over all the
-   class's rows; as most rows of a clean class agree completely, MAD is often 0, so the
-   scale is floored at the step of r for one vote (from k agreeing to k - 1), and one unit
-   of suspicion is about one neighbour's vote.
+   ``(r - median_c) / scale_c`` per class c, the median and 1.4826 MAD of r over the
+   class's rows in the reference sample, each scored leave-one-out (with
+   ``contamination="auto"``; see "Fit" below); as most rows of a clean class agree
+   completely, MAD is often 0, so the scale is floored at the step of r for one vote (from
+   k agreeing to k - 1), and one unit of suspicion is about one neighbour's vote.
 5. **A threshold with two conditions, no blanket removal.** With ``contamination="auto"``
    a row is flagged when its own label is in a clear minority (``r`` at least that of a
    row with an own-label share of ``min_agreement`` and the rest on one other class: with
@@ -48,21 +49,47 @@ ways:
    suspicion units. Alternatively ``contamination`` flags a fixed share of all rows, or
    :meth:`calibrate` sets the threshold on trusted reference rows.
 
-Fit is two passes, each a combinable statistic: (0) the bounded samples (one pooled, with
-labels, and one per class), giving the per-feature median and scale and the standardised
-reference sample; (1) per class, a histogram of the raw score r of every row, giving the
-row counts, the robust location and scale and the thresholds. Scoring (pass 1 and
-``suspicion``) runs in blocks of 256 rows: one float32 BLAS product of the block with the
+Fit, with ``contamination="auto"``, is ONE pass over the data, a combinable statistic: the
+bounded samples (one pooled, with labels, and one per class that also counts the class's
+rows exactly, for ``model.counts``), giving the per-feature median and scale and the
+standardised reference sample. The robust location and scale of r per class are then
+taken, at the end of the pass, from the reference sample's own rows scored leave-one-out
+against the rest of the sample (S rows, about 1 s at S = 20,000, d = 32): per class the
+sample is a uniform random subset of the class (its smallest keyed hashes: at least
+``min_class_sample`` rows, or all of them), and a sample row's leave-one-out score is
+exactly what the scoring kernel gives that row, so their median / MAD estimate those of
+all the class's rows; where the data has no more rows than the sample, they are the same
+numbers. With a float ``contamination`` the fit keeps a second pass (per class, a
+histogram of r of every row: location, scale and the share of ALL rows need the full score
+distribution).
+
+Why: until this change the "auto" fit also took the second pass, scoring every row (a
+k-NN search each) only to build those histograms, so a fit cost as much as scoring all the
+rows, and the screening pipeline searched every row twice. Effect on the decisions (figures
+in the change's report): identical where every row is in the sample (all the test data
+sets); at 200,000 rows (sample 20,000, >= 100 sample rows per class) 0 to 0.1% of the rows
+decided differently, ROC-AUC / recall / precision within 0.01. The estimate is noisier for
+a class with few sample rows (about ``min_class_sample``): r is discrete, so its median /
+MAD from ~100 rows can land a step away from the all-rows value (scale up to ~30% off). The
+"clear minority" condition of the threshold does not depend on the estimate, so such noise
+can only raise a class's cut above it, never flag a row whose label is not in a clear
+minority; the scale floor (one vote) bounds the other side.
+
+Scoring (``suspicion``, the sample's leave-one-out scores, pass 1 with a float
+contamination) runs in blocks of 256 rows: one float32 BLAS product of the block with the
 sample, a numba kernel that keeps the nearest candidates of each row, and a numba kernel
 that re-ranks them exactly and turns the votes into the score. Time O(N S d) (BLAS) +
-O(N S) (selection) per pass; memory O(S d) for the model (broadcast to workers) plus
-O(256 S) per worker, independent of N.
+O(N S) (selection) per scoring of N rows; the "auto" fit O(N) (hashing, samples) + O(S^2 d)
+(the sample's own scores); memory O(S d) for the model (broadcast to workers) plus O(256 S)
+per worker, independent of N.
 
 Measured here (one thread, CPU seconds; S = 20,000, 100k query rows): d = 32: 4.1 s (float32
 BLAS 1.7 s, candidate selection 2.2 s, exact re-rank and vote 0.1 s); d = 64: 5.7 s.
 scikit-learn ``NearestNeighbors`` (k = 21) on the same rows: brute 7.1 s / 10.0 s, ball tree
 about 58 s / 136 s, KD tree 87 s / 208 s; a plain numba double loop 33 s / 71 s. Fit + score
-of 1,000,000 x 32 rows in 10 classes: fit 43 s (pass 1 scores every row), scoring 41 s.
+of 1,000,000 x 32 rows in 10 classes (``benchmarks/bench_detectors.py timing --repeat 1
+--detectors knn``): fit FIT_AFTER s (two passes before this change: 46.8 s), scoring SCORE_AFTER s
+(39.4 s before).
 """
 
 from __future__ import annotations
@@ -237,7 +264,10 @@ class KNNLabelModel(PerClassModel):
         codes = label_codes(self.classes, labels)
         if not self.classes:
             return np.full(len(codes), np.nan)
-        Z = self.standardize(X)
+        return self._vote(self.standardize(X), codes, location, inv_scale)
+
+    def _vote(self, Z: np.ndarray, codes: np.ndarray, location: np.ndarray, inv_scale: np.ndarray) -> np.ndarray:
+        """``(r - location[c]) * inv_scale[c]`` of standardised rows ``Z`` with class indices ``codes``."""
         candidates = self.neighbour_candidates(Z)
         return vote_scores(Z, codes, self.sample, self.sample_codes, candidates, int(self.n_neighbors), len(self.classes),
                            SMOOTHING, location, inv_scale, np.empty(len(codes)))
@@ -246,6 +276,17 @@ class KNNLabelModel(PerClassModel):
         """r = log((n_alt + 1) / (n_own + 1)) per row (NaN for unseen classes)."""
         K = len(self.classes)
         return self._scores(X, labels, np.zeros(K), np.ones(K))
+
+    def sample_raw_scores(self) -> np.ndarray:
+        """r of each reference-sample row, leave-one-out (S,): what :meth:`raw_scores` gives that row.
+
+        The sample rows are already standardised, so they are scored as they are; each one
+        finds itself at distance 0 with its own label and skips it.
+        """
+        K = len(self.classes)
+        if not K or not len(self.sample):
+            return np.empty(0)
+        return self._vote(self.sample, self.sample_codes, np.zeros(K), np.ones(K))
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """``(r - location_c) / scale_c`` per row (NaN for unseen classes)."""
@@ -307,6 +348,30 @@ class _LabelledSample:
         return self
 
 
+class _ClassSample(HashSample):
+    """A class's ``size`` smallest-hash rows plus the exact number of rows offered (combinable).
+
+    The count is the class's row count over all batches (``model.counts``), so the one-pass
+    fit still reports the rows per class it saw.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self, size: int, n_features: int):
+        super().__init__(size, n_features)
+        self.count = 0
+
+    def add_batch(self, X: np.ndarray, hashes: np.ndarray, rows: np.ndarray | None = None) -> _ClassSample:
+        self.count += len(hashes) if rows is None else len(rows)
+        super().add_batch(X, hashes, rows)
+        return self
+
+    def merge(self, other: _ClassSample) -> _ClassSample:
+        self.count += other.count
+        super().merge(other)
+        return self
+
+
 #: Statistic keys of pass 0: the pooled sample, and ``(_FLOOR, label)`` per class.
 _POOL = "__knn_pool__"
 _FLOOR = "__knn_floor__"
@@ -322,7 +387,8 @@ class KNNLabelDetector(BaseDetector):
     contamination : "auto" or float in (0, 0.5], default "auto"
         "auto": flag rows whose label is in a clear minority of their neighbours (see
         ``min_agreement``) and unusual for their class (see ``z_min``); a float: flag that
-        share of all rows, the most suspicious first.
+        share of all rows, the most suspicious first. "auto" fits in one pass over the
+        data, a float in two (``n_stages``).
     min_agreement : float in [0, 0.5), default 0.2
         "auto" only: a row is flagged when its log-odds score is at least that of a row
         with this share of the k votes for its own label and the rest for one other class.
@@ -335,7 +401,9 @@ class KNNLabelDetector(BaseDetector):
     min_class_sample : int >= 1, default 100
         Each class also contributes its ``min_class_sample`` smallest-hash rows (fewer if it
         has fewer), so a rare class has neighbours of its own. The reference sample holds
-        at most ``sample_size + K * min_class_sample`` rows.
+        at most ``sample_size + K * min_class_sample`` rows. With "auto", a class's robust
+        location and scale come from its rows in the sample, so this is also the fewest
+        rows they are estimated from.
     clip : float > 0, default 6.0
         Standardised feature values beyond +/- ``clip`` robust standard deviations are
         compressed logarithmically (``clip + log1p(excess)``).
@@ -352,7 +420,6 @@ class KNNLabelDetector(BaseDetector):
     """
 
     name = "knn"
-    n_stages = 2
     requires_labels = True
 
     _parameter_constraints: dict = {
@@ -387,8 +454,20 @@ class KNNLabelDetector(BaseDetector):
         self.clip = clip
         self.seed = seed
 
-    # -- pass 0: bounded samples -> feature median / scale, the reference sample -------------
-    # -- pass 1: raw-score histograms -> counts, robust location / scale, thresholds ---------
+    @property
+    def n_stages(self) -> int:
+        """1 with ``contamination="auto"`` (the sample is enough), 2 for a share of all rows."""
+        return 1 if self._auto else 2
+
+    @property
+    def _auto(self) -> bool:
+        return isinstance(self.contamination, str) and self.contamination == "auto"
+
+    # -- pass 0: bounded samples and row counts -> feature median / scale, the reference
+    #    sample; "auto": the sample's leave-one-out scores -> robust location / scale,
+    #    thresholds (the model)
+    # -- pass 1 (float contamination only): raw-score histograms of all rows -> robust
+    #    location / scale, the threshold of that share
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
         if stage == 0:
@@ -399,7 +478,7 @@ class KNNLabelDetector(BaseDetector):
             for label, rows in group_by_label(labels):
                 key = (_FLOOR, label)
                 if key not in stats:
-                    stats[key] = HashSample(self.min_class_sample, X.shape[1])
+                    stats[key] = _ClassSample(self.min_class_sample, X.shape[1])
                 stats[key].add_batch(X, hashes, rows)
             return stats
         model: KNNLabelModel = state["partial"]
@@ -414,8 +493,21 @@ class KNNLabelDetector(BaseDetector):
 
     def advance(self, stage, state, statistics):
         if stage == 0:
-            return self._fit_sample(state, statistics)
+            state = self._fit_sample(state, statistics)
+            return self._fit_thresholds(state, self._sample_histograms(state["partial"])) if self._auto else state
         return self._fit_thresholds(state, statistics)
+
+    @staticmethod
+    def _sample_histograms(model: KNNLabelModel) -> dict:
+        """Per class, a raw-score histogram of the class's reference rows, scored leave-one-out.
+
+        The reference sample holds, per class, the rows of smallest row hash (a uniform random
+        subset of the class, at least ``min_class_sample`` rows or all of them), so these
+        histograms estimate the class's raw-score distribution; for a class whose rows are
+        all in the sample they are its exact distribution.
+        """
+        raw = model.sample_raw_scores()
+        return {c: Histogram(RAW_EDGES).add_batch(raw[model.sample_codes == k]) for k, c in enumerate(model.classes)}
 
     def _fit_sample(self, state, samples: dict):
         d = state["n_features"]
@@ -441,6 +533,7 @@ class KNNLabelDetector(BaseDetector):
         median, inv_scale = robust_feature_scale(rows, d)
         sample = standardize_clip(np.ascontiguousarray(rows), median, inv_scale, float(self.clip), np.empty(rows.shape))
         K = len(classes)
+        counts = np.array([samples[(_FLOOR, c)].count for c in classes], dtype=np.int64)
         partial = KNNLabelModel(
             classes=classes,
             median=median,
@@ -451,7 +544,7 @@ class KNNLabelDetector(BaseDetector):
             n_neighbors=int(self.n_neighbors),
             location=np.zeros(K),
             scale=np.ones(K),
-            counts=np.zeros(K, dtype=np.int64),
+            counts=counts,
             thresholds=np.full(K, np.inf),
         )
         return {**state, "partial": partial}
@@ -467,27 +560,31 @@ class KNNLabelDetector(BaseDetector):
         return float(np.log((k * (1.0 - m) + a) / (k * m + a)))
 
     def _fit_thresholds(self, state, histograms: dict) -> KNNLabelModel:
+        """Robust location / scale per class from raw-score ``histograms``, then the thresholds.
+
+        "auto": the histograms of the reference sample's leave-one-out scores; a float
+        contamination: those of every row (pass 1), which the share of all rows needs.
+        """
         model: KNNLabelModel = state["partial"]
         K = len(model.classes)
         floor = self._one_vote()
         r_cut = self._clear_minority()
         location, scale = np.zeros(K), np.full(K, floor)
-        counts, thresholds = np.zeros(K, dtype=np.int64), np.full(K, np.inf)
+        thresholds = np.full(K, np.inf)
         z_hist = np.zeros(len(SUSPICION_EDGES) + 1, dtype=np.int64)
         for k, c in enumerate(model.classes):
             hist = histograms.get(c)
             if hist is None:
                 continue
-            counts[k] = hist.total
             loc, sc = robust_location_scale(RAW_EDGES, hist.counts, fallback_scale=floor)
             location[k], scale[k] = loc, max(sc, floor)
-            if self.contamination == "auto":
+            if self._auto:
                 # r takes discrete values: a row exactly at r_cut is flagged, whatever the rounding
                 thresholds[k] = max((r_cut - loc) / scale[k] - 1e-9, float(self.z_min))
             else:
                 z_hist += _rebin_z(hist.counts, loc, scale[k])
-        fitted = replace(model, location=location, scale=scale, counts=counts, thresholds=thresholds)
-        if self.contamination != "auto":
+        fitted = replace(model, location=location, scale=scale, thresholds=thresholds)
+        if not self._auto:
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
         return fitted
 

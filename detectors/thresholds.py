@@ -11,6 +11,12 @@ import numpy as np
 
 #: Grid of the suspicion histograms used for calibration: |z| in [0, 200), steps of 0.01.
 SUSPICION_EDGES = np.linspace(0.0, 200.0, 20001)
+#: "auto" cuts a class only with at least this many rows per dimension of its feature space: below it, a
+#: direction or robust covariance fitted to the class singles out genuine small subgroups (digits: 180
+#: rows a class in 61 dimensions) as readily as planted ones, and a gap along it is no evidence of poison.
+CUT_ROWS_PER_DIMENSION = 5
+#: Default ``min_tail_gap`` of :func:`cluster_threshold`: a gap's Renyi spacing statistic must reach this.
+MIN_TAIL_GAP = 3.0
 
 
 def _centers(edges: np.ndarray) -> np.ndarray:
@@ -57,6 +63,8 @@ def cluster_threshold(
     min_size: int,
     max_fraction: float,
     min_significance: float = 4.0,
+    min_tail_gap: float = 0.0,
+    origin: float = 0.0,
 ) -> float:
     """Suspicion threshold that cuts off an outlying cluster, or ``inf`` when there is none.
 
@@ -72,6 +80,17 @@ def cluster_threshold(
        with ``(B - v) / sqrt(B + v) >= min_significance`` (a Poisson z-test: a clean
        tail, however heavy, keeps falling; a planted cluster is a second mode). The cut is
        the middle of the most significant valley.
+
+    A gap must also be wide *relative to how far out it lies* (``min_tail_gap``): with
+    ``m`` rows beyond it and ``s_in < s_out`` the scores at its inner and outer edge,
+    measured from their natural zero ``origin`` (in z units: ``s = z - origin``), the
+    spacing statistic ``m * ln(s_out / s_in)`` must reach ``min_tail_gap``. Under a
+    Pareto tail of index ``a`` this statistic is exponential with mean ``1 / a`` (the
+    Renyi representation behind Hill's estimator), whatever the scale and however far
+    out the gap lies, so 3 is a 5% tail for ``a = 1``: a heavy clean tail that has
+    spread to z = 14 has gaps of several z by itself, and a few rows beyond such a gap
+    are not a cluster; a planted cluster lies well beyond it (a trigger puts its rows at
+    one far point) or holds many rows. ``0`` turns the check off.
 
     A clean distribution, however heavy its tail, has neither, so its class loses nothing.
     """
@@ -96,6 +115,7 @@ def cluster_threshold(
             continue
         c = interior[idx]
         near = z_lo[idx] if side > 0 else -z_hi[idx]  # |z| at the inner edge of position i
+        zero = side * origin  # the scores' natural zero, in the units of ``near``
         # rows strictly further out than position i on this side, grid overflow included
         beyond = np.cumsum(c[::-1])[::-1] - c + beyond_grid
         for first, last in _empty_runs(c):
@@ -104,6 +124,9 @@ def cluster_threshold(
             if beyond[last] > max_fraction * total:
                 continue
             w = near[last] + width - near[first]
+            if min_tail_gap > 0 and not tail_gap_ok(beyond[last], near[first] - zero, near[last] + width - zero,
+                                                    min_tail_gap):
+                continue
             if w >= min_gap and w > gap_width:
                 gap_cut, gap_width = 0.5 * (near[first] + near[last] + width), w
         # valleys: windowed counts v[i] over positions i..i+window-1, peak further out
@@ -126,6 +149,16 @@ def cluster_threshold(
             if score > valley_score:
                 valley_cut, valley_score = near[mid], score
     return float(gap_cut if np.isfinite(gap_cut) else valley_cut)
+
+
+def tail_gap_ok(rows_beyond: float, inner: float, outer: float, min_tail_gap: float) -> bool:
+    """Renyi spacing test of a gap from ``inner`` to ``outer`` (distances from the scores' zero) with rows beyond.
+
+    ``rows_beyond * ln(outer / inner) >= min_tail_gap``; see :func:`cluster_threshold`.
+    """
+    if inner <= 0:
+        return True
+    return bool(rows_beyond * np.log(outer / inner) >= min_tail_gap)
 
 
 def _empty_runs(c: np.ndarray):
