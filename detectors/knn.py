@@ -88,8 +88,8 @@ BLAS 1.7 s, candidate selection 2.2 s, exact re-rank and vote 0.1 s); d = 64: 5.
 scikit-learn ``NearestNeighbors`` (k = 21) on the same rows: brute 7.1 s / 10.0 s, ball tree
 about 58 s / 136 s, KD tree 87 s / 208 s; a plain numba double loop 33 s / 71 s. Fit + score
 of 1,000,000 x 32 rows in 10 classes (``benchmarks/bench_detectors.py timing --repeat 1
---detectors knn``): fit FIT_AFTER s (two passes before this change: 46.8 s), scoring SCORE_AFTER s
-(39.4 s before).
+--detectors knn``, median of 3): fit 1.3 s (two passes before this change: 46.8 s), scoring
+44 s (unchanged: 39-44 s before, run-to-run noise).
 """
 
 from __future__ import annotations

@@ -129,16 +129,18 @@ def _fit_like_the_pipeline(det, X, y, ids, parts, order):
     return state
 
 
+@pytest.mark.parametrize("contamination", ["auto", 0.05])
 @pytest.mark.parametrize("order", [(0, 1, 2, 3), (3, 1, 0, 2), (2, 3, 1, 0)])
-def test_chunked_fit_equals_in_memory_fit(order):
+def test_chunked_fit_equals_in_memory_fit(order, contamination):
     """Any split into chunks, merged in any order, gives the in-memory model (and scores)."""
     X, y = make_classification(n_samples=2500, n_features=8, n_informative=5, n_classes=3, random_state=0)
     ids = np.arange(len(X)) * 7 + 3
-    det = KNNLabelDetector(n_neighbors=7, sample_size=800, min_class_sample=50)
+    params = dict(n_neighbors=7, sample_size=800, min_class_sample=50, contamination=contamination)
+    det = KNNLabelDetector(**params)
     perm = np.random.default_rng(1).permutation(len(X))
     parts = [perm[p] for p in _splits(len(X), np.random.default_rng(order[0]), 4)]
     chunked = _fit_like_the_pipeline(det, X, y, ids, parts, order)
-    memory = KNNLabelDetector(n_neighbors=7, sample_size=800, min_class_sample=50).fit(X, y, row_ids=ids).model_
+    memory = KNNLabelDetector(**params).fit(X, y, row_ids=ids).model_
     np.testing.assert_array_equal(chunked.sample, memory.sample)
     np.testing.assert_array_equal(chunked.sample_codes, memory.sample_codes)
     np.testing.assert_array_equal(chunked.counts, memory.counts)
@@ -146,7 +148,92 @@ def test_chunked_fit_equals_in_memory_fit(order):
     np.testing.assert_allclose(chunked.thresholds, memory.thresholds)
     np.testing.assert_array_equal(chunked.suspicion(X, y), memory.suspicion(X, y))
     assert memory.counts.sum() == len(X)
+    np.testing.assert_array_equal(memory.counts, np.bincount(y))
     assert len(memory.sample) <= 800 + 3 * 50
+
+
+def test_auto_fits_in_one_pass_a_share_in_two():
+    assert KNNLabelDetector().n_stages == 1
+    assert KNNLabelDetector(contamination=0.1).n_stages == 2
+    assert KNNLabelDetector(contamination=0.1).set_params(contamination="auto").n_stages == 1
+
+
+def _sample_members(det, ids, y):
+    """Row indices of the reference sample (pooled smallest hashes + per-class floor), by hash."""
+    h = det.row_hashes(ids)
+    members = set(np.argsort(h, kind="stable")[:det.sample_size].tolist())
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        members |= set(rows[np.argsort(h[rows], kind="stable")[:det.min_class_sample]].tolist())
+    members = np.array(sorted(members))
+    return members[np.argsort(h[members], kind="stable")]
+
+
+def test_auto_location_and_scale_come_from_the_samples_leave_one_out_scores():
+    """The sample's own scores are what the kernel gives those rows; location / scale are theirs."""
+    from poisonguard.detectors.knn import RAW_EDGES
+    from poisonguard.detectors.thresholds import robust_location_scale
+
+    X, y = make_classification(n_samples=6000, n_features=8, n_informative=5, n_classes=3, flip_y=0.05, random_state=4)
+    det = KNNLabelDetector(n_neighbors=10, sample_size=1500, min_class_sample=40).fit(X, y)
+    model = det.model_
+    members = _sample_members(det, np.arange(len(X)), y)
+    assert len(members) == len(model.sample) < len(X)
+    loo = model.sample_raw_scores()
+    np.testing.assert_array_equal(loo, model.raw_scores(X[members], y[members]))
+    floor = det._one_vote()
+    for k, c in enumerate(model.classes):
+        counts = np.histogram(loo[model.sample_codes == k], bins=RAW_EDGES)[0]
+        loc, sc = robust_location_scale(RAW_EDGES, np.concatenate([[0], counts, [0]]), fallback_scale=floor)
+        assert model.location[k] == pytest.approx(loc) and model.scale[k] == pytest.approx(max(sc, floor))
+    np.testing.assert_array_equal(model.counts, np.bincount(y))  # all rows counted, not the sample
+
+
+def test_auto_equals_the_full_distribution_when_every_row_is_in_the_sample():
+    """With the data no larger than the sample, the one-pass fit is the two-pass fit exactly."""
+    from poisonguard.detectors.knn import RAW_EDGES
+    from poisonguard.detectors.thresholds import robust_location_scale
+
+    X, y = load_breast_cancer(return_X_y=True)
+    y2, _ = flip_labels(y, 0.1, 0)
+    det = KNNLabelDetector().fit(X, y2)
+    raw = det.model_.raw_scores(X, y2)
+    for k, c in enumerate(det.model_.classes):
+        counts = np.histogram(raw[y2 == c], bins=RAW_EDGES)[0]
+        loc, _ = robust_location_scale(RAW_EDGES, np.concatenate([[0], counts, [0]]), fallback_scale=det._one_vote())
+        assert det.model_.location[k] == loc
+
+
+def test_sampled_location_and_decisions_track_the_full_data():
+    """Sample much smaller than the data: location / scale near the all-rows values, decisions nearly the same.
+
+    r is discrete, so its MAD from ~500 sample rows of a class can land one step off the
+    all-rows MAD: the scale differs by up to about 30%, a few rows near the cut change side.
+    """
+    from poisonguard.detectors.knn import RAW_EDGES
+    from poisonguard.detectors.thresholds import robust_location_scale
+
+    X, y = make_classification(n_samples=20000, n_features=12, n_informative=6, n_classes=4, n_clusters_per_class=1,
+                               class_sep=1.0, random_state=1)
+    y2, mask = flip_labels(y, 0.10, 0)
+    det = KNNLabelDetector(sample_size=2000, min_class_sample=100).fit(X, y2)
+    model = det.model_
+    raw = model.raw_scores(X, y2)
+    floor, r_cut = det._one_vote(), det._clear_minority()
+    full_flags = np.zeros(len(X), dtype=bool)
+    for k, c in enumerate(model.classes):
+        counts = np.histogram(raw[y2 == c], bins=RAW_EDGES)[0]
+        loc, sc = robust_location_scale(RAW_EDGES, np.concatenate([[0], counts, [0]]), fallback_scale=floor)
+        sc = max(sc, floor)
+        assert abs(model.location[k] - loc) <= 0.25 * sc
+        assert 0.7 <= model.scale[k] / sc <= 1.4
+        rows = y2 == c
+        full_flags[rows] = (raw[rows] - loc) / sc > max((r_cut - loc) / sc - 1e-9, det.z_min)
+    flags = det.predict(X, y2) == -1
+    # measured: 0.9% of the rows decided differently (0.1-1.2% over 8 samples of ~500 rows per class)
+    assert (flags != full_flags).mean() < 0.02
+    tp = (flags & mask).sum()
+    assert tp / mask.sum() >= 0.5 and tp / flags.sum() >= 0.85
 
 
 def test_a_rows_score_does_not_depend_on_its_batch():
