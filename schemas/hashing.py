@@ -31,11 +31,25 @@ def row_hash(row_ids, seed: int, purpose: str = "sample") -> np.ndarray:
         Domain separator, so different uses of one seed draw independent rows.
     """
     values = np.asarray(row_ids)
+    key = _hash_key(seed, purpose)
     if values.dtype.kind in "iu":
-        values = values.astype(np.int64, copy=False)
-    else:
-        values = values.astype(object, copy=False)
-    return pd.util.hash_array(values, encoding="utf8", hash_key=_hash_key(seed, purpose), categorize=False)
+        # pandas keys only its string hash; integers go through splitmix64 keyed by the same
+        # key, twice, so that consecutive ids map to unrelated, seed-dependent values.
+        k = np.uint64(int(key, 16))
+        x = values.astype(np.int64, copy=False).view(np.uint64)
+        with np.errstate(over="ignore"):
+            return _splitmix64(_splitmix64(x ^ k) + k)
+    values = values.astype(object, copy=False)
+    return pd.util.hash_array(values, encoding="utf8", hash_key=key, categorize=False)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, a bijection of uint64 that mixes every input bit into every output bit."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def uniform_from_hash(hashes: np.ndarray) -> np.ndarray:

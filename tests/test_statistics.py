@@ -100,3 +100,16 @@ def test_detector_statistics_split_like_one_pass(cancer_backdoor):
     np.testing.assert_allclose(state.direction, one.direction, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(state.location, one.location, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(state.thresholds, one.thresholds, rtol=1e-7)
+
+
+@pytest.mark.parametrize("ids", [np.arange(50_000), np.array([f"file.csv:{i}" for i in range(50_000)])], ids=["int", "str"])
+def test_row_hash_is_keyed_by_seed_and_purpose_for_every_id_type(ids):
+    from poisonguard.schemas import row_hash, uniform_from_hash
+
+    base = row_hash(ids, 1, purpose="a")
+    np.testing.assert_array_equal(base, row_hash(ids, 1, purpose="a"))  # deterministic
+    for other in (row_hash(ids, 2, purpose="a"), row_hash(ids, 1, purpose="b")):
+        assert (other == base).mean() < 1e-3
+        assert abs(np.corrcoef(uniform_from_hash(base), uniform_from_hash(other))[0, 1]) < 0.03
+    u = uniform_from_hash(base)
+    assert abs((u < 0.1).mean() - 0.1) < 0.01 and len(np.unique(base)) == len(ids)
