@@ -83,7 +83,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
 from ._config import njit
-from ._kernels import soft_clip, standardize_clip
+from ._kernels import _row_projection, projection_histogram, standardize_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
 from .statistics import Histogram
@@ -95,50 +95,19 @@ PROJECTION_EDGES = np.linspace(-128.0, 128.0, 12801)
 
 # -- numba kernels: arithmetic only (numpy twins in tests/test_clustering.py) --------------
 @njit
-def _projection(X, i, c, median, inv_scale, clip, mean, axis):
-    """sum_j (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * axis[c, j]."""
-    acc = 0.0
-    for j in range(X.shape[1]):
-        acc += (soft_clip((X[i, j] - median[j]) * inv_scale[j], clip) - mean[c, j]) * axis[c, j]
-    return acc
-
-
-@njit
 def cluster_suspicion(X, codes, median, inv_scale, clip, mean, axis, location, inv_spread, out):
     """Signed robust z of each row's projection on its class's centroid axis; NaN where c < 0.
 
-    out[i] = (_projection(X, i, c, ...) - location[c]) * inv_spread[c], c = codes[i].
+    out[i] = (_row_projection(X, i, c, ...) - location[c]) * inv_spread[c], c = codes[i].
     """
     for i in range(X.shape[0]):
         c = codes[i]
         if c < 0:
             out[i] = np.nan
         else:
-            out[i] = (_projection(X, i, c, median, inv_scale, clip, mean, axis) - location[c]) * inv_spread[c]
+            out[i] = (_row_projection(X, i, c, median, inv_scale, clip, mean, axis) - location[c]) * inv_spread[c]
     return out
 
-
-@njit
-def cluster_histogram(X, codes, median, inv_scale, clip, mean, axis, inv_unit, low, inv_width, counts):
-    """Count each row's projection, times ``inv_unit[c]``, on a uniform grid starting at ``low``.
-
-    ``counts`` has shape (K, n_bins + 2): column 0 is underflow, column n_bins + 1 overflow.
-    Rows with a negative code are skipped.
-    """
-    n_bins = counts.shape[1] - 2
-    for i in range(X.shape[0]):
-        c = codes[i]
-        if c < 0:
-            continue
-        t = (_projection(X, i, c, median, inv_scale, clip, mean, axis) * inv_unit[c] - low) * inv_width
-        if t < 0.0:
-            b = 0
-        elif t >= n_bins:
-            b = n_bins + 1
-        else:
-            b = int(t) + 1
-        counts[c, b] += 1
-    return counts
 
 
 @dataclass(frozen=True)
@@ -331,7 +300,7 @@ class ActivationClusteringDetector(BaseDetector):
         codes = label_codes(classes, labels)
         counts = np.zeros((len(classes), len(PROJECTION_EDGES) + 1), dtype=np.int64)
         width = PROJECTION_EDGES[1] - PROJECTION_EDGES[0]
-        cluster_histogram(np.ascontiguousarray(X), codes, model.median, model.inv_scale, model.clip, model.mean,
+        projection_histogram(np.ascontiguousarray(X), codes, model.median, model.inv_scale, model.clip, model.mean,
                           model.axis, 1.0 / state["unit"], PROJECTION_EDGES[0], 1.0 / width, counts)
         for k in np.flatnonzero(counts.sum(axis=1)):
             if classes[k] not in stats:

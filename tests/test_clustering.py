@@ -12,12 +12,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from conftest import heavy_tailed_table, plant_backdoor
-from poisonguard.detectors.clustering import (
-    PROJECTION_EDGES,
-    ActivationClusteringDetector,
-    cluster_histogram,
-    cluster_suspicion,
-)
+from poisonguard.detectors._kernels import projection_histogram
+from poisonguard.detectors.clustering import PROJECTION_EDGES, ActivationClusteringDetector, cluster_suspicion
 
 
 # -- numpy twins of the kernels --------------------------------------------------------------
@@ -76,7 +72,7 @@ def test_histogram_kernel_matches_numpy_twin(n, d, K):
     rng = np.random.default_rng(10 + n + d)
     X, codes, median, inv_scale, clip, mean, axis = _kernel_inputs(rng, n, d, K)
     inv_unit, low, width, n_bins = rng.uniform(0.5, 2.0, K), -3.0, 0.25, 24  # some rows fall off both ends
-    got = cluster_histogram(X, codes, median, inv_scale, clip, mean, axis, inv_unit, low, 1.0 / width,
+    got = projection_histogram(X, codes, median, inv_scale, clip, mean, axis, inv_unit, low, 1.0 / width,
                             np.zeros((K, n_bins + 2), dtype=np.int64))
     want = naive_histogram(X, codes, median, inv_scale, clip, mean, axis, inv_unit, low, width, n_bins, K)
     np.testing.assert_array_equal(got, want)
