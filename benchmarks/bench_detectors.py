@@ -1,7 +1,7 @@
 """Benchmark: detection quality of every detector against the attack library, and timings.
 
 Run from the repository root (poisonguard installed, e.g. in .venv; cleanlab for the
-reference column: ``pip install cleanlab``)::
+reference column: ``pip install -e '.[bench]'``)::
 
     python benchmarks/bench_detectors.py quality              # attack x rate x detector, 3 seeds
     python benchmarks/bench_detectors.py quality --seeds 5 --json quality.json
@@ -151,7 +151,7 @@ def quality():
     rows = []
     have_cleanlab = importlib.util.find_spec("cleanlab") is not None
     if not have_cleanlab:
-        print("cleanlab not installed: no reference column (pip install cleanlab)", file=sys.stderr)
+        print("cleanlab not installed: no reference column (pip install -e '.[bench]')", file=sys.stderr)
     for data, grid in GRID.items():
         for attack, rate in grid:
             per = {name: [] for name in NAMES + (["cleanlab"] if have_cleanlab and attack.startswith("flip") else [])}
