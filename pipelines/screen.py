@@ -183,6 +183,7 @@ def fit_passes(session: RunnerSession, detector, units, contract: Contract, batc
         pass_units, pass_contract = (ref_units, ref_contract) if on_reference else (units, contract)
         if not pass_units:
             state = detector.advance(stage, state, {})
+            log.info("%s: fit pass %d/%d reads reference rows; none given, skipped", detector.name, stage + 1, detector.n_stages)
             continue
         session.run(lambda p: (
             p
@@ -241,9 +242,9 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
         ref_units = split_units(ref_files)
     units = split_units(files)
     total_bytes = sum(os.path.getsize(f.path) for f in files)
-    log.info("screening %d file(s) in %d work unit(s), %.1f MB: label '%s', %d feature column(s), detector %s, runner %s x%d",
+    log.info("screening %d file(s) in %d work unit(s), %.1f MB: label '%s', %d feature column(s), detector(s) %s, runner %s x%d",
              len(files), len(units), total_bytes / 1e6, contract.label_column, len(contract.feature_columns),
-             detector.name, config.runner.runner, config.runner.workers)
+             ", ".join(config.detectors), config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
     os.makedirs(config.out, exist_ok=True)
