@@ -127,35 +127,40 @@ _REFERENCE_KEY = "influence-reference"
 
 # -- numba kernels: arithmetic only ----------------------------------------------------------
 @njit
+def _softmax_row(X, i, median, inv_scale, clip, theta, z, p):
+    """z = [soft_clip((X[i] - median) * inv_scale, clip), 1] and p = softmax(theta @ z), in place."""
+    d = X.shape[1]
+    K = theta.shape[0]
+    for j in range(d):
+        z[j] = soft_clip((X[i, j] - median[j]) * inv_scale[j], clip)
+    z[d] = 1.0
+    top = -np.inf
+    for k in range(K):
+        acc = 0.0
+        for j in range(d + 1):
+            acc += theta[k, j] * z[j]
+        p[k] = acc
+        if acc > top:
+            top = acc
+    total = 0.0
+    for k in range(K):
+        p[k] = np.exp(p[k] - top)
+        total += p[k]
+    for k in range(K):
+        p[k] = p[k] / total
+
+
+@njit
 def standardize_softmax(X, codes, median, inv_scale, clip, theta, Z, P, loss):
     """Standardised rows with a trailing 1, class probabilities and per-row loss.
 
     Z[i, :d] = soft_clip((X[i] - median) * inv_scale, clip), Z[i, d] = 1;
     P[i] = softmax(theta @ Z[i]); loss[i] = -log P[i, codes[i]] (0 where codes[i] < 0).
     """
-    n, d = X.shape
-    K = theta.shape[0]
-    logits = np.empty(K)
-    for i in range(n):
-        for j in range(d):
-            Z[i, j] = soft_clip((X[i, j] - median[j]) * inv_scale[j], clip)
-        Z[i, d] = 1.0
-        top = -np.inf
-        for k in range(K):
-            acc = 0.0
-            for j in range(d + 1):
-                acc += theta[k, j] * Z[i, j]
-            logits[k] = acc
-            if acc > top:
-                top = acc
-        total = 0.0
-        for k in range(K):
-            logits[k] = np.exp(logits[k] - top)
-            total += logits[k]
-        for k in range(K):
-            P[i, k] = logits[k] / total
+    for i in range(X.shape[0]):
+        _softmax_row(X, i, median, inv_scale, clip, theta, Z[i], P[i])
         c = codes[i]
-        loss[i] = 0.0 if c < 0 else np.log(total) - np.log(logits[c])
+        loss[i] = 0.0 if c < 0 else -np.log(P[i, c])
     return P
 
 
@@ -182,23 +187,7 @@ def reduced_gradients(X, codes, median, inv_scale, clip, theta, basis, direction
             influence[i] = np.nan
             residual[i] = np.nan
             continue
-        for j in range(d):
-            z[j] = soft_clip((X[i, j] - median[j]) * inv_scale[j], clip)
-        z[d] = 1.0
-        top = -np.inf
-        for k in range(K):
-            acc = 0.0
-            for j in range(d1):
-                acc += theta[k, j] * z[j]
-            e[k] = acc
-            if acc > top:
-                top = acc
-        total = 0.0
-        for k in range(K):
-            e[k] = np.exp(e[k] - top)
-            total += e[k]
-        for k in range(K):
-            e[k] = e[k] / total  # p
+        _softmax_row(X, i, median, inv_scale, clip, theta, z, e)
         e[c] -= 1.0  # r = p - onehot
         dot = 0.0
         norm = 0.0
