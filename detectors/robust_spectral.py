@@ -103,10 +103,10 @@ from scipy.stats import chi2
 from sklearn.covariance import MinCovDet
 
 from ._config import njit
-from ._kernels import soft_clip, standardize_clip, standardize_grouped
+from ._kernels import soft_clip, standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
-from .statistics import Histogram, Moments
+from .base import BaseDetector, PerClassModel, add_class_moments, label_codes, robust_feature_scale
+from .statistics import Histogram
 from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
     MIN_TAIL_GAP,
@@ -335,15 +335,8 @@ class RobustSpectralDetector(BaseDetector):
         codes = label_codes(classes, labels)
         X = np.ascontiguousarray(X)
         if stage == 1:
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(classes)))]).astype(np.int64)
-            buffer = np.empty(X.shape, dtype=np.float32 if X.dtype == np.float32 else np.float64)
-            grouped = standardize_grouped(X, codes, bounds, state["median"], state["inv_scale"], float(self.clip),
-                                          state["center"], buffer)
-            for k in np.flatnonzero(np.diff(bounds)):
-                if classes[k] not in stats:
-                    stats[classes[k]] = Moments(state["center"][k])
-                stats[classes[k]].add_shifted_batch(grouped[bounds[k]:bounds[k + 1]])
-            return stats
+            return add_class_moments(stats, classes, codes, X, state["median"], state["inv_scale"], float(self.clip),
+                                     state["center"])
         model: RobustSpectralModel = state["partial"]
         norms = model.norms(X, labels)
         for k in np.unique(codes[codes >= 0]):

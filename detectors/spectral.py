@@ -57,10 +57,10 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ._kernels import project_standardized, projection_histogram, robust_z, standardize_clip, standardize_grouped
+from ._kernels import project_standardized, projection_histogram, robust_z, standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
-from .statistics import Histogram, Moments
+from .base import BaseDetector, PerClassModel, add_class_moments, label_codes, robust_feature_scale
+from .statistics import Histogram
 from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
     MIN_TAIL_GAP,
@@ -228,16 +228,7 @@ class SpectralSignatureDetector(BaseDetector):
         X = np.ascontiguousarray(X)
         st = state["standardize"]
         if stage == 1:
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(classes)))]).astype(np.int64)
-            # Second moments at the input's precision: float32 rows (accurate to ~1e-7 anyway)
-            # use single-precision BLAS per batch, half the time; accumulators stay float64.
-            buffer = np.empty(X.shape, dtype=np.float32 if X.dtype == np.float32 else np.float64)
-            grouped = standardize_grouped(X, codes, bounds, st.median, st.inv_scale, st.clip, state["shift"], buffer)
-            for k in np.flatnonzero(np.diff(bounds)):
-                if classes[k] not in stats:
-                    stats[classes[k]] = Moments(state["shift"][k])
-                stats[classes[k]].add_shifted_batch(grouped[bounds[k]:bounds[k + 1]])
-            return stats
+            return add_class_moments(stats, classes, codes, X, st.median, st.inv_scale, st.clip, state["shift"])
         model: SpectralModel = state["partial"]
         sd = np.sqrt(model.top_eigenvalue)
         inv_unit = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 0)
