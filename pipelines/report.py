@@ -1,4 +1,4 @@
-"""Writing reports: validated against ``schemas/report.schema.json``, written atomically."""
+"""Writing job records (screen report, simulate manifest): shared sections, schema validation, atomic write."""
 
 from __future__ import annotations
 
@@ -20,6 +20,43 @@ def _clean(value):
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
+
+
+def inputs_section(paths, files, contract) -> dict:
+    """The ``inputs`` section of a job record: what was read, and how its columns were taken."""
+    return {
+        "paths": list(paths),
+        "files": [f.path for f in files],
+        "label_column": contract.label_column,
+        "id_column": contract.id_column,
+        "feature_columns": list(contract.feature_columns),
+        "label_type": str(contract.label_type),
+    }
+
+
+def library_versions() -> dict:
+    """Versions of Python, poisonguard and the libraries that decide its results."""
+    import platform
+
+    import apache_beam
+    import numba
+    import numpy
+    import pandas
+    import pyarrow
+    import sklearn
+
+    from .. import __version__
+
+    return {
+        "python": platform.python_version(),
+        "poisonguard": __version__,
+        "apache_beam": apache_beam.__version__,
+        "pyarrow": pyarrow.__version__,
+        "pandas": pandas.__version__,
+        "numpy": numpy.__version__,
+        "scikit_learn": sklearn.__version__,
+        "numba": numba.__version__,
+    }
 
 
 def write_report(report: dict, path: str, schema: str = "report") -> dict:

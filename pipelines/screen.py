@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -32,7 +31,7 @@ from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..schemas import OUTPUTS, ConfigError
 from .io import discover_shards, part_name, split_units, write_part
-from .report import write_report
+from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
 from .staging import count_problems, load_result, publish, raise_if_lost, save_result
@@ -327,13 +326,6 @@ def _combination(detector: BaseDetector, model, threshold_mode: str, target_fpr)
 
 
 def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings) -> dict:
-    import apache_beam
-    import numba
-    import numpy
-    import pandas
-    import pyarrow
-    import sklearn
-
     members = detector.members() if isinstance(detector, EnsembleDetector) else [detector]
     models = model.models if isinstance(detector, EnsembleDetector) else [model]
     threshold_mode = "reference" if reference else ("auto" if detector.get_params().get("contamination") == "auto" else "contamination")
@@ -341,14 +333,7 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
         "job": "screen",
         "poisonguard_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": {
-            "paths": list(config.inputs),
-            "files": [f.path for f in files],
-            "label_column": contract.label_column,
-            "id_column": contract.id_column,
-            "feature_columns": list(contract.feature_columns),
-            "label_type": str(contract.label_type),
-        },
+        "inputs": inputs_section(config.inputs, files, contract),
         "counts": {
             "rows_in": summary.rows_in,
             "valid": summary.cleaned + summary.quarantine,
@@ -375,15 +360,6 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
         "runner": config.runner.describe(),
         "batch_rows": config.batch_rows,
         "timings": dict(timings),
-        "versions": {
-            "python": platform.python_version(),
-            "poisonguard": __version__,
-            "apache_beam": apache_beam.__version__,
-            "pyarrow": pyarrow.__version__,
-            "pandas": pandas.__version__,
-            "numpy": numpy.__version__,
-            "scikit_learn": sklearn.__version__,
-            "numba": numba.__version__,
-        },
+        "versions": library_versions(),
     }
     return report

@@ -38,7 +38,6 @@ import hashlib
 import itertools
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -56,7 +55,7 @@ from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ConfigError
 from ..simulators import DataProfile, SmallestHashes
 from ..simulators.config import AttackConfig, attacks_from_dict, load_attack_config
 from .io import discover_shards, part_name, split_units, write_part
-from .report import write_report
+from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
 from .staging import count_problems, load_result, publish, raise_if_lost, save_result
@@ -410,10 +409,6 @@ def attack_params(attack, spec=None) -> dict:
 
 def build_manifest(config: SimulateConfig, attack_config: AttackConfig, contract: Contract, files, fingerprint: dict,
                    summary: SimulateSummary, timings: dict, passes: int) -> dict:
-    import numba
-    import pandas
-    import sklearn
-
     return {
         "job": "simulate",
         "poisonguard_version": __version__,
@@ -425,15 +420,7 @@ def build_manifest(config: SimulateConfig, attack_config: AttackConfig, contract
              "touched": summary.touched.get(a.name, 0), "injected": summary.injected.get(a.name, 0)}
             for a, spec in itertools.zip_longest(attack_config.attacks, attack_config.specs)
         ],
-        "inputs": {
-            "paths": list(config.inputs),
-            "files": [f.path for f in files],
-            "label_column": contract.label_column,
-            "id_column": contract.id_column,
-            "feature_columns": list(contract.feature_columns),
-            "label_type": str(contract.label_type),
-            "fingerprint": fingerprint,
-        },
+        "inputs": {**inputs_section(config.inputs, files, contract), "fingerprint": fingerprint},
         "counts": {
             "rows_in": summary.rows_in,
             "valid": summary.valid,
@@ -449,14 +436,5 @@ def build_manifest(config: SimulateConfig, attack_config: AttackConfig, contract
         "batch_rows": config.batch_rows,
         "passes": passes,
         "timings": dict(timings),
-        "versions": {
-            "python": platform.python_version(),
-            "poisonguard": __version__,
-            "apache_beam": beam.__version__,
-            "pyarrow": pa.__version__,
-            "pandas": pandas.__version__,
-            "numpy": np.__version__,
-            "scikit_learn": sklearn.__version__,
-            "numba": numba.__version__,
-        },
+        "versions": library_versions(),
     }
