@@ -281,7 +281,11 @@ def _read_bytes(path: str) -> bytes:
 
 def _parse_yaml(data: bytes, path: str):
     try:
-        return yaml.load(data.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _UniqueKeyLoader(data.decode("utf-8"))  # a SafeLoader: plain data only, never Python objects
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except yaml.YAMLError as exc:
