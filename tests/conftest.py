@@ -83,3 +83,32 @@ def write_frame(path, frame: pd.DataFrame) -> str:
     else:
         frame.to_parquet(path, index=False)
     return path
+
+
+def recall_precision(mask: np.ndarray, flagged: np.ndarray) -> tuple[float, float]:
+    """Recall and precision of ``flagged`` against the poison ``mask`` (0 where undefined)."""
+    tp = int((mask & flagged).sum())
+    return tp / max(int(mask.sum()), 1), tp / max(int(flagged.sum()), 1)
+
+
+def fit_in_parts(det, X, y, ids, parts, order=None, reference=None):
+    """The pipeline's way to fit: per-batch statistics, merged in ``order``, then ``advance``.
+
+    ``parts`` are row-index arrays (the batches), merged in ``order`` (default: as given).
+    Passes in ``det.reference_stages`` read ``reference = (X_ref, y_ref)`` in three
+    batches, or nothing. Returns the fitted model.
+    """
+    order = list(range(len(parts)) if order is None else order)
+    state = det.initial_state(X.shape[1])
+    for stage in range(det.n_stages):
+        if stage in det.reference_stages:
+            batches = [] if reference is None else [
+                (reference[0][p], reference[1][p], p) for p in np.array_split(np.arange(len(reference[0])), 3)]
+        else:
+            batches = [(X[parts[i]], y[parts[i]], ids[parts[i]]) for i in order]
+        merged = {}
+        for Xb, yb, ib in batches:
+            for key, stat in det.batch_statistics(stage, state, Xb, yb, ib).items():
+                merged[key] = merged[key].merge(stat) if key in merged else stat
+        state = det.advance(stage, state, merged)
+    return state

@@ -11,7 +11,7 @@ from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wi
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from conftest import heavy_tailed_table, plant_backdoor
+from conftest import heavy_tailed_table, plant_backdoor, recall_precision
 from poisonguard.detectors._kernels import projection_histogram
 from poisonguard.detectors.clustering import PROJECTION_EDGES, ActivationClusteringDetector, cluster_suspicion
 
@@ -97,11 +97,6 @@ def synthetic_backdoor(seed, fraction, n=10000, K=5):
                           fraction=fraction, rng=rng)
 
 
-def _recall_precision(mask, flagged):
-    tp = int((mask & flagged).sum())
-    return tp / mask.sum(), tp / max(int(flagged.sum()), 1)
-
-
 # -- quality floors ------------------------------------------------------------------------
 @pytest.mark.parametrize("seed,fraction", [(0, 0.03), (1, 0.03), (0, 0.05), (1, 0.1)])
 def test_synthetic_feature_trigger_backdoor_is_found(seed, fraction):
@@ -112,7 +107,7 @@ def test_synthetic_feature_trigger_backdoor_is_found(seed, fraction):
     X, y, mask = synthetic_backdoor(seed, fraction)
     det = ActivationClusteringDetector().fit(X, y)
     flagged = det.predict(X, y) == -1
-    recall, precision = _recall_precision(mask, flagged)
+    recall, precision = recall_precision(mask, flagged)
     assert recall >= 0.9 and precision >= 0.8, (recall, precision)
     assert roc_auc_score(mask, det.suspicion(X, y)) > 0.99
     assert [c for c, s in det.model_.summary().items() if s["poisoned"]] == ["1"]
@@ -132,7 +127,7 @@ def test_backdoor_on_breast_cancer_is_found(cancer, seed):
     X2, y2, mask = plant_backdoor(X, y, source=0, target=1, features=features, values=X[:, features].max(axis=0),
                                   fraction=0.10, rng=rng)
     det = ActivationClusteringDetector().fit(X2, y2)
-    recall, precision = _recall_precision(mask, det.predict(X2, y2) == -1)
+    recall, precision = recall_precision(mask, det.predict(X2, y2) == -1)
     assert recall >= 0.95 and precision >= 0.95, (recall, precision)
 
 
@@ -155,7 +150,7 @@ def test_corner_trigger_on_digits_is_found(seed, fraction):
     rng = np.random.default_rng(seed)
     X2, y2, mask = plant_backdoor(X, y, source=0, target=1, features=[0, 7, 56, 63], values=16.0,
                                   fraction=fraction, rng=rng)
-    recall, precision = _recall_precision(mask, ActivationClusteringDetector().fit(X2, y2).predict(X2, y2) == -1)
+    recall, precision = recall_precision(mask, ActivationClusteringDetector().fit(X2, y2).predict(X2, y2) == -1)
     assert recall >= 0.95 and precision >= 0.95, (recall, precision)
 
 
@@ -278,7 +273,7 @@ def test_rows_outside_the_sample_are_scored_like_the_sample():
     X, y, mask = synthetic_backdoor(1, 0.05)
     det = ActivationClusteringDetector(sample_size=300).fit(X, y)
     assert det.model_.counts.sum() == len(X)
-    recall, precision = _recall_precision(mask, det.predict(X, y) == -1)
+    recall, precision = recall_precision(mask, det.predict(X, y) == -1)
     assert recall >= 0.9 and precision >= 0.8, (recall, precision)
 
 
@@ -287,7 +282,7 @@ def test_contamination_flags_that_share():
     X, y, mask = synthetic_backdoor(0, 0.05)
     flagged = ActivationClusteringDetector(contamination=0.02).fit(X, y).predict(X, y) == -1
     assert 0.015 <= flagged.mean() <= 0.02
-    assert _recall_precision(mask, flagged)[0] >= 0.9
+    assert recall_precision(mask, flagged)[0] >= 0.9
 
 
 def test_calibration_on_reference_rows_meets_target_fpr():

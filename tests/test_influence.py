@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from conftest import heavy_tailed_table
+from conftest import fit_in_parts, heavy_tailed_table, recall_precision
 from naive import soft_clip
 from poisonguard.detectors.influence import (
     GradientHessianSums,
@@ -192,22 +192,6 @@ def test_model_matches_scikit_learn_on_all_rows(seed):
 
 
 # -- the pipeline-style driver ---------------------------------------------------------------------
-def _drive(det, X, y, ids, parts, reference=None):
-    state = det.initial_state(X.shape[1])
-    for stage in range(det.n_stages):
-        merged = {}
-        if stage in det.reference_stages:
-            batches = [] if reference is None else [(reference[0][p], reference[1][p], np.arange(len(reference[0]))[p])
-                                                    for p in np.array_split(np.arange(len(reference[0])), 3)]
-        else:
-            batches = [(X[p], y[p], ids[p]) for p in reversed(parts)]
-        for Xb, yb, ib in batches:
-            for key, stat in det.batch_statistics(stage, state, Xb, yb, ib).items():
-                merged[key] = merged[key].merge(stat) if key in merged else stat
-        state = det.advance(stage, state, merged)
-    return state
-
-
 @pytest.mark.parametrize("with_reference", [False, True])
 def test_chunked_fit_equals_in_memory_fit(with_reference):
     X, y = gaussian_classes(1, n=2500)
@@ -222,7 +206,7 @@ def test_chunked_fit_equals_in_memory_fit(with_reference):
     for n_parts in (2, 7):
         order = rng.permutation(len(X))
         parts = [order[p] for p in np.array_split(np.arange(len(X)), n_parts)]
-        model = _drive(InfluenceDetector(sample_size=300), X, y2, ids, parts, reference)
+        model = fit_in_parts(InfluenceDetector(sample_size=300), X, y2, ids, parts, order=reversed(range(len(parts))), reference=reference)
         assert model.uses_reference == with_reference
         np.testing.assert_array_equal(model.counts, whole.counts)
         np.testing.assert_allclose(model.theta, whole.theta, rtol=1e-7, atol=1e-9)
@@ -250,11 +234,6 @@ def test_row_order_does_not_matter():
 
 
 # -- quality floors ----------------------------------------------------------------------------------
-def _recall_precision(mask, flagged):
-    tp = int((mask & flagged).sum())
-    return tp / mask.sum(), tp / max(int(flagged.sum()), 1)
-
-
 @pytest.mark.parametrize("name", list(LOADERS))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_label_flips_are_ranked_first(name, seed):
@@ -268,14 +247,14 @@ def test_random_label_flips_are_ranked_first(name, seed):
     flipped, mask = flip_labels(y_fit, 0.1, seed)
     alone = InfluenceDetector().fit(X_fit, flipped)
     assert roc_auc_score(mask, alone.suspicion(X_fit, flipped)) >= 0.9
-    recall, precision = _recall_precision(mask, alone.predict(X_fit, flipped) == -1)
+    recall, precision = recall_precision(mask, alone.predict(X_fit, flipped) == -1)
     assert precision >= 0.75 or recall == 0.0
     if name == "gauss":
         assert recall >= 0.3
     ref = InfluenceDetector().fit(X_fit, flipped, X_reference=X_ref, y_reference=y_ref)
     assert ref.model_.uses_reference
     assert roc_auc_score(mask, ref.suspicion(X_fit, flipped)) >= 0.95
-    recall, precision = _recall_precision(mask, ref.predict(X_fit, flipped) == -1)
+    recall, precision = recall_precision(mask, ref.predict(X_fit, flipped) == -1)
     assert recall >= 0.25 and precision >= 0.75, (recall, precision)
 
 
@@ -315,7 +294,7 @@ def test_calibration_on_reference_rows_meets_target_fpr():
     det = InfluenceDetector().fit(X, flipped).calibrate(Xr, yr, target_fpr=0.02)
     assert (det.predict(Xr, yr) == -1).mean() <= 0.02
     assert len(set(det.thresholds_.values())) == 1
-    assert _recall_precision(mask, det.predict(X, flipped) == -1)[0] >= 0.8
+    assert recall_precision(mask, det.predict(X, flipped) == -1)[0] >= 0.8
 
 
 def test_estimator_api_summary_and_pickle():

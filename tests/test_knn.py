@@ -7,7 +7,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine, make_classification
 from sklearn.metrics import roc_auc_score
 
-from conftest import heavy_tailed_table
+from conftest import fit_in_parts, heavy_tailed_table
 from poisonguard.detectors.knn import (
     KNNLabelDetector,
     _LabelledSample,
@@ -116,19 +116,6 @@ def test_labelled_sample_is_exact_in_any_order(order):
     np.testing.assert_array_equal(labs, labels[best])
 
 
-def _fit_like_the_pipeline(det, X, y, ids, parts, order):
-    """batch_statistics per chunk, merged in the given order, then advance: the Beam driver's steps."""
-    state = det.initial_state(X.shape[1])
-    for stage in range(det.n_stages):
-        per_chunk = [det.batch_statistics(stage, state, X[p], y[p], ids[p]) for p in parts]
-        merged = {}
-        for i in order:
-            for key, stat in per_chunk[i].items():
-                merged[key] = merged[key].merge(stat) if key in merged else stat
-        state = det.advance(stage, state, merged)
-    return state
-
-
 @pytest.mark.parametrize("contamination", ["auto", 0.05])
 @pytest.mark.parametrize("order", [(0, 1, 2, 3), (3, 1, 0, 2), (2, 3, 1, 0)])
 def test_chunked_fit_equals_in_memory_fit(order, contamination):
@@ -139,7 +126,7 @@ def test_chunked_fit_equals_in_memory_fit(order, contamination):
     det = KNNLabelDetector(**params)
     perm = np.random.default_rng(1).permutation(len(X))
     parts = [perm[p] for p in _splits(len(X), np.random.default_rng(order[0]), 4)]
-    chunked = _fit_like_the_pipeline(det, X, y, ids, parts, order)
+    chunked = fit_in_parts(det, X, y, ids, parts, order)
     memory = KNNLabelDetector(**params).fit(X, y, row_ids=ids).model_
     np.testing.assert_array_equal(chunked.sample, memory.sample)
     np.testing.assert_array_equal(chunked.sample_codes, memory.sample_codes)

@@ -5,14 +5,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
 from sklearn.metrics import roc_auc_score
 
-from conftest import heavy_tailed_table, plant_backdoor
+from conftest import heavy_tailed_table, plant_backdoor, recall_precision
 from poisonguard.detectors import SpectralSignatureDetector
 from poisonguard.detectors.thresholds import cluster_threshold
-
-
-def _recall_precision(mask, flagged):
-    tp = int((mask & flagged).sum())
-    return tp / mask.sum(), tp / max(int(flagged.sum()), 1)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -24,7 +19,7 @@ def test_feature_trigger_backdoor_on_real_data_is_found(cancer, seed):
     X2, y2, mask = plant_backdoor(X, y, source=0, target=1, features=features, values=X[:, features].max(axis=0),
                                   fraction=0.05, rng=rng)
     flagged = SpectralSignatureDetector().fit(X2, y2).predict(X2, y2) == -1
-    recall, precision = _recall_precision(mask, flagged)
+    recall, precision = recall_precision(mask, flagged)
     assert recall >= 0.9 and precision >= 0.8, (recall, precision)
 
 
@@ -79,7 +74,7 @@ def test_heavy_tails_do_not_hide_the_poison_nor_get_flagged(seed):
     """Rare, clean, extreme rows (0.5% x50) neither crowd out a 3% cluster nor get flagged."""
     X, y, mask, _ = heavy_tailed_table(seed)
     flagged = SpectralSignatureDetector().fit(X, y).predict(X, y) == -1
-    recall, precision = _recall_precision(mask, flagged)
+    recall, precision = recall_precision(mask, flagged)
     assert recall >= 0.9 and precision >= 0.8, (recall, precision)
     Xc, yc, _, _ = heavy_tailed_table(seed, n=60000, poison=False)
     assert (SpectralSignatureDetector().fit(Xc, yc).predict(Xc, yc) == -1).mean() < 0.01
@@ -97,7 +92,7 @@ def test_large_common_offset_changes_nothing(cancer_backdoor):
     moved = SpectralSignatureDetector().fit(shifted, y)
     np.testing.assert_array_equal(base.predict(X, y), moved.predict(shifted, y))
     np.testing.assert_allclose(base.suspicion(X, y), moved.suspicion(shifted, y), rtol=1e-6, atol=1e-6)
-    assert _recall_precision(mask, moved.predict(shifted, y) == -1)[0] >= 0.9
+    assert recall_precision(mask, moved.predict(shifted, y) == -1)[0] >= 0.9
     target = y == 1
     assert roc_auc_score(mask[target], moved.suspicion(shifted, y)[target]) > 0.99
 
@@ -125,7 +120,7 @@ def test_contamination_flags_that_share(cancer_backdoor):
     X, y, mask = cancer_backdoor
     flagged = SpectralSignatureDetector(contamination=0.05).fit(X, y).predict(X, y) == -1
     assert 0.04 <= flagged.mean() <= 0.05
-    assert _recall_precision(mask, flagged)[0] >= 0.9
+    assert recall_precision(mask, flagged)[0] >= 0.9
 
 
 def test_calibration_on_reference_rows_meets_target_fpr():
@@ -135,7 +130,7 @@ def test_calibration_on_reference_rows_meets_target_fpr():
     det = SpectralSignatureDetector().fit(X, y).calibrate(Xr, yr, target_fpr=0.01)
     assert (det.predict(Xr, yr) == -1).mean() <= 0.01
     assert (det.predict(Xh, yh) == -1).mean() <= 0.02
-    assert _recall_precision(mask, det.predict(X, y) == -1)[0] >= 0.9
+    assert recall_precision(mask, det.predict(X, y) == -1)[0] >= 0.9
     assert len(set(det.thresholds_.values())) == 1
 
 
