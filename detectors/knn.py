@@ -104,7 +104,7 @@ from ._config import njit
 from ._kernels import standardize_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, group_by_label, label_codes, robust_feature_scale
-from .statistics import HashSample, Histogram
+from .statistics import HashSample, Histogram, LabelledSample
 from .thresholds import SUSPICION_EDGES, robust_location_scale, upper_quantile_threshold
 
 #: Grid of the raw-score histograms: r = log((n_alt + 1) / (n_own + 1)), |r| <= log(1001) < 8.
@@ -306,48 +306,6 @@ class KNNLabelModel(PerClassModel):
         }
 
 
-class _LabelledSample:
-    """The ``size`` rows with the smallest row hash, with their labels (a combinable statistic).
-
-    Like :class:`~poisonguard.detectors.statistics.HashSample`, membership depends only on
-    each row's hash, so the sample is the same whatever the batching; it also keeps labels.
-    """
-
-    __slots__ = ("size", "hashes", "rows", "labels")
-
-    def __init__(self, size: int, n_features: int):
-        self.size = int(size)
-        self.hashes = np.empty(0, dtype=np.uint64)
-        self.rows = np.empty((0, n_features), dtype=np.float64)
-        self.labels = np.empty(0, dtype=object)
-
-    def add_batch(self, X: np.ndarray, hashes: np.ndarray, labels: np.ndarray) -> _LabelledSample:
-        keep = np.arange(len(hashes))
-        if len(self.hashes) >= self.size:
-            keep = keep[hashes < self.hashes.max()]
-        if len(keep) > self.size:
-            keep = keep[np.argpartition(hashes[keep], self.size - 1)[: self.size]]
-        return self._take(hashes[keep], X[keep], np.asarray(labels, dtype=object)[keep])
-
-    def merge(self, other: _LabelledSample) -> _LabelledSample:
-        return self._take(other.hashes, other.rows, other.labels)
-
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(hashes, rows, labels)`` sorted by hash."""
-        order = np.argsort(self.hashes, kind="stable")
-        return self.hashes[order], self.rows[order], self.labels[order]
-
-    def _take(self, hashes, rows, labels) -> _LabelledSample:
-        if len(hashes):
-            self.hashes = np.concatenate([self.hashes, hashes])
-            self.rows = np.concatenate([self.rows, np.asarray(rows, dtype=np.float64)])
-            self.labels = np.concatenate([self.labels, labels])
-            if len(self.hashes) > self.size:
-                keep = np.argpartition(self.hashes, self.size - 1)[: self.size]
-                self.hashes, self.rows, self.labels = self.hashes[keep], self.rows[keep], self.labels[keep]
-        return self
-
-
 class _ClassSample(HashSample):
     """A class's ``size`` smallest-hash rows plus the exact number of rows offered (combinable).
 
@@ -473,7 +431,7 @@ class KNNLabelDetector(BaseDetector):
         if stage == 0:
             hashes = self.row_hashes(row_ids)
             if _POOL not in stats:
-                stats[_POOL] = _LabelledSample(self.sample_size, X.shape[1])
+                stats[_POOL] = LabelledSample(self.sample_size, X.shape[1])
             stats[_POOL].add_batch(X, hashes, labels)
             for label, rows in group_by_label(labels):
                 key = (_FLOOR, label)

@@ -132,6 +132,48 @@ class Moments:
         return self.gram - self.count * np.outer(m, m)
 
 
+class LabelledSample:
+    """The ``size`` rows with the smallest row hash, with their labels (a combinable statistic).
+
+    Like :class:`~poisonguard.detectors.statistics.HashSample`, membership depends only on
+    each row's hash, so the sample is the same whatever the batching; it also keeps labels.
+    """
+
+    __slots__ = ("size", "hashes", "rows", "labels")
+
+    def __init__(self, size: int, n_features: int):
+        self.size = int(size)
+        self.hashes = np.empty(0, dtype=np.uint64)
+        self.rows = np.empty((0, n_features), dtype=np.float64)
+        self.labels = np.empty(0, dtype=object)
+
+    def add_batch(self, X: np.ndarray, hashes: np.ndarray, labels: np.ndarray) -> LabelledSample:
+        keep = np.arange(len(hashes))
+        if len(self.hashes) >= self.size:
+            keep = keep[hashes < self.hashes.max()]
+        if len(keep) > self.size:
+            keep = keep[np.argpartition(hashes[keep], self.size - 1)[: self.size]]
+        return self._take(hashes[keep], X[keep], np.asarray(labels, dtype=object)[keep])
+
+    def merge(self, other: LabelledSample) -> LabelledSample:
+        return self._take(other.hashes, other.rows, other.labels)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(hashes, rows, labels)`` sorted by hash."""
+        order = np.argsort(self.hashes, kind="stable")
+        return self.hashes[order], self.rows[order], self.labels[order]
+
+    def _take(self, hashes, rows, labels) -> LabelledSample:
+        if len(hashes):
+            self.hashes = np.concatenate([self.hashes, hashes])
+            self.rows = np.concatenate([self.rows, np.asarray(rows, dtype=np.float64)])
+            self.labels = np.concatenate([self.labels, labels])
+            if len(self.hashes) > self.size:
+                keep = np.argpartition(self.hashes, self.size - 1)[: self.size]
+                self.hashes, self.rows, self.labels = self.hashes[keep], self.rows[keep], self.labels[keep]
+        return self
+
+
 class Histogram:
     """Counts of values on a fixed grid ``edges`` plus an underflow and an overflow bin.
 

@@ -10,10 +10,10 @@ from sklearn.metrics import roc_auc_score
 from conftest import fit_in_parts, heavy_tailed_table
 from poisonguard.detectors.knn import (
     KNNLabelDetector,
-    _LabelledSample,
     select_candidates,
     vote_scores,
 )
+from poisonguard.detectors.statistics import LabelledSample
 from poisonguard.schemas import row_hash
 
 
@@ -105,7 +105,7 @@ def test_labelled_sample_is_exact_in_any_order(order):
     X, labels = rng.normal(size=(1000, 3)), rng.choice(np.array(["a", "b", "c"], dtype=object), 1000)
     h = row_hash(np.arange(1000), seed=5)
     parts = _splits(len(X), rng, 4)
-    stats = [_LabelledSample(64, 3).add_batch(X[p], h[p], labels[p]) for p in parts]
+    stats = [LabelledSample(64, 3).add_batch(X[p], h[p], labels[p]) for p in parts]
     merged = stats[order[0]]
     for i in order[1:]:
         merged = merged.merge(stats[i])
