@@ -15,6 +15,8 @@ clustering         :class:`ActivationClusteringDetector`      small, separated s
                                                               class (Chen et al. 2018)
 knn                :class:`KNNLabelDetector`                  labels their neighbours disagree
                                                               with (Peri et al. 2020)
+label              :class:`ConfidentLabelDetector`            label issues by confident learning
+                                                              (Northcutt et al. 2021)
 =================  =========================================  ===================================
 
 :class:`EnsembleDetector` runs several as one (``--detectors a,b,c`` on the command line).
@@ -25,19 +27,22 @@ from .clustering import ActivationClusteringDetector, ClusteringModel
 from .ensemble import EnsembleDetector, EnsembleModel
 from .influence import InfluenceDetector, InfluenceModel
 from .knn import KNNLabelDetector, KNNLabelModel
+from .label import ConfidentLabelDetector, LabelModel
 from .robust_spectral import RobustSpectralDetector, RobustSpectralModel
 from .spectral import SpectralModel, SpectralSignatureDetector
 
 #: Detectors by their command-line / ``score_<name>`` name.
 DETECTORS = {
     cls.name: cls
-    for cls in (SpectralSignatureDetector, RobustSpectralDetector, InfluenceDetector, ActivationClusteringDetector, KNNLabelDetector)
+    for cls in (SpectralSignatureDetector, RobustSpectralDetector, InfluenceDetector, ActivationClusteringDetector, KNNLabelDetector,
+                ConfidentLabelDetector)
 }
 
 __all__ = [
     "ActivationClusteringDetector",
     "BaseDetector",
     "ClusteringModel",
+    "ConfidentLabelDetector",
     "DETECTORS",
     "EnsembleDetector",
     "EnsembleModel",
@@ -45,6 +50,7 @@ __all__ = [
     "InfluenceModel",
     "KNNLabelDetector",
     "KNNLabelModel",
+    "LabelModel",
     "PerClassModel",
     "RobustSpectralDetector",
     "RobustSpectralModel",

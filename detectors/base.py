@@ -76,6 +76,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     reference_stages: frozenset = frozenset()
     #: Whether the detector needs real class labels (False: ``y=None`` means one class).
     requires_labels: bool = False
+    #: Whether the model gives its own p-values (``model.pvalues(X, labels)``); otherwise the
+    #: decision layer fits a null to the score (:mod:`~poisonguard.detectors.decision`).
+    has_pvalues: bool = False
 
     _parameter_constraints: dict = {
         "seed": [Interval(Integral, 0, None, closed="left")],

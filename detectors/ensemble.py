@@ -1,28 +1,29 @@
-"""Several detectors as one: their fits run side by side, their scores combine per row.
+"""Several detectors as one, decided by the shared decision layer (:mod:`.decision`).
 
 No single detector catches every attack (spectral signatures find backdoor clusters but
-not scattered label flips; k-NN label consistency finds flips but not clean-label
-triggers), so screening usually runs several. :class:`EnsembleDetector` is itself a
+not scattered label flips; label-quality scores find flips but not a consistent
+trigger), so screening usually runs several. :class:`EnsembleDetector` is itself a
 detector of the contract in :mod:`~poisonguard.detectors.base`, so both drivers (the
-in-memory ``fit`` and the Beam job) run it unchanged:
+in-memory ``fit`` and the Beam job) run it unchanged, and the screening job runs every
+detector through it, one member or several: it is where scores become decisions.
 
 * **Fit.** The members' passes run side by side: pass ``s`` of the ensemble runs, for every
   member, its next pending pass that reads the same rows (data or trusted reference
   rows), so an ensemble needs as many passes over the data as its longest member, not
   their sum. Statistics are keyed ``(member name, member key)`` and split again before
-  each member's ``advance``.
-* **Scores.** Every member reports its own ``suspicion``, kept in the output as
-  ``score_<member>``. By the contract each is in robust standard-deviation units of its
-  class's score distribution on the fitted rows (the batch's own robust score
-  distribution), so they are comparable, and the combined ``suspicion`` is their maximum:
-  a row is as suspicious as the most alarmed detector says.
-* **Decisions.** By default (``contamination="auto"``) a row is flagged when any member
-  flags it by its own rule; each member's default flags under 1% of clean rows. With a
-  float ``contamination`` the combined suspicion is cut at that share of all rows (one
-  more pass, a histogram of the combined score). :meth:`calibrate` on trusted reference
-  rows sets one threshold on the combined suspicion instead, so that at most
-  ``target_fpr`` of the reference rows would be flagged. A flagged row's reason names
-  every member that flagged it.
+  each member's ``advance``. Then the decision layer's own passes: per class, a histogram
+  of each member's score, for the null of members without p-values of their own
+  (:class:`~poisonguard.detectors.decision.TailNull`); and per class, a histogram of the
+  combined ``L = -log10 p``, for the cut.
+* **Scores.** Every member reports its own score, kept in the output as
+  ``score_<member>``. Members combine on the p-value scale, never by raw magnitudes: a
+  row's combined p-value is ``min(1, M min_j p_j)`` (Bonferroni) and its ``suspicion`` is
+  ``-log10`` of that.
+* **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
+  ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
+  trusted reference rows: one cut so that at most ``target_fpr`` of them would be
+  flagged. A flagged row's reason names the class, every member whose own p-value
+  reached the cut, and what that member says drove the score.
 """
 
 from __future__ import annotations
@@ -34,25 +35,38 @@ import numpy as np
 
 from ..schemas import ConfigError
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, Screened
+from .base import BaseDetector, Screened, label_codes
+from .decision import (
+    DEFAULT_ALPHA,
+    LOGP_EDGES,
+    SCORE_EDGES,
+    TailNull,
+    bh_cut,
+    combine_pvalues,
+    to_log_p,
+)
 from .statistics import Histogram
-from .thresholds import SUSPICION_EDGES, upper_quantile_threshold
+from .thresholds import upper_quantile_threshold
 
-#: Pseudo-member index of the ensemble's own pass (the combined-score histogram).
-_OWN = -1
+#: Pseudo-member indices of the decision layer's own passes.
+_NULL, _DECIDE = -1, -2
 
 
 @dataclass(frozen=True)
 class EnsembleModel:
-    """Fitted state of :class:`EnsembleDetector`: the members' models and the combination rule.
+    """Fitted state of :class:`EnsembleDetector`: the members' models, their nulls and the cuts.
 
-    ``threshold`` is None for the union of the members' decisions, else one threshold on
-    the combined suspicion (from ``contamination`` or calibration).
+    ``nulls[j]`` is None for a member that gives its own p-values. ``thresholds`` (K,) are
+    cuts on the combined suspicion ``L`` per class (``inf``: the class is not cut); ``mode``
+    says which rule set them.
     """
 
     names: tuple
     models: tuple
-    threshold: float | None = None
+    nulls: tuple
+    thresholds: np.ndarray
+    mode: str = "auto"
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def classes(self) -> tuple:
@@ -62,37 +76,53 @@ class EnsembleModel:
     def counts(self) -> np.ndarray:
         return self.models[0].counts
 
-    @property
-    def thresholds(self) -> np.ndarray:
-        return np.full(len(self.classes), np.nan if self.threshold is None else self.threshold)
-
-    def member_suspicion(self, X: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    def member_scores(self, X: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
         return [m.suspicion(X, labels) for m in self.models]
 
-    @staticmethod
-    def combine(scores: list[np.ndarray]) -> np.ndarray:
-        """Row-wise maximum, ignoring a member's NaN (NaN only where every member has none)."""
-        return np.fmax.reduce(scores) if len(scores) > 1 else scores[0]
+    def member_pvalues(self, X: np.ndarray, labels: np.ndarray, scores: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Each member's p-value per row: its own, or its score under its fitted null."""
+        scores = self.member_scores(X, labels) if scores is None else scores
+        codes = label_codes(self.classes, labels)
+        return [m.pvalues(X, labels) if null is None else null.pvalues(s, codes)
+                for m, null, s in zip(self.models, self.nulls, scores)]
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return self.combine(self.member_suspicion(X, labels))
+        """Combined ``L = -log10 p`` per row (NaN for a class no member knows)."""
+        return to_log_p(combine_pvalues(self.member_pvalues(X, labels)))
+
+    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
+        codes = label_codes(self.classes, labels)
+        return np.where(codes >= 0, self.thresholds[np.maximum(codes, 0)], np.inf) if len(self.classes) else np.full(len(codes), np.inf)
 
     def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Negative for flagged rows: the smallest member margin, or threshold - combined suspicion."""
-        if self.threshold is not None:
-            return self.threshold - self.suspicion(X, labels)
-        margins = [m.margin(X, labels) for m in self.models]
-        return np.fmin.reduce(margins) if len(margins) > 1 else margins[0]
+        """Negative for flagged rows (``suspicion >= cut``)."""
+        return np.nextafter(self.thresholds_for(labels), -np.inf) - self.suspicion(X, labels)
 
     def with_threshold(self, threshold: float) -> EnsembleModel:
-        return replace(self, threshold=float(threshold))
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)), mode="reference")
 
     def summary(self) -> dict:
         return {name: model.summary() for name, model in zip(self.names, self.models)}
 
+    def decision_summary(self) -> dict:
+        """Per class, for the report: each member's null and the cut, and why the class was or was not cut."""
+        out = {}
+        for k, c in enumerate(self.classes):
+            cut = float(self.thresholds[k])
+            members = {}
+            for name, model, null in zip(self.names, self.models, self.nulls):
+                members[name] = ({"null": "own p-values"} if null is None else
+                                 {"null": "exponential tail", "median": float(null.location[k]), "tail_scale": float(null.scale[k])})
+            out[str(c)] = {
+                "cut": cut if np.isfinite(cut) else None,
+                "cut_p": float(10.0 ** -cut) if np.isfinite(cut) else None,
+                "members": members,
+            }
+        return out
+
 
 class EnsembleDetector(BaseDetector):
-    """Run several detectors as one and combine their scores (maximum of robust z-scores).
+    """Run one or several detectors and decide with the shared decision layer.
 
     Parameters
     ----------
@@ -100,8 +130,11 @@ class EnsembleDetector(BaseDetector):
         The members, each configured as wanted; names must be distinct. None: one of each
         registered detector with default settings.
     contamination : "auto" or float in (0, 0.5], default "auto"
-        "auto": flag a row when any member flags it by its own rule; a float: flag that
-        share of all rows by combined suspicion.
+        "auto": Benjamini-Hochberg per class at false-discovery level ``alpha`` on the
+        combined p-values; a float: flag that share of all rows by combined suspicion.
+    alpha : float in (0, 0.5], default 0.01
+        "auto" only: the false-discovery level. A clean class loses nothing with
+        probability at least ``1 - alpha``.
     seed : int, default 0
         Unused by the ensemble itself (each member keeps its own seed); kept for the
         common interface.
@@ -110,6 +143,8 @@ class EnsembleDetector(BaseDetector):
     ----------
     model_ : EnsembleModel
     classes_ : ndarray of shape (K,)
+    thresholds_ : dict
+        Cut on the combined suspicion per class (``inf``: the class is not cut).
     """
 
     name = "ensemble"
@@ -118,11 +153,13 @@ class EnsembleDetector(BaseDetector):
         **BaseDetector._parameter_constraints,
         "detectors": [list, tuple, None],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0.0, 0.5, closed="right")],
+        "alpha": [Interval(Real, 0.0, 0.5, closed="right")],
     }
 
-    def __init__(self, *, detectors=None, contamination="auto", seed=0):
+    def __init__(self, *, detectors=None, contamination="auto", alpha=DEFAULT_ALPHA, seed=0):
         self.detectors = detectors
         self.contamination = contamination
+        self.alpha = alpha
         self.seed = seed
 
     # -- members and their schedule ------------------------------------------------------------
@@ -147,7 +184,8 @@ class EnsembleDetector(BaseDetector):
 
         ``input`` is "data" or "reference". Members advance in lockstep; a member whose next
         pass reads the reference rows waits until no member has a data pass pending, so
-        reference passes are shared too.
+        reference passes are shared too. The decision layer's passes come last: the null
+        pass (only when a member has no p-values of its own) and the cut pass.
         """
         members = self.members()
         pending = [0] * len(members)
@@ -160,8 +198,9 @@ class EnsembleDetector(BaseDetector):
             for i, _ in steps:
                 pending[i] += 1
             passes.append((kind, steps))
-        if self.contamination != "auto":
-            passes.append(("data", [(_OWN, 0)]))
+        if not all(m.has_pvalues for m in members):
+            passes.append(("data", [(_NULL, 0)]))
+        passes.append(("data", [(_DECIDE, 0)]))
         return passes
 
     @property
@@ -185,10 +224,22 @@ class EnsembleDetector(BaseDetector):
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         out = {} if into is None else into
         for i, member_stage in state["schedule"][stage][1]:
-            if i == _OWN:
-                key = (self.name, "combined")
-                hist = out.get(key) or Histogram(SUSPICION_EDGES)
-                out[key] = hist.add_batch(state["partial"].suspicion(X, labels))
+            if i in (_NULL, _DECIDE):
+                model: EnsembleModel = state["partial"]
+                codes = label_codes(model.classes, labels)
+                if i == _NULL:
+                    for j, (name, m, null) in enumerate(zip(model.names, model.models, model.nulls)):
+                        if null is None:
+                            continue
+                        scores = m.suspicion(X, labels)
+                        for k in np.unique(codes[codes >= 0]):
+                            key = (self.name, ("null", j, model.classes[k]))
+                            out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[codes == k])
+                else:
+                    L = model.suspicion(X, labels)
+                    for k in np.unique(codes[codes >= 0]):
+                        key = (self.name, ("cut", model.classes[k]))
+                        out.setdefault(key, Histogram(LOGP_EDGES)).add_batch(L[codes == k])
                 continue
             member = state["members"][i]
             part = None if into is None else {k: v for (owner, k), v in into.items() if owner == member.name}
@@ -199,41 +250,65 @@ class EnsembleDetector(BaseDetector):
     def advance(self, stage, state, statistics):
         states = list(state["states"])
         for i, member_stage in state["schedule"][stage][1]:
-            if i == _OWN:
-                hist = statistics.get((self.name, "combined"))
-                counts = hist.counts if hist is not None else np.zeros(len(SUSPICION_EDGES) + 1, np.int64)
-                return state["partial"].with_threshold(upper_quantile_threshold(SUSPICION_EDGES, counts, self.contamination))
+            if i == _NULL:
+                return {**state, "partial": self._fit_nulls(state["partial"], statistics)}
+            if i == _DECIDE:
+                return self._fit_cuts(state["partial"], statistics)
             member = state["members"][i]
             states[i] = member.advance(member_stage, states[i], {k: v for (owner, k), v in statistics.items() if owner == member.name})
         state = {**state, "states": states}
-        if stage == len(state["schedule"]) - 1 or state["schedule"][stage + 1][1] == [(_OWN, 0)]:
-            model = EnsembleModel(tuple(m.name for m in state["members"]), tuple(states))
-            if stage == len(state["schedule"]) - 1:
-                return model
-            state["partial"] = model
+        if state["schedule"][stage + 1][1][0][0] in (_NULL, _DECIDE):  # the members are fitted
+            members = state["members"]
+            K = len(states[0].classes)
+            nulls = tuple(None if m.has_pvalues else TailNull(np.zeros(K), np.ones(K)) for m in members)
+            state["partial"] = EnsembleModel(tuple(m.name for m in members), tuple(states), nulls, np.full(K, np.inf),
+                                             mode="auto" if self.contamination == "auto" else "contamination",
+                                             alpha=float(self.alpha))
         return state
+
+    def _fit_nulls(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
+        empty = Histogram(SCORE_EDGES)
+        nulls = tuple(
+            None if null is None else
+            TailNull.fit([statistics.get((self.name, ("null", j, c)), empty).counts for c in model.classes])
+            for j, null in enumerate(model.nulls)
+        )
+        return replace(model, nulls=nulls)
+
+    def _fit_cuts(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
+        empty = Histogram(LOGP_EDGES)
+        hists = [statistics.get((self.name, ("cut", c)), empty).counts for c in model.classes]
+        if self.contamination == "auto":
+            cuts = np.array([bh_cut(h, float(self.alpha)) for h in hists])
+        else:
+            total = np.sum(hists, axis=0) if hists else np.zeros(len(LOGP_EDGES) + 1, np.int64)
+            cuts = np.full(len(model.classes), upper_quantile_threshold(LOGP_EDGES, total, self.contamination))
+        return replace(model, thresholds=cuts)
 
     def _set_model(self, model) -> None:
         self.model_ = model
         self.classes_ = np.asarray(model.classes, dtype=object)
+        self.thresholds_ = dict(zip(model.classes, model.thresholds.tolist()))
 
     # -- scoring ----------------------------------------------------------------------------------
     def screen(self, model: EnsembleModel, X: np.ndarray, labels: np.ndarray) -> Screened:
-        scores = model.member_suspicion(X, labels)
-        combined = model.combine(scores)
+        scores = model.member_scores(X, labels)
+        pvalues = model.member_pvalues(X, labels, scores)
+        combined = to_log_p(combine_pvalues(pvalues))
+        cuts = model.thresholds_for(labels)
+        flagged = combined >= cuts
         reasons = np.full(len(X), None, dtype=object)
-        if model.threshold is not None:
-            flagged = combined > model.threshold
-            top = np.argmax(np.nan_to_num(np.vstack(scores), nan=-np.inf), axis=0)
-            for i in np.flatnonzero(flagged):
-                reasons[i] = (f"ensemble: suspicion {combined[i]:.2f} > threshold {model.threshold:.2f} "
-                              f"(highest: {model.names[top[i]]})")
-            return Screened(dict(zip(model.names, scores)), combined, flagged, reasons)
-        thresholds = [m.thresholds_for(labels) for m in model.models]
-        member_flags = np.vstack([s > t for s, t in zip(scores, thresholds)])
-        flagged = member_flags.any(axis=0)
-        for i in np.flatnonzero(flagged):
-            parts = [f"{model.names[j]}: suspicion {scores[j][i]:.2f} > threshold {thresholds[j][i]:.2f}"
-                     for j in np.flatnonzero(member_flags[:, i])]
-            reasons[i] = "; ".join(parts) + f" (class {str(labels[i])!r})"
+        rows = np.flatnonzero(flagged)
+        if len(rows):
+            M = len(model.models)
+            member_L = [to_log_p(np.minimum(1.0, M * p[rows])) for p in pvalues]
+            explain = [m.explain(X[rows], labels[rows]) if hasattr(m, "explain") else None for m in model.models]
+            for n, i in enumerate(rows):
+                parts = []
+                for j in np.argsort([-L[n] for L in member_L]):
+                    if member_L[j][n] >= cuts[i] or not parts:
+                        why = "" if explain[j] is None or explain[j][n] is None else f" ({explain[j][n]})"
+                        parts.append(f"{model.names[j]}: p={pvalues[j][i]:.2g}{why}")
+                rule = {"auto": "Benjamini-Hochberg", "contamination": "contamination", "reference": "reference"}[model.mode]
+                reasons[i] = f"class {str(labels[i])!r}: " + "; ".join(parts) + f" [{rule} cut p <= {10.0 ** -cuts[i]:.2g}]"
         return Screened(dict(zip(model.names, scores)), combined, flagged, reasons)

@@ -74,12 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
     s.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     s.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
-    s.add_argument("--detectors", type=_columns, default=("spectral",), metavar="A,B",
-                   help="detectors to run, comma-separated: spectral, robust_spectral, influence, clustering, knn "
-                        "(default: spectral); with several, a row's suspicion is the highest of theirs and it is "
-                        "flagged when any of them flags it")
+    s.add_argument("--detectors", type=_columns, default=("spectral", "label"), metavar="A,B",
+                   help="detectors to run, comma-separated: spectral, robust_spectral, influence, clustering, knn, label "
+                        "(default: spectral,label); they combine on one p-value scale (see --alpha)")
+    s.add_argument("--alpha", type=_fraction, default=0.01, metavar="F",
+                   help="false-discovery level of the default per-class Benjamini-Hochberg decision (default 0.01): "
+                        "a clean class loses nothing with probability at least 1 - F")
     s.add_argument("--contamination", type=_fraction, metavar="F",
-                   help="flag this fraction of all rows, most suspicious first (default: auto, per-class cluster test)")
+                   help="flag this fraction of all rows, most suspicious first (default: per-class Benjamini-Hochberg)")
     s.add_argument("--reference", action="append", default=[], metavar="PATH",
                    help="trusted clean rows: calibrate the threshold to --target-fpr on them (repeatable)")
     s.add_argument("--target-fpr", type=_fraction, default=0.01, metavar="F",
@@ -272,6 +274,7 @@ def _run(args, beam_args) -> int:
         feature_columns=args.feature_columns,
         detectors=args.detectors,
         contamination=args.contamination,
+        alpha=args.alpha,
         reference=tuple(args.reference),
         target_fpr=args.target_fpr,
         policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction),

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
+from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, write_report
@@ -87,20 +88,22 @@ class ScreenConfig:
     label_column: str = "label"
     id_column: str | None = None
     feature_columns: tuple[str, ...] | None = None
-    detectors: tuple[str, ...] = ("spectral",)
+    detectors: tuple[str, ...] = ("spectral", "label")
     detector_params: dict = field(default_factory=dict)  # detector name -> {parameter: value}
     contamination: float | None = None
+    alpha: float = DEFAULT_ALPHA
     reference: tuple[str, ...] = ()
     target_fpr: float = 0.01
     policy: Policy = field(default_factory=Policy)
     batch_rows: int = DEFAULT_BATCH_ROWS
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
-    def make_detector(self) -> BaseDetector:
-        """The configured detector: one of :data:`DETECTORS`, or an ensemble of several.
+    def make_detector(self) -> EnsembleDetector:
+        """The configured detectors as one :class:`EnsembleDetector`: the decision layer.
 
-        ``contamination`` applies to the single detector, or to the ensemble's combined
-        suspicion (the members keep their own default rules).
+        Every run, one detector or several, decides through it: ``contamination`` flags a
+        share of all rows by combined suspicion, else Benjamini-Hochberg per class at
+        ``alpha`` (``--reference`` then replaces the cut, see :func:`calibrate_pass`).
         """
         names = list(self.detectors)
         if not names:
@@ -111,11 +114,8 @@ class ScreenConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"--detectors: {','.join(names)} names a detector twice")
         members = [DETECTORS[name](**self.detector_params.get(name, {})) for name in names]
-        extra = {} if self.contamination is None else {"contamination": self.contamination}
-        if len(members) == 1:
-            det = members[0].set_params(**extra)
-        else:
-            det = EnsembleDetector(detectors=members, **extra)
+        det = EnsembleDetector(detectors=members, alpha=self.alpha,
+                               **({} if self.contamination is None else {"contamination": self.contamination}))
         for d in (*members, det):
             try:
                 d._validate_params()
@@ -307,28 +307,27 @@ def _json_params(detector: BaseDetector) -> dict:
             if k != "detectors"}
 
 
-def _member_mode(member: BaseDetector) -> str:
-    return "auto" if member.get_params().get("contamination", "auto") == "auto" else "contamination"
-
-
-def _combination(detector: BaseDetector, model, threshold_mode: str, target_fpr) -> dict | None:
-    """How an ensemble turned its members' scores into one suspicion and one decision."""
-    if not isinstance(detector, EnsembleDetector):
-        return None
+def _decision(model, mode: str, alpha: float, target_fpr) -> dict:
+    """How the members' scores became one suspicion and one decision, with every class's cut and why."""
+    rules = {
+        "auto": f"Benjamini-Hochberg per class at false-discovery level {alpha:g}",
+        "contamination": "a fixed share of all rows by combined suspicion",
+        "reference": f"one cut set on trusted rows to a false-positive rate of {target_fpr:g}",
+    }
     return {
         "members": list(model.names),
-        "suspicion": "max",
-        "decision": "any member flags" if model.threshold is None else "combined suspicion above threshold",
-        "threshold_mode": threshold_mode,
-        "threshold": model.threshold,
-        "target_fpr": target_fpr,
+        "suspicion": "-log10 of the combined p-value: min(1, M x the smallest member p-value) (Bonferroni)",
+        "threshold_mode": mode,
+        "rule": rules[mode],
+        "alpha": alpha if mode == "auto" else None,
+        "target_fpr": target_fpr if mode == "reference" else None,
+        "classes": model.decision_summary(),
     }
 
 
 def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings) -> dict:
-    members = detector.members() if isinstance(detector, EnsembleDetector) else [detector]
-    models = model.models if isinstance(detector, EnsembleDetector) else [model]
-    threshold_mode = "reference" if reference else ("auto" if detector.get_params().get("contamination") == "auto" else "contamination")
+    members = detector.members()
+    threshold_mode = "reference" if reference else ("auto" if detector.contamination == "auto" else "contamination")
     report = {
         "job": "screen",
         "poisonguard_version": __version__,
@@ -346,13 +345,12 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
             {
                 "name": member.name,
                 "params": _json_params(member),
-                "threshold_mode": threshold_mode if len(members) == 1 else _member_mode(member),
-                "target_fpr": config.target_fpr if reference else None,
-                "classes": member_model.summary(),
+                "classes": {c: {k: v for k, v in facts.items() if k != "threshold"}
+                            for c, facts in member_model.summary().items()},
             }
-            for member, member_model in zip(members, models)
+            for member, member_model in zip(members, model.models)
         ],
-        "combination": _combination(detector, model, threshold_mode, config.target_fpr if reference else None),
+        "decision": _decision(model, threshold_mode, config.alpha, config.target_fpr),
         "classes": {label: cs.to_json() for label, cs in sorted(summary.classes.items())},
         "reference": ({"paths": list(config.reference), **reference} if reference else None),
         "policy": config.policy.verdict(summary),

@@ -52,6 +52,21 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def value_hash(X: np.ndarray, seed: int) -> np.ndarray:
+    """A keyed uint64 hash of each row's feature values (N, d), at float32 precision.
+
+    It depends on the values alone (-0 as 0, every NaN alike), not on the row id or its
+    type, so a row read as float32 or float64, and any exact copy of it, hash alike.
+    """
+    X = np.asarray(X, dtype=np.float32).astype(np.float64)
+    X = np.where(np.isnan(X), np.nan, X + 0.0)  # canonical NaN; -0.0 + 0.0 == +0.0
+    bits = np.ascontiguousarray(X).view(np.uint64)
+    h = np.full(len(X), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1), dtype=np.uint64)
+    for j in range(bits.shape[1]):
+        h = _splitmix64(h ^ bits[:, j])
+    return h
+
+
 def uniform_from_hash(hashes: np.ndarray) -> np.ndarray:
     """Map uint64 hashes to floats uniform in [0, 1) (53 significant bits)."""
     return (np.asarray(hashes, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

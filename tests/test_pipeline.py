@@ -11,7 +11,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import heavy_tailed_table
-from poisonguard.detectors import SpectralSignatureDetector
+from poisonguard.detectors import EnsembleDetector, SpectralSignatureDetector
 from poisonguard.pipelines import (
     ReadChunks, RunnerConfig, ScreenBatches, ScreenConfig, discover_shards, read_output, resolve_contract, run_screen,
 )
@@ -42,8 +42,9 @@ def dataset(tmp_path_factory):
 
 
 def _screen(dataset, out, **kwargs):
+    """Screen with ``spectral`` alone: this module tests the job's mechanics, not the default's detection."""
     root, *_ = dataset
-    config = ScreenConfig(inputs=(str(root),), out=str(out), **kwargs)
+    config = ScreenConfig(inputs=(str(root),), out=str(out), **{"detectors": ("spectral",), **kwargs})
     return run_screen(config)
 
 
@@ -83,17 +84,25 @@ def test_every_row_ends_in_exactly_one_output(dataset, baseline):
 
 
 def test_report_matches_schema_and_carries_detection_metrics(baseline):
+    """The synthetic backdoor ranks on top; the cut keeps the clean-row bound rather than the backdoor.
+
+    The planted rows score about 5.7 robust standard deviations, inside the range of the
+    class's clean heavy tail (up to 8.4), so a per-class rule that bounds the clean rows
+    it flags (Benjamini-Hochberg at 1%) cannot cut them here; the old per-detector rule
+    did, and on real tables it flagged up to 9% of clean rows. Detection floors are
+    tested on planted poison in real tables (``test_decision.py``).
+    """
     result, outs = baseline
     report = json.load(open(result.path("report.json")))
     assert report == result.report
     det = report["detection"]
-    assert det["recall"] >= 0.9 and det["precision"] >= 0.8
     assert det["roc_auc"] > 0.99
-    assert report["policy"]["breached"] is True
+    assert det["false_positive_rate"] <= 0.005
+    assert det["flagged"] == report["counts"]["quarantine"]
     assert set(report["classes"]) == {"class-0", "class-1", "class-2"}
-    assert report["classes"]["class-1"]["flagged"] == report["counts"]["quarantine"]
+    assert sum(c["flagged"] for c in report["classes"].values()) == report["counts"]["quarantine"]
     assert set(outs["quarantine"]["flagged"]) == {True} and set(outs["cleaned"]["flagged"]) == {False}
-    assert outs["quarantine"]["reason"].str.startswith("spectral: suspicion").all()
+    assert outs["quarantine"]["reason"].str.match(r"class 'class-\d': spectral: p=").all()
 
 
 def test_job_equals_in_memory_estimator(dataset, baseline):
@@ -101,10 +110,11 @@ def test_job_equals_in_memory_estimator(dataset, baseline):
     _, outs = baseline
     valid = pd.concat([outs["cleaned"], outs["quarantine"]]).sort_values("row_id")
     features = ["income", "n_items", "duration", "age", "score"] + [f"x{i}" for i in range(5)]
-    det = SpectralSignatureDetector().fit(valid[features].to_numpy(), valid["label"].to_numpy(dtype=object),
-                                          row_ids=valid["row_id"].to_numpy(dtype=object))
-    np.testing.assert_allclose(det.suspicion(valid[features].to_numpy(), valid["label"].to_numpy(dtype=object)),
-                               valid["suspicion"].to_numpy(), rtol=1e-9, atol=1e-12)
+    X, y = valid[features].to_numpy(), valid["label"].to_numpy(dtype=object)
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X, y, row_ids=valid["row_id"].to_numpy(dtype=object))
+    np.testing.assert_allclose(det.model_.models[0].suspicion(X, y), valid["score_spectral"].to_numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(det.suspicion(X, y), valid["suspicion"].to_numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(det.predict(X, y) < 0, valid["flagged"].to_numpy())
 
 
 def _assert_same_outputs(a, b):
@@ -143,7 +153,7 @@ def test_screen_batches_in_a_users_pipeline(dataset, baseline, tmp_path):
     expected = baseline[1]["quarantine"]["row_id"].tolist()
     with beam.Pipeline(runner=FnApiRunner()) as p:
         chunks = p | ReadChunks(shards, contract, 5000)
-        screened = chunks | ScreenBatches(SpectralSignatureDetector(), contract)
+        screened = chunks | ScreenBatches(EnsembleDetector(detectors=[SpectralSignatureDetector()]), contract)
         flagged = screened | beam.FlatMap(lambda c: c.quarantine.column("row_id").to_pylist())
         assert_that(flagged, equal_to(expected))
 
@@ -156,10 +166,12 @@ def test_reference_calibration(dataset, tmp_path):
     frame.to_parquet(ref, index=False)
     result = _screen(dataset, tmp_path / "out", reference=(str(ref),), target_fpr=0.01)
     report = result.report
-    assert report["detectors"][0]["threshold_mode"] == "reference"
+    assert report["decision"]["threshold_mode"] == "reference"
     assert report["reference"]["valid"] == 6000
-    assert report["detection"]["recall"] >= 0.9
     assert report["detection"]["false_positive_rate"] <= 0.02
+    # a cut at 1% false positives on trusted rows is more sensitive than the 1% false-discovery default
+    auto = _screen(dataset, tmp_path / "auto").report["detection"]
+    assert report["detection"]["recall"] > auto["recall"]
 
 
 def test_failed_run_leaves_no_outputs(dataset, tmp_path, monkeypatch):

@@ -75,13 +75,19 @@ def test_every_detector_runs_as_a_stage_and_the_ensemble_combines_them(poisoned,
     report = result.report
     assert len(rows) == 6000 and report["counts"]["rows_in"] == 6000
     assert [d["name"] for d in report["detectors"]] == list(ALL)
-    assert report["combination"]["members"] == list(ALL)
-    assert report["combination"]["decision"] == "any member flags"
-    scores = np.column_stack([rows[f"score_{name}"] for name in ALL])
-    np.testing.assert_allclose(rows["suspicion"], np.nanmax(scores, axis=1))
-    # each flagged row names the detectors that flagged it
+    decision = report["decision"]
+    assert decision["members"] == list(ALL) and decision["threshold_mode"] == "auto"
+    for name in ALL:
+        assert rows[f"score_{name}"].notna().all()
+    # the combined suspicion is -log10 of a p-value: never negative; flagged rows reach their class's cut
+    assert (rows["suspicion"] >= 0).all()
+    for label, facts in decision["classes"].items():
+        mine = rows[rows["label"].astype(str) == label]
+        cut = np.inf if facts["cut"] is None else facts["cut"]
+        assert ((mine["suspicion"] >= cut) == mine["flagged"]).all()
+    # each flagged row names its class and the detectors whose own p-value reached the cut
     for reason in rows.loc[rows["flagged"], "reason"].head(50):
-        assert any(reason.startswith(name + ":") or f"; {name}:" in reason for name in ALL)
+        assert reason.startswith("class ") and any(f" {name}: p=" in reason for name in ALL)
     detection = report["detection"]
     assert detection["recall"] >= 0.8 and detection["precision"] >= 0.8, detection
 
@@ -109,17 +115,22 @@ def test_dask_runner_gives_the_same_screen(poisoned, ensemble_run, tmp_path):
 def test_reference_rows_feed_reference_passes_and_calibrate_the_ensemble(poisoned, tmp_path):
     root, _ = poisoned
     result = _run(poisoned, tmp_path / "ref", reference=(str(root / "reference.parquet"),), target_fpr=0.01)
-    combination = result.report["combination"]
-    assert combination["threshold_mode"] == "reference" and combination["threshold"] is not None
-    assert combination["decision"] == "combined suspicion above threshold"
+    decision = result.report["decision"]
+    assert decision["threshold_mode"] == "reference" and decision["target_fpr"] == 0.01
+    cuts = {facts["cut"] for facts in decision["classes"].values()}
+    assert len(cuts) == 1 and None not in cuts  # one cut for every class, set on the trusted rows
     assert result.report["detection"]["recall"] >= 0.8
 
 
-def test_one_detector_keeps_the_single_detector_layout(poisoned, tmp_path):
+def test_one_detector_decides_through_the_same_layer(poisoned, tmp_path):
     result = _run(poisoned, tmp_path / "one", detectors=("knn",))
-    assert result.report["combination"] is None
+    assert result.report["decision"]["members"] == ["knn"]
     rows = _rows(tmp_path / "one")
-    np.testing.assert_allclose(rows["suspicion"], rows["score_knn"])
+    assert "score_knn" in rows and (rows["suspicion"] >= 0).all()
+    # one member: the suspicion is a monotone function of the detector's score within each class
+    for _, part in rows.groupby("label"):
+        order = np.argsort(part["score_knn"].to_numpy(), kind="stable")
+        assert (np.diff(part["suspicion"].to_numpy()[order]) >= -1e-12).all()
 
 
 def test_pipeline_fit_equals_in_memory_ensemble(poisoned, ensemble_run):

@@ -1,0 +1,277 @@
+"""Confident learning (Northcutt, Jiang & Chuang, JAIR 2021) as combinable passes: label issues at pipeline scale.
+
+Notation: N rows, d features, K classes; ``pi(x)`` (K,) a row's out-of-fold class
+probabilities, ``c`` its given label, ``pi_c`` its self-confidence.
+
+A flipped label sits among rows of another class: a classifier that did not train on the
+row gives its label a low probability. cleanlab computes that from out-of-fold
+probabilities of every row, held in memory in one process. Here:
+
+1. **A bounded, hash-selected sample.** Pass 0 keeps the ``sample_size`` rows with the
+   smallest keyed hash of their row id (the class proportions of the data), plus per class
+   its ``min_class_sample`` smallest-hash rows, so a rare class is represented.
+2. **K hash folds, out of fold for every row.** A row's fold is a hash of its feature
+   values (``n_folds`` folds), so it depends only on the row: fold model ``f`` (scikit-
+   learn's ``HistGradientBoostingClassifier`` by default, which takes missing values as
+   they are) is fitted on the sample rows of the other folds, and every row, in the sample
+   or not, is scored by the model of its own fold, which never saw it, nor any exact copy
+   of it (a copy has the same fold). The model is small (K fold models) and a row's score
+   depends only on the model and the row, never on the batch.
+3. **The score** is cleanlab's self-confidence label-quality score ``pi_c``
+   (``cleanlab.rank.get_label_quality_scores(method="self_confidence")``); ``suspicion`` is
+   ``1 - pi_c``.
+4. **A p-value** for the decision layer (:mod:`~poisonguard.detectors.decision`): if the
+   given label were drawn from the model's own class probabilities, the chance of a label
+   at least as improbable as ``c`` is ``p = sum of pi_j over classes j with pi_j <= pi_c``;
+   for calibrated probabilities this is a valid p-value (``P(p <= t) <= t``). Probabilities
+   are smoothed towards uniform first (``pi' = (1 - eps) pi + eps / K``, ``eps =
+   smoothing``), so an overconfident model cannot give a clean but unusual row a vanishing
+   p-value: no row's p-value is below ``smoothing / K``.
+   A class the model cannot tell from others (a rare class it under-predicts, whose own
+   rows mostly get low probabilities) is not a class of label issues: each class's
+   p-values are divided by its *trust* factor ``min(1, 2 median p)``, the median taken
+   over the class's sample rows out of fold. A class the model predicts well (median p at
+   least 0.5, as when under half its rows are in doubt) is unaffected.
+5. **Per-class thresholds and the confident joint** (the estimated noise matrix for the
+   report) are counts and sums: the thresholds ``t_j`` (mean self-confidence of class j)
+   come from the sample's out-of-fold probabilities, the confident joint ``C[given][true]``
+   is counted over every row in pass 1 (a row counts for the most probable class ``j``
+   with ``pi_j >= t_j``), and both combine across workers; the joint is calibrated to the
+   class counts as in cleanlab's ``calibrate_confident_joint``.
+
+Memory: the sample (at most ``sample_size + K min_class_sample`` rows) and K fold models,
+independent of N. Passes: 2 (sample; confident joint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from numbers import Integral, Real
+
+import numpy as np
+
+from ..schemas.hashing import value_hash
+from ._sklearn import Interval
+from .base import BaseDetector, group_by_label, label_codes
+from .knn import _ClassSample
+from .statistics import LabelledSample
+
+
+def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each row from a hash of its feature values (:func:`~poisonguard.schemas.hashing.value_hash`)."""
+    return (value_hash(X, seed) % np.uint64(n_folds)).astype(np.int64)
+
+
+def pvalue_from_probabilities(P: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``sum of P[i, j] over j with P[i, j] <= P[i, codes[i]]`` per row (NaN for codes < 0)."""
+    known = codes >= 0
+    own = P[np.arange(len(P)), np.maximum(codes, 0)]
+    p = np.where(P <= own[:, None], P, 0.0).sum(axis=1)
+    return np.where(known, np.minimum(p, 1.0), np.nan)
+
+
+@dataclass(frozen=True)
+class LabelModel:
+    """Fitted state of :class:`ConfidentLabelDetector`: the fold models and the confident-learning facts."""
+
+    classes: tuple
+    models: tuple  # n_folds fitted classifiers (None where a fold had one class or no rows)
+    fallback: np.ndarray  # (K,) class shares of the sample: a fold without a model predicts these
+    n_folds: int
+    seed: int
+    smoothing: float
+    counts: np.ndarray  # (K,) rows per class seen by the fit
+    sample_rows: np.ndarray  # (K,) sample rows per class
+    self_confidence: np.ndarray  # (K,) t_j: mean out-of-fold self-confidence of class j on the sample
+    trust: np.ndarray  # (K,) min(1, 2 x the median out-of-fold p-value of the class's sample rows)
+    joint: np.ndarray  # (K, K) confident joint C[given, true], counted over every row
+    thresholds: np.ndarray  # (K,) legacy per-detector cut (inf); decisions are the decision layer's
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """Out-of-fold class probabilities (N, K), each row from its own fold's model, smoothed."""
+        K = len(self.classes)
+        X = np.asarray(X, dtype=np.float64)
+        P = np.tile(self.fallback, (len(X), 1))
+        folds = feature_folds(X, self.n_folds, self.seed)
+        for f, model in enumerate(self.models):
+            rows = np.flatnonzero(folds == f)
+            if model is None or len(rows) == 0:
+                continue
+            proba = model.predict_proba(X[rows])
+            P[rows] = 0.0
+            P[np.ix_(rows, model.classes_)] = proba
+        return (1.0 - self.smoothing) * P + self.smoothing / max(K, 1)
+
+    def self_confidence_scores(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """cleanlab's self-confidence label-quality score ``pi_c`` (higher = more likely correct); NaN for unseen classes."""
+        codes = label_codes(self.classes, labels)
+        P = self.probabilities(X)
+        return np.where(codes >= 0, P[np.arange(len(P)), np.maximum(codes, 0)], np.nan)
+
+    def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return 1.0 - self.self_confidence_scores(X, labels)
+
+    def pvalues(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Per-row p-value, divided by the class's trust factor ``min(1, 2 median_c p)`` (see :attr:`trust`)."""
+        codes = label_codes(self.classes, labels)
+        p = pvalue_from_probabilities(self.probabilities(X), codes)
+        return np.minimum(1.0, p / np.where(codes >= 0, self.trust[np.maximum(codes, 0)], 1.0))
+
+    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
+        return np.full(len(labels), np.inf)
+
+    def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.thresholds_for(labels) - self.suspicion(X, labels)
+
+    def with_threshold(self, threshold: float) -> LabelModel:
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
+
+    def noise_matrix(self) -> np.ndarray:
+        """Estimated ``P(given = i, true = j)``: the confident joint calibrated to the class counts, normalised."""
+        C = self.joint.astype(float)
+        row = C.sum(axis=1, keepdims=True)
+        C = np.divide(C, row, out=np.zeros_like(C), where=row > 0) * self.counts[:, None]
+        return C / max(C.sum(), 1.0)
+
+    def summary(self) -> dict:
+        joint = self.noise_matrix()
+        names = [str(c) for c in self.classes]
+        return {
+            str(c): {
+                "rows": int(self.counts[k]),
+                "sample_rows": int(self.sample_rows[k]),
+                "mean_self_confidence": float(self.self_confidence[k]),
+                "estimated_label_noise": float(1.0 - joint[k, k] / joint[k].sum()) if joint[k].sum() > 0 else None,
+                "estimated_true_classes": {names[j]: round(float(joint[k, j] / joint[k].sum()), 4)
+                                           for j in range(len(names)) if joint[k].sum() > 0 and joint[k, j] > 0},
+            }
+            for k, c in enumerate(self.classes)
+        }
+
+
+class _Joint:
+    """Confident-joint counts (K, K) and rows per class (combinable)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, K: int):
+        self.counts = np.zeros((K, K), dtype=np.int64)
+
+    def merge(self, other: _Joint) -> _Joint:
+        self.counts += other.counts
+        return self
+
+
+_POOL, _FLOOR, _JOINT = "__label_pool__", "__label_floor__", "__label_joint__"
+
+
+class ConfidentLabelDetector(BaseDetector):
+    """Confident-learning label-issue detector: out-of-fold class probabilities on a hash sample.
+
+    Parameters
+    ----------
+    sample_size : int, default 50000
+        Rows of the pooled hash sample the fold models are fitted on.
+    min_class_sample : int, default 200
+        Each class also contributes its smallest-hash rows up to this many.
+    n_folds : int, default 3
+        Hash folds (each model trains on the other folds of the sample).
+    boosting_rounds : int, default 100
+        Boosting iterations of each ``HistGradientBoostingClassifier``.
+    smoothing : float in [0, 0.5), default 0.001
+        Probabilities are mixed with the uniform distribution by this weight before the
+        p-value, which bounds each row's p-value below by ``smoothing / K``.
+    seed : int, default 0
+        Key of the row-id hash (the sample), the fold hash and the models' random state.
+    """
+
+    name = "label"
+    n_stages = 2
+    requires_labels = True
+    has_pvalues = True
+
+    _parameter_constraints: dict = {
+        **BaseDetector._parameter_constraints,
+        "sample_size": [Interval(Integral, 10, None, closed="left")],
+        "min_class_sample": [Interval(Integral, 1, None, closed="left")],
+        "n_folds": [Interval(Integral, 2, None, closed="left")],
+        "boosting_rounds": [Interval(Integral, 1, None, closed="left")],
+        "smoothing": [Interval(Real, 0.0, 0.5, closed="left")],
+    }
+
+    def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=3, boosting_rounds=100, smoothing=0.001, seed=0):
+        self.sample_size = sample_size
+        self.min_class_sample = min_class_sample
+        self.n_folds = n_folds
+        self.boosting_rounds = boosting_rounds
+        self.smoothing = smoothing
+        self.seed = seed
+
+    # -- pass 0: the pooled and per-class samples, row counts -> fold models, thresholds
+    # -- pass 1: the confident joint over every row
+    def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
+        stats = {} if into is None else into
+        if stage == 0:
+            hashes = self.row_hashes(row_ids)
+            stats.setdefault(_POOL, LabelledSample(self.sample_size, X.shape[1])).add_batch(X, hashes, labels)
+            for label, rows in group_by_label(labels):
+                stats.setdefault((_FLOOR, label), _ClassSample(self.min_class_sample, X.shape[1])).add_batch(X, hashes, rows)
+            return stats
+        model: LabelModel = state["partial"]
+        codes = label_codes(model.classes, labels)
+        P = model.probabilities(X)
+        confident = np.where(P >= model.self_confidence[None, :], P, -1.0)
+        true = np.argmax(confident, axis=1)
+        ok = (codes >= 0) & (confident.max(axis=1) >= 0)
+        joint = stats.setdefault(_JOINT, _Joint(len(model.classes)))
+        np.add.at(joint.counts, (codes[ok], true[ok]), 1)
+        return stats
+
+    def advance(self, stage, state, statistics):
+        if stage == 0:
+            return {**state, "partial": self._fit_models(state, statistics)}
+        model: LabelModel = state["partial"]
+        joint = statistics.get(_JOINT)
+        return replace(model, joint=joint.counts if joint is not None else np.zeros_like(model.joint))
+
+    def _fit_models(self, state, samples: dict) -> LabelModel:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        d = state["n_features"]
+        floors = {key[1]: s for key, s in samples.items() if key != _POOL}
+        classes = tuple(sorted(floors))
+        K = len(classes)
+        parts_h, parts_x, parts_c = [], [], []
+        if _POOL in samples:
+            h, rows, labels = samples[_POOL].result()
+            parts_h.append(h), parts_x.append(rows), parts_c.append(label_codes(classes, labels))
+        for k, c in enumerate(classes):
+            h, rows = floors[c].result()
+            parts_h.append(h), parts_x.append(rows), parts_c.append(np.full(len(h), k, dtype=np.int64))
+        if parts_h:
+            _, first = np.unique(np.concatenate(parts_h), return_index=True)
+            rows, codes = np.concatenate(parts_x)[first], np.concatenate(parts_c)[first]
+        else:
+            rows, codes = np.zeros((0, d)), np.zeros(0, dtype=np.int64)
+        counts = np.array([floors[c].count for c in classes], dtype=np.int64)
+        fallback = np.bincount(codes, minlength=K).astype(float) + 1.0
+        fallback /= fallback.sum()
+        folds = feature_folds(rows, int(self.n_folds), int(self.seed))
+        models = []
+        for f in range(int(self.n_folds)):
+            train = folds != f
+            if len(np.unique(codes[train])) < 2:
+                models.append(None)
+                continue
+            clf = HistGradientBoostingClassifier(max_iter=int(self.boosting_rounds), random_state=int(self.seed))
+            models.append(clf.fit(rows[train], codes[train]))
+        model = LabelModel(classes, tuple(models), fallback, int(self.n_folds), int(self.seed), float(self.smoothing),
+                           counts, np.bincount(codes, minlength=K), np.zeros(K), np.ones(K),
+                           np.zeros((K, K), dtype=np.int64), np.full(K, np.inf))
+        P = model.probabilities(rows)
+        own = P[np.arange(len(P)), codes]
+        sums = np.bincount(codes, weights=own, minlength=K)
+        n = np.bincount(codes, minlength=K)
+        p = pvalue_from_probabilities(P, codes)
+        trust = np.array([min(1.0, 2.0 * float(np.median(p[codes == k]))) if n[k] else 1.0 for k in range(K)])
+        return replace(model, self_confidence=np.divide(sums, n, out=np.ones(K), where=n > 0), trust=trust)

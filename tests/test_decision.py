@@ -1,0 +1,150 @@
+"""The shared decision layer: Benjamini-Hochberg cuts, fitted nulls, the three rules, on real tables.
+
+The real tables live in ``../shared/data`` beside the project (CI has them); tests that
+need them skip with a message where they are absent.
+"""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector
+from poisonguard.detectors.decision import LOGP_EDGES, SCORE_EDGES, TailNull, bh_cut, combine_pvalues, to_log_p
+from poisonguard.detectors.statistics import Histogram
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def real_table(name: str):
+    """``(X, y, ids)`` of a table in ../shared/data: numeric columns missing in at most 20% of rows, complete rows."""
+    path = os.path.join(DATA, f"{name}.parquet")
+    if not os.path.exists(path):
+        pytest.skip(f"real table {path} is absent (the project expects ../shared/data beside it)")
+    df = pd.read_parquet(path)
+    feats = [c for c in df.select_dtypes("number").columns if c != "id" and df[c].isna().mean() <= 0.2]
+    df = df.dropna(subset=feats).reset_index(drop=True)
+    return df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), df["id"].to_numpy()
+
+
+def flag_share(detector, X, y, ids):
+    det = detector.fit(X, y, row_ids=ids)
+    return float((det.predict(X, y) < 0).mean())
+
+
+# -- the building blocks ----------------------------------------------------------------------------
+def test_bh_cut_matches_the_step_up_rule_on_exact_p_values():
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.random(9000), 10.0 ** -rng.uniform(4, 8, 1000)])
+    L = to_log_p(p)
+    cut = bh_cut(Histogram(LOGP_EDGES).add_batch(L).counts, 0.01)
+    order = np.sort(p)
+    k = np.flatnonzero(order <= 0.01 * np.arange(1, len(p) + 1) / len(p))
+    exact = order[k[-1]]  # the largest p-value BH rejects
+    flagged = L >= cut
+    assert flagged[9000:].all()  # every planted p-value is rejected
+    assert abs(int(flagged.sum()) - int((p <= exact).sum())) <= 2  # grid resolution 0.01 in -log10 p
+
+
+def test_bh_cut_flags_nothing_on_uniform_p_values():
+    rng = np.random.default_rng(1)
+    for n in (1000, 100_000):
+        L = to_log_p(rng.random(n))
+        assert bh_cut(Histogram(LOGP_EDGES).add_batch(L).counts, 0.01) == np.inf
+
+
+def test_tail_null_is_conservative_for_exponential_and_gaussian_scores():
+    rng = np.random.default_rng(2)
+    for scores in (rng.exponential(2.0, 50_000), np.abs(rng.normal(size=50_000))):
+        null = TailNull.fit([Histogram(SCORE_EDGES).add_batch(scores).counts])
+        p = null.pvalues(scores, np.zeros(len(scores), dtype=np.int64))
+        for t in (0.01, 0.001):  # P(p <= t) <= t, up to sampling noise
+            assert (p <= t).mean() <= 1.5 * t + 5 / len(scores)
+
+
+def test_bonferroni_combination_ignores_missing_members():
+    p = combine_pvalues([np.array([0.01, np.nan, 0.5]), np.array([0.2, 0.02, np.nan])])
+    assert np.allclose(p, [0.02, 0.04, 1.0])
+
+
+# -- the rules on real tables ---------------------------------------------------------------------
+@pytest.mark.parametrize("rows", [50_000, 500_000])
+def test_auto_rule_keeps_clean_rows_of_a_heavy_tailed_real_table(rows):
+    """Flight delays and times (heavy-tailed, censored at cancellations) lose at most 0.5% at any batch size."""
+    X, y, ids = real_table("flights")
+    rng = np.random.default_rng(rows)
+    take = rng.choice(len(X), rows, replace=rows > len(X))
+    ids = np.arange(rows)  # resampled rows need their own ids
+    share = flag_share(EnsembleDetector(detectors=[SpectralSignatureDetector()]), X[take], y[take], ids)
+    assert share <= 0.005
+
+
+def test_auto_rule_finds_a_planted_backdoor_in_a_real_table():
+    """diamonds: 3% of the rows get two in-range trigger values and another class (as the field test plants)."""
+    X, y, ids = real_table("diamonds")
+    rng = np.random.default_rng(3)
+    big, second = pd.Series(y).value_counts().index[:2]
+    rows = rng.choice(np.flatnonzero(y == big), int(0.03 * len(y)), replace=False)
+    X = X.copy()
+    X[rows, 0] = np.quantile(X[:, 0], 0.99)
+    X[rows, 3] = np.quantile(X[:, 3], 0.01)
+    y = y.copy()
+    y[rows] = second
+    truth = np.zeros(len(y), bool)
+    truth[rows] = True
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X, y, row_ids=ids)
+    flagged = det.predict(X, y) < 0
+    assert (flagged & truth).sum() >= 0.9 * truth.sum()
+    assert (flagged & truth).sum() >= 0.9 * flagged.sum()
+
+
+def test_contamination_rule_flags_the_share_asked_on_a_real_table():
+    X, y, ids = real_table("credit")
+    share = flag_share(EnsembleDetector(detectors=[SpectralSignatureDetector()], contamination=0.05), X, y, ids)
+    assert 0.04 <= share <= 0.05
+
+
+def test_reference_rule_holds_the_false_positive_rate_on_trusted_rows_of_a_real_table():
+    X, y, ids = real_table("credit")
+    held = np.random.default_rng(4).random(len(X)) < 0.3
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X[~held], y[~held], row_ids=ids[~held])
+    det.calibrate(X[held], y[held], target_fpr=0.02)
+    assert (det.predict(X[held], y[held]) < 0).mean() <= 0.02
+    assert (det.predict(X[~held], y[~held]) < 0).mean() <= 0.05  # fresh clean rows: about the target rate
+
+
+# -- the confident-learning label detector ---------------------------------------------------------
+def test_label_quality_scores_equal_cleanlabs_on_the_same_probabilities():
+    rank = pytest.importorskip("cleanlab.rank", reason="cleanlab is part of the 'test' extra")
+    X, y, ids = real_table("credit")
+    det = ConfidentLabelDetector(sample_size=2000).fit(X, y, row_ids=ids)
+    P = det.model_.probabilities(X)
+    codes = pd.Index(det.model_.classes).get_indexer(y)
+    ours = det.model_.self_confidence_scores(X, y)
+    theirs = rank.get_label_quality_scores(codes, P, method="self_confidence", adjust_pred_probs=False)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_label_detector_ranks_flipped_labels_of_a_real_table():
+    from sklearn.metrics import roc_auc_score
+
+    X, y, ids = real_table("credit")
+    rng = np.random.default_rng(5)
+    flip = rng.random(len(y)) < 0.1
+    y = np.where(flip, np.where(y == "good", "bad", "good"), y).astype(object)
+    det = EnsembleDetector(detectors=[ConfidentLabelDetector()]).fit(X, y, row_ids=ids)
+    assert roc_auc_score(flip, det.model_.models[0].suspicion(X, y)) >= 0.8
+    flagged = det.predict(X, y) < 0
+    assert (flagged & ~flip).mean() <= 0.005
+
+
+def test_label_detector_scores_each_row_out_of_fold_and_independently_of_the_batch():
+    X, y, ids = real_table("cells")
+    det = ConfidentLabelDetector(sample_size=5000).fit(X, y, row_ids=ids)
+    whole = det.suspicion(X, y)
+    parts = np.concatenate([det.suspicion(X[i:i + 300], y[i:i + 300]) for i in range(0, len(X), 300)])
+    np.testing.assert_array_equal(whole, parts)
+    # string ids select the same sample size; scores stay close
+    again = ConfidentLabelDetector(sample_size=5000).fit(X, y, row_ids=ids.astype(str)).suspicion(X, y)
+    assert np.corrcoef(whole, again)[0, 1] > 0.99
