@@ -416,7 +416,7 @@ def test_simulated_backdoor_is_caught_by_screen(fraud_data, tmp_path, capsys):
     """))
     sim, screened = tmp_path / "sim", tmp_path / "screened"
     assert _cli(["simulate", path, "--config", config, "--out", sim, "-q"], capsys)[0] == 0
-    code, _ = _cli(["screen", sim / "data", "--out", screened, "-q"], capsys)
+    code, _ = _cli(["screen", sim / "data", "--out", screened, "--detectors", "spectral,label", "-q"], capsys)
     assert code == 1  # flagged rows breach the default policy
     report = json.loads((screened / "report.json").read_text())
     manifest = json.loads((sim / "manifest.json").read_text())
