@@ -112,7 +112,8 @@ class EnsembleModel:
             members = {}
             for name, model, null in zip(self.names, self.models, self.nulls):
                 members[name] = ({"null": "own p-values"} if null is None else
-                                 {"null": "exponential tail", "median": float(null.location[k]), "tail_scale": float(null.scale[k])})
+                                 {"null": "generalised Pareto tail", "median": float(null.location[k]),
+                                  "tail_scale": float(null.scale[k]), "tail_shape": float(null.shape[k])})
             out[str(c)] = {
                 "cut": cut if np.isfinite(cut) else None,
                 "cut_p": float(10.0 ** -cut) if np.isfinite(cut) else None,
@@ -232,9 +233,11 @@ class EnsembleDetector(BaseDetector):
                         if null is None:
                             continue
                         scores = m.suspicion(X, labels)
+                        # rows the member's own rule cuts as an outlying cluster do not shape the null
+                        bulk = scores <= m.thresholds_for(labels)
                         for k in np.unique(codes[codes >= 0]):
                             key = (self.name, ("null", j, model.classes[k]))
-                            out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[codes == k])
+                            out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[(codes == k) & bulk])
                 else:
                     L = model.suspicion(X, labels)
                     for k in np.unique(codes[codes >= 0]):
@@ -260,7 +263,7 @@ class EnsembleDetector(BaseDetector):
         if state["schedule"][stage + 1][1][0][0] in (_NULL, _DECIDE):  # the members are fitted
             members = state["members"]
             K = len(states[0].classes)
-            nulls = tuple(None if m.has_pvalues else TailNull(np.zeros(K), np.ones(K)) for m in members)
+            nulls = tuple(None if m.has_pvalues else TailNull(np.zeros(K), np.ones(K), np.zeros(K)) for m in members)
             state["partial"] = EnsembleModel(tuple(m.name for m in members), tuple(states), nulls, np.full(K, np.inf),
                                              mode="auto" if self.contamination == "auto" else "contamination",
                                              alpha=float(self.alpha))

@@ -88,7 +88,7 @@ class ScreenConfig:
     label_column: str = "label"
     id_column: str | None = None
     feature_columns: tuple[str, ...] | None = None
-    detectors: tuple[str, ...] = ("spectral",)
+    detectors: tuple[str, ...] = ("spectral", "label")
     detector_params: dict = field(default_factory=dict)  # detector name -> {parameter: value}
     contamination: float | None = None
     alpha: float = DEFAULT_ALPHA

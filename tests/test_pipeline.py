@@ -101,8 +101,10 @@ def test_report_matches_schema_and_carries_detection_metrics(baseline):
     assert det["flagged"] == report["counts"]["quarantine"]
     assert set(report["classes"]) == {"class-0", "class-1", "class-2"}
     assert sum(c["flagged"] for c in report["classes"].values()) == report["counts"]["quarantine"]
-    assert set(outs["quarantine"]["flagged"]) == {True} and set(outs["cleaned"]["flagged"]) == {False}
-    assert outs["quarantine"]["reason"].str.match(r"class 'class-\d': spectral: p=").all()
+    assert set(outs["cleaned"]["flagged"]) == {False}
+    if len(outs["quarantine"]):
+        assert set(outs["quarantine"]["flagged"]) == {True}
+        assert outs["quarantine"]["reason"].str.match(r"class 'class-\d': spectral: p=").all()
 
 
 def test_job_equals_in_memory_estimator(dataset, baseline):

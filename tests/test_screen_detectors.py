@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from poisonguard.detectors import DETECTORS, EnsembleDetector
 from poisonguard.pipelines import RunnerConfig, ScreenConfig, read_output, run_screen
@@ -88,8 +89,13 @@ def test_every_detector_runs_as_a_stage_and_the_ensemble_combines_them(poisoned,
     # each flagged row names its class and the detectors whose own p-value reached the cut
     for reason in rows.loc[rows["flagged"], "reason"].head(50):
         assert reason.startswith("class ") and any(f" {name}: p=" in reason for name in ALL)
-    detection = report["detection"]
-    assert detection["recall"] >= 0.8 and detection["precision"] >= 0.8, detection
+    # the backdoor is cut; the scattered flips rank high but, at a 1% false-discovery level, are not cut
+    backdoor = rows["poisoned"] & (rows["f4"] == 6.0)
+    flagged = rows["flagged"]
+    assert (flagged & backdoor).sum() >= 0.9 * backdoor.sum()
+    assert (flagged & rows["poisoned"]).sum() >= 0.95 * flagged.sum()
+    flips = rows["poisoned"] & ~backdoor
+    assert roc_auc_score(flips[~backdoor], rows.loc[~backdoor, "suspicion"]) >= 0.9
 
 
 def test_results_do_not_depend_on_batch_size(poisoned, ensemble_run, tmp_path):
