@@ -49,7 +49,9 @@ from .statistics import Histogram
 from .thresholds import upper_quantile_threshold
 
 #: Pseudo-member indices of the decision layer's own passes.
-_NULL, _DECIDE = -1, -2
+_NULL, _DECIDE, _REFERENCE_NULL = -1, -2, -3
+#: Fewest trusted rows of a class for its null to be fitted on them rather than on the data.
+MIN_REFERENCE_ROWS = 50
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class EnsembleModel:
     thresholds: np.ndarray
     mode: str = "auto"
     alpha: float = DEFAULT_ALPHA
+    null_sources: tuple = ()  # per member, per class: "reference" or "data" (None: the member's own p-values)
 
     @property
     def classes(self) -> tuple:
@@ -110,10 +113,10 @@ class EnsembleModel:
         for k, c in enumerate(self.classes):
             cut = float(self.thresholds[k])
             members = {}
-            for name, model, null in zip(self.names, self.models, self.nulls):
+            for j, (name, model, null) in enumerate(zip(self.names, self.models, self.nulls)):
                 members[name] = ({"null": "own p-values"} if null is None else
-                                 {"null": "generalised Pareto tail", "median": float(null.location[k]),
-                                  "tail_scale": float(null.scale[k]), "tail_shape": float(null.shape[k])})
+                                 {"null": "generalised Pareto tail", "fitted_on": self.null_sources[j][k] if self.null_sources else "data",
+                                  "median": float(null.location[k]), "tail_scale": float(null.scale[k]), "tail_shape": float(null.shape[k])})
             out[str(c)] = {
                 "cut": cut if np.isfinite(cut) else None,
                 "cut_p": float(10.0 ** -cut) if np.isfinite(cut) else None,
@@ -186,7 +189,8 @@ class EnsembleDetector(BaseDetector):
         ``input`` is "data" or "reference". Members advance in lockstep; a member whose next
         pass reads the reference rows waits until no member has a data pass pending, so
         reference passes are shared too. The decision layer's passes come last: the null
-        pass (only when a member has no p-values of its own) and the cut pass.
+        passes (only when a member has no p-values of its own: the trusted rows' scores,
+        then the data's) and the cut pass.
         """
         members = self.members()
         pending = [0] * len(members)
@@ -200,6 +204,7 @@ class EnsembleDetector(BaseDetector):
                 pending[i] += 1
             passes.append((kind, steps))
         if not all(m.has_pvalues for m in members):
+            passes.append(("reference", [(_REFERENCE_NULL, 0)]))
             passes.append(("data", [(_NULL, 0)]))
         passes.append(("data", [(_DECIDE, 0)]))
         return passes
@@ -225,18 +230,20 @@ class EnsembleDetector(BaseDetector):
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         out = {} if into is None else into
         for i, member_stage in state["schedule"][stage][1]:
-            if i in (_NULL, _DECIDE):
+            if i in (_NULL, _DECIDE, _REFERENCE_NULL):
                 model: EnsembleModel = state["partial"]
                 codes = label_codes(model.classes, labels)
-                if i == _NULL:
+                if i in (_NULL, _REFERENCE_NULL):
                     for j, (name, m, null) in enumerate(zip(model.names, model.models, model.nulls)):
                         if null is None:
                             continue
                         scores = m.suspicion(X, labels)
-                        # rows the member's own rule cuts as an outlying cluster do not shape the null
-                        bulk = scores <= m.thresholds_for(labels)
+                        # on the data, rows the member's own rule cuts as an outlying cluster do not shape the null;
+                        # trusted rows all do
+                        bulk = scores <= m.thresholds_for(labels) if i == _NULL else np.ones(len(scores), bool)
+                        source = "null" if i == _NULL else "reference null"
                         for k in np.unique(codes[codes >= 0]):
-                            key = (self.name, ("null", j, model.classes[k]))
+                            key = (self.name, (source, j, model.classes[k]))
                             out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[(codes == k) & bulk])
                 else:
                     L = model.suspicion(X, labels)
@@ -253,14 +260,16 @@ class EnsembleDetector(BaseDetector):
     def advance(self, stage, state, statistics):
         states = list(state["states"])
         for i, member_stage in state["schedule"][stage][1]:
+            if i == _REFERENCE_NULL:
+                return {**state, "reference_nulls": statistics}
             if i == _NULL:
-                return {**state, "partial": self._fit_nulls(state["partial"], statistics)}
+                return {**state, "partial": self._fit_nulls(state["partial"], {**state.get("reference_nulls", {}), **statistics})}
             if i == _DECIDE:
                 return self._fit_cuts(state["partial"], statistics)
             member = state["members"][i]
             states[i] = member.advance(member_stage, states[i], {k: v for (owner, k), v in statistics.items() if owner == member.name})
         state = {**state, "states": states}
-        if state["schedule"][stage + 1][1][0][0] in (_NULL, _DECIDE):  # the members are fitted
+        if state["schedule"][stage + 1][1][0][0] in (_NULL, _DECIDE, _REFERENCE_NULL):  # the members are fitted
             members = state["members"]
             K = len(states[0].classes)
             nulls = tuple(None if m.has_pvalues else TailNull(np.zeros(K), np.ones(K), np.zeros(K)) for m in members)
@@ -270,13 +279,21 @@ class EnsembleDetector(BaseDetector):
         return state
 
     def _fit_nulls(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
+        """Each member's null per class: on the class's trusted rows where there are enough, else on the data."""
         empty = Histogram(SCORE_EDGES)
-        nulls = tuple(
-            None if null is None else
-            TailNull.fit([statistics.get((self.name, ("null", j, c)), empty).counts for c in model.classes])
-            for j, null in enumerate(model.nulls)
-        )
-        return replace(model, nulls=nulls)
+        nulls, sources = [], []
+        for j, null in enumerate(model.nulls):
+            if null is None:
+                nulls.append(None), sources.append(None)
+                continue
+            hists, source = [], []
+            for c in model.classes:
+                trusted = statistics.get((self.name, ("reference null", j, c)), empty)
+                use = trusted.total >= MIN_REFERENCE_ROWS
+                hists.append((trusted if use else statistics.get((self.name, ("null", j, c)), empty)).counts)
+                source.append("reference" if use else "data")
+            nulls.append(TailNull.fit(hists)), sources.append(tuple(source))
+        return replace(model, nulls=tuple(nulls), null_sources=tuple(sources))
 
     def _fit_cuts(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
         empty = Histogram(LOGP_EDGES)

@@ -59,7 +59,8 @@ from ..schemas.hashing import value_hash
 from ._sklearn import Interval
 from .base import BaseDetector, group_by_label, label_codes
 from .knn import _ClassSample
-from .statistics import LabelledSample
+from .decision import LOGP_EDGES, to_log_p
+from .statistics import Histogram, LabelledSample
 
 
 def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -103,6 +104,7 @@ class LabelModel:
     calibration: np.ndarray  # (K,) >= 1: the largest F_c(t) / t on the class's sample rows (see the module docstring)
     joint: np.ndarray  # (K, K) confident joint C[given, true], counted over every row
     thresholds: np.ndarray  # (K,) legacy per-detector cut (inf); decisions are the decision layer's
+    calibrated_on: tuple = ()  # per class: "sample" or "reference" (trusted rows)
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         """Out-of-fold class probabilities (N, K), each row from its own fold's model, smoothed."""
@@ -158,6 +160,8 @@ class LabelModel:
                 "rows": int(self.counts[k]),
                 "sample_rows": int(self.sample_rows[k]),
                 "mean_self_confidence": float(self.self_confidence[k]),
+                "p_value_calibration": float(self.calibration[k]),
+                "calibrated_on": self.calibrated_on[k] if self.calibrated_on else "sample",
                 "estimated_label_noise": float(1.0 - joint[k, k] / joint[k].sum()) if joint[k].sum() > 0 else None,
                 "estimated_true_classes": {names[j]: round(float(joint[k, j] / joint[k].sum()), 4)
                                            for j in range(len(names)) if joint[k].sum() > 0 and joint[k, j] > 0},
@@ -179,7 +183,9 @@ class _Joint:
         return self
 
 
-_POOL, _FLOOR, _JOINT = "__label_pool__", "__label_floor__", "__label_joint__"
+_POOL, _FLOOR, _JOINT, _TRUSTED = "__label_pool__", "__label_floor__", "__label_joint__", "__label_trusted__"
+#: Fewest trusted rows of a class for its calibration factor to come from them rather than the sample.
+MIN_TRUSTED_ROWS = 50
 
 
 class ConfidentLabelDetector(BaseDetector):
@@ -203,7 +209,8 @@ class ConfidentLabelDetector(BaseDetector):
     """
 
     name = "label"
-    n_stages = 2
+    n_stages = 3
+    reference_stages = frozenset({2})
     requires_labels = True
     has_pvalues = True
 
@@ -226,8 +233,16 @@ class ConfidentLabelDetector(BaseDetector):
 
     # -- pass 0: the pooled and per-class samples, row counts -> fold models, thresholds
     # -- pass 1: the confident joint over every row
+    # -- pass 2 (trusted reference rows, when given): their p-values per class -> calibration factors
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
+        if stage == 2:
+            model: LabelModel = state
+            codes = label_codes(model.classes, labels)
+            L = to_log_p(pvalue_from_probabilities(model.probabilities(X), codes))
+            for k in np.unique(codes[codes >= 0]):
+                stats.setdefault((_TRUSTED, model.classes[k]), Histogram(LOGP_EDGES)).add_batch(L[codes == k])
+            return stats
         if stage == 0:
             hashes = self.row_hashes(row_ids)
             stats.setdefault(_POOL, LabelledSample(self.sample_size, X.shape[1])).add_batch(X, hashes, labels)
@@ -247,9 +262,26 @@ class ConfidentLabelDetector(BaseDetector):
     def advance(self, stage, state, statistics):
         if stage == 0:
             return {**state, "partial": self._fit_models(state, statistics)}
+        if stage == 2:
+            return self._calibrate_on_trusted_rows(state, statistics)
         model: LabelModel = state["partial"]
         joint = statistics.get(_JOINT)
         return replace(model, joint=joint.counts if joint is not None else np.zeros_like(model.joint))
+
+    def _calibrate_on_trusted_rows(self, model: LabelModel, statistics: dict) -> LabelModel:
+        """A class with enough trusted rows takes its calibration factor from them: rows no fold model
+        trained on, and free of the batch's label noise, which the sample's factor has to absorb."""
+        calibration = model.calibration.copy()
+        sources = list(model.calibrated_on)
+        for k, c in enumerate(model.classes):
+            hist = statistics.get((_TRUSTED, c))
+            if hist is not None and hist.total >= MIN_TRUSTED_ROWS:
+                at_least = np.cumsum(hist.counts[::-1])[::-1][1:]  # at_least[m] = #{L >= LOGP_EDGES[m]}
+                # the grid edge at or below -log10 t counts at least every row with p <= t
+                m = np.floor(-np.log10(CALIBRATION_LEVELS) / (LOGP_EDGES[1] - LOGP_EDGES[0]) + 1e-9).astype(int)
+                calibration[k] = float(max(1.0, np.max(at_least[m] / hist.total / CALIBRATION_LEVELS)))
+                sources[k] = "reference"
+        return replace(model, calibration=calibration, calibrated_on=tuple(sources))
 
     def _fit_models(self, state, samples: dict) -> LabelModel:
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -291,4 +323,5 @@ class ConfidentLabelDetector(BaseDetector):
         n = np.bincount(codes, minlength=K)
         p = pvalue_from_probabilities(P, codes)
         calibration = np.array([calibration_factor(p[codes == k]) for k in range(K)])
-        return replace(model, self_confidence=np.divide(sums, n, out=np.ones(K), where=n > 0), calibration=calibration)
+        return replace(model, self_confidence=np.divide(sums, n, out=np.ones(K), where=n > 0), calibration=calibration,
+                       calibrated_on=("sample",) * K)

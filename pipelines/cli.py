@@ -83,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--contamination", type=_fraction, metavar="F",
                    help="flag this fraction of all rows, most suspicious first (default: per-class Benjamini-Hochberg)")
     s.add_argument("--reference", action="append", default=[], metavar="PATH",
-                   help="trusted clean rows: calibrate the threshold to --target-fpr on them (repeatable)")
-    s.add_argument("--target-fpr", type=_fraction, default=0.01, metavar="F",
-                   help="with --reference: highest share of reference rows that may be flagged (default 0.01)")
+                   help="trusted clean rows (repeatable): the decision layer fits each class's null on them "
+                        "instead of on the batch")
+    s.add_argument("--target-fpr", type=_fraction, default=None, metavar="F",
+                   help="with --reference: instead of Benjamini-Hochberg, one cut that flags at most this share of "
+                        "the reference rows")
     s.add_argument("--max-flagged-fraction", type=_fraction, default=0.0, metavar="F",
                    help="policy: breach (exit 1) when more rows than this are flagged (default 0: any flagged row)")
     s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",

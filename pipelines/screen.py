@@ -37,7 +37,9 @@ from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
 from .staging import count_problems, load_result, publish, raise_if_lost, save_result
 from .summary import ScreenSummary
-from .transforms import MergeAll, ScreenedChunk, batch_statistics, calibrate, read_and_validate, reference_summary, screen_chunk
+from .transforms import (
+    MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
+)
 
 log = logging.getLogger("poisonguard")
 
@@ -93,7 +95,7 @@ class ScreenConfig:
     contamination: float | None = None
     alpha: float = DEFAULT_ALPHA
     reference: tuple[str, ...] = ()
-    target_fpr: float = 0.01
+    target_fpr: float | None = None
     policy: Policy = field(default_factory=Policy)
     batch_rows: int = DEFAULT_BATCH_ROWS
     runner: RunnerConfig = field(default_factory=RunnerConfig)
@@ -197,7 +199,8 @@ def fit_passes(session: RunnerSession, detector, units, contract: Contract, batc
     return state
 
 
-def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract, batch_rows: int, target_fpr: float, staging: str):
+def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract, batch_rows: int, target_fpr: float | None, staging: str):
+    """Score the trusted rows; with ``target_fpr``, replace the cut by one that flags at most that share of them."""
     path = os.path.join(staging, "_reference.pkl")
     session.run(lambda p: (
         p
@@ -207,6 +210,8 @@ def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract,
         | "Save" >> beam.Map(save_result, path)
     ))
     reference = load_result(path, "reference summary")
+    if target_fpr is None:  # the trusted rows already taught the decision layer its nulls; its rule stands
+        return model, check_reference(reference)
     return calibrate(model, reference, target_fpr), reference
 
 
@@ -309,16 +314,17 @@ def _json_params(detector: BaseDetector) -> dict:
 
 def _decision(model, mode: str, alpha: float, target_fpr) -> dict:
     """How the members' scores became one suspicion and one decision, with every class's cut and why."""
-    rules = {
-        "auto": f"Benjamini-Hochberg per class at false-discovery level {alpha:g}",
-        "contamination": "a fixed share of all rows by combined suspicion",
-        "reference": f"one cut set on trusted rows to a false-positive rate of {target_fpr:g}",
-    }
+    if mode == "auto":
+        rule = f"Benjamini-Hochberg per class at false-discovery level {alpha:g}"
+    elif mode == "contamination":
+        rule = "a fixed share of all rows by combined suspicion"
+    else:
+        rule = f"one cut set on trusted rows to a false-positive rate of {target_fpr:g}"
     return {
         "members": list(model.names),
         "suspicion": "-log10 of the combined p-value: min(1, M x the smallest member p-value) (Bonferroni)",
         "threshold_mode": mode,
-        "rule": rules[mode],
+        "rule": rule,
         "alpha": alpha if mode == "auto" else None,
         "target_fpr": target_fpr if mode == "reference" else None,
         "classes": model.decision_summary(),
@@ -327,7 +333,8 @@ def _decision(model, mode: str, alpha: float, target_fpr) -> dict:
 
 def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings) -> dict:
     members = detector.members()
-    threshold_mode = "reference" if reference else ("auto" if detector.contamination == "auto" else "contamination")
+    threshold_mode = ("reference" if reference and config.target_fpr is not None else
+                      "auto" if detector.contamination == "auto" else "contamination")
     report = {
         "job": "screen",
         "poisonguard_version": __version__,

@@ -208,11 +208,16 @@ def reference_summary(chunk: Chunk, model, contract: Contract) -> ReferenceSumma
     return ReferenceSummary(Histogram(SUSPICION_EDGES).add_batch(suspicion), chunk.valid.num_rows, chunk.invalid.num_rows)
 
 
-def calibrate(model, reference: ReferenceSummary | None, target_fpr: float):
-    """The model with one threshold: at most ``target_fpr`` of the reference rows exceed it."""
+def check_reference(reference: ReferenceSummary | None) -> ReferenceSummary:
+    """The reference summary, if it holds valid rows of a class the inputs have; else a one-line error."""
     if reference is None or reference.histogram.total == 0:
         raise InputError("--reference: no valid reference rows of a class present in the inputs")
-    return model.with_threshold(calibrated_threshold(reference.histogram, target_fpr))
+    return reference
+
+
+def calibrate(model, reference: ReferenceSummary | None, target_fpr: float):
+    """The model with one threshold: at most ``target_fpr`` of the reference rows exceed it."""
+    return model.with_threshold(calibrated_threshold(check_reference(reference).histogram, target_fpr))
 
 
 class ScreenBatches(beam.PTransform):

@@ -119,6 +119,23 @@ def test_auto_rule_finds_a_planted_backdoor_in_a_real_table():
     assert (flagged & truth).sum() >= 0.9 * flagged.sum()
 
 
+def test_trusted_rows_teach_the_nulls_and_the_label_calibration():
+    """diamonds, 30% held out as trusted rows: every class's null and label calibration come from them, and
+    the planted backdoor is still found without losing clean rows."""
+    X, y, ids = real_table("diamonds")
+    held = np.random.default_rng(7).random(len(X)) < 0.3
+    Xb, yb, truth = plant_backdoor(X[~held], y[~held], 0.03, seed=3)
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector(), ConfidentLabelDetector(sample_size=10_000)])
+    det.fit(Xb, yb, row_ids=ids[~held], X_reference=X[held], y_reference=y[held])
+    model = det.model_
+    assert set(model.null_sources[0]) == {"reference"} and model.null_sources[1] is None
+    assert set(model.models[1].calibrated_on) == {"reference"}
+    flagged = det.predict(Xb, yb) < 0
+    assert (flagged & truth).sum() >= 0.9 * truth.sum()
+    assert (flagged & truth).sum() >= 0.9 * flagged.sum()
+    assert (flagged & ~truth).mean() <= 0.005
+
+
 def test_contamination_rule_flags_the_share_asked_on_a_real_table():
     X, y, ids = real_table("credit")
     share = flag_share(EnsembleDetector(detectors=[SpectralSignatureDetector()], contamination=0.05), X, y, ids)
