@@ -139,6 +139,8 @@ class EnsembleDetector(BaseDetector):
     alpha : float in (0, 0.5], default 0.01
         "auto" only: the false-discovery level. A clean class loses nothing with
         probability at least ``1 - alpha``.
+    feature_names : sequence of str, or None, default None
+        Names of the features, for the reasons of flagged rows (None: ``x[j]``).
     seed : int, default 0
         Unused by the ensemble itself (each member keeps its own seed); kept for the
         common interface.
@@ -158,12 +160,14 @@ class EnsembleDetector(BaseDetector):
         "detectors": [list, tuple, None],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0.0, 0.5, closed="right")],
         "alpha": [Interval(Real, 0.0, 0.5, closed="right")],
+        "feature_names": [list, tuple, None],
     }
 
-    def __init__(self, *, detectors=None, contamination="auto", alpha=DEFAULT_ALPHA, seed=0):
+    def __init__(self, *, detectors=None, contamination="auto", alpha=DEFAULT_ALPHA, feature_names=None, seed=0):
         self.detectors = detectors
         self.contamination = contamination
         self.alpha = alpha
+        self.feature_names = feature_names
         self.seed = seed
 
     # -- members and their schedule ------------------------------------------------------------
@@ -322,7 +326,8 @@ class EnsembleDetector(BaseDetector):
         if len(rows):
             M = len(model.models)
             member_L = [to_log_p(np.minimum(1.0, M * p[rows])) for p in pvalues]
-            explain = [m.explain(X[rows], labels[rows]) if hasattr(m, "explain") else None for m in model.models]
+            names = self.feature_names
+            explain = [m.explain(X[rows], labels[rows], names) if hasattr(m, "explain") else None for m in model.models]
             for n, i in enumerate(rows):
                 parts = []
                 for j in np.argsort([-L[n] for L in member_L]):

@@ -107,6 +107,29 @@ class SpectralModel(PerClassModel):
         return robust_z(np.ascontiguousarray(X), codes, self.median, self.inv_scale, self.clip, self.mean, self.direction,
                         self.location, 1.0 / self.scale, np.empty(len(codes)))
 
+    def explain(self, X: np.ndarray, labels: np.ndarray, feature_names=None, top: int = 3) -> list:
+        """Per row, the features that moved its projection furthest from its class's location, as text.
+
+        A row's projection is the sum over features of ``direction[c, j] (z_j - mean[c, j])``
+        (``z`` the standardised row); the terms pushing it the way it lies from the class's
+        location, largest first, ``top`` at most, in robust standard deviations of the projection.
+        """
+        codes = label_codes(self.classes, labels)
+        Z = _Standardizer(self.median, self.inv_scale, self.clip)(np.asarray(X, dtype=np.float64))
+        c = np.maximum(codes, 0)
+        terms = self.direction[c] * (Z - self.mean[c]) / self.scale[c][:, None]
+        side = np.sign(terms.sum(axis=1) - self.location[c] / self.scale[c])[:, None]
+        out = []
+        for i in range(len(codes)):
+            if codes[i] < 0:
+                out.append(None)
+                continue
+            pushed = side[i] * terms[i]
+            order = [j for j in np.argsort(-pushed, kind="stable")[:top] if pushed[j] > 0]
+            out.append(", ".join(f"{feature_names[j] if feature_names is not None else f'x[{j}]'} {terms[i, j]:+.1f}"
+                                 for j in order) or None)
+        return out
+
     def summary(self) -> dict:
         """Per-class facts for reports, keyed by class label (as text)."""
         return {

@@ -105,7 +105,8 @@ class ScreenConfig:
 
         Every run, one detector or several, decides through it: ``contamination`` flags a
         share of all rows by combined suspicion, else Benjamini-Hochberg per class at
-        ``alpha`` (``--reference`` then replaces the cut, see :func:`calibrate_pass`).
+        ``alpha``. Reference rows teach it its nulls; with ``target_fpr`` they also replace
+        the cut (see :func:`calibrate_pass`).
         """
         names = list(self.detectors)
         if not names:
@@ -239,6 +240,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
         files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,
     )
+    detector.set_params(feature_names=tuple(contract.feature_columns))  # for the reasons of flagged rows
     ref_units, ref_contract = [], None
     if config.reference:
         ref_files = discover_shards(list(config.reference))

@@ -95,8 +95,8 @@ def test_auto_rule_keeps_clean_rows_of_a_heavy_tailed_real_table(rows):
 
 
 def plant_backdoor(X, y, rate, seed):
-    """As the field test plants it: ``rate`` of all rows, from the largest class, get carat at its
-    99th percentile and x at its 1st, and the second-largest class's label."""
+    """As the field test plants it: ``rate`` of all rows, from the largest class, get carat (column 0) at
+    its 99th percentile and price (column 3) at its 1st, and the second-largest class's label."""
     rng = np.random.default_rng(seed)
     big, second = pd.Series(y).value_counts().index[:2]
     rows = rng.choice(np.flatnonzero(y == big), int(rate * len(y)), replace=False)
@@ -134,6 +134,20 @@ def test_trusted_rows_teach_the_nulls_and_the_label_calibration():
     assert (flagged & truth).sum() >= 0.9 * truth.sum()
     assert (flagged & truth).sum() >= 0.9 * flagged.sum()
     assert (flagged & ~truth).mean() <= 0.005
+
+
+def test_reasons_name_the_class_the_detector_and_the_trigger_features():
+    X, y, ids = real_table("diamonds")
+    X, y, truth = plant_backdoor(X, y, 0.03, seed=3)
+    names = ["carat", "depth", "table", "price", "x", "y", "z"]
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector()], feature_names=names).fit(X, y, row_ids=ids)
+    screened = det.screen(det.model_, X[truth], y[truth])
+    reasons = screened.reasons[screened.flagged]
+    assert len(reasons) >= 0.9 * truth.sum()
+    for reason in reasons:
+        assert reason.startswith(f"class {y[truth][0]!r}: spectral: p=")
+        drivers = reason.split("(")[1].split(")")[0]
+        assert drivers.startswith("carat ") and "price " in drivers, reason
 
 
 def test_contamination_rule_flags_the_share_asked_on_a_real_table():
