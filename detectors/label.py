@@ -33,7 +33,8 @@ probabilities of every row, held in memory in one process. Here:
    model under-predicts has most of its rows in doubt. So each class's p-values are
    multiplied by its *calibration factor*: the largest ``F_c(t) / t`` over ``t`` in
    1e-4..0.1, where ``F_c(t)`` is the share of the class's sample rows with ``p <= t``
-   out of fold (at least 1). On the sample, no class then has more than its share ``t``
+   out of fold (at least 1); with trusted reference rows, of those (a third pass), which
+   no fold model trained on and which hold none of the batch's label noise. On the sample, no class then has more than its share ``t``
    of rows at ``p <= t``, whatever the model, so the decision layer's cut cannot take
    a class's ordinary doubtful rows; the rows the model doubts far more than the class's
    typical doubtful row still stand out, and the ranking (``suspicion``) is unchanged.
@@ -45,7 +46,8 @@ probabilities of every row, held in memory in one process. Here:
    class counts as in cleanlab's ``calibrate_confident_joint``.
 
 Memory: the sample (at most ``sample_size + K min_class_sample`` rows) and K fold models,
-independent of N. Passes: 2 (sample; confident joint).
+independent of N. Passes: 2 (sample; confident joint), and a third over trusted reference rows
+when given (their p-values, for the calibration factors).
 """
 
 from __future__ import annotations
@@ -72,12 +74,18 @@ def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 CALIBRATION_LEVELS = np.array([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
 
 
-def calibration_factor(p: np.ndarray) -> float:
-    """``max(1, max_t F(t) / t)`` over :data:`CALIBRATION_LEVELS`, ``F`` the empirical distribution of ``p``."""
-    if len(p) == 0:
+def calibration_factor(log_p_counts: np.ndarray) -> float:
+    """``max(1, max_t F(t) / t)`` over :data:`CALIBRATION_LEVELS`, from a histogram of ``-log10 p`` on ``LOGP_EDGES``.
+
+    ``F(t)``, the share of p-values at or below ``t``, is read at the grid edge at or below
+    ``-log10 t``, so it counts at least every such p-value.
+    """
+    total = log_p_counts.sum()
+    if total == 0:
         return 1.0
-    share = (np.sort(p)[None, :] <= CALIBRATION_LEVELS[:, None]).mean(axis=1)
-    return float(max(1.0, np.max(share / CALIBRATION_LEVELS)))
+    at_least = np.cumsum(log_p_counts[::-1])[::-1][1:]  # at_least[m] = #{L >= LOGP_EDGES[m]}
+    m = np.floor(-np.log10(CALIBRATION_LEVELS) / (LOGP_EDGES[1] - LOGP_EDGES[0]) + 1e-9).astype(int)
+    return float(max(1.0, np.max(at_least[m] / total / CALIBRATION_LEVELS)))
 
 
 def pvalue_from_probabilities(P: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -276,11 +284,7 @@ class ConfidentLabelDetector(BaseDetector):
         for k, c in enumerate(model.classes):
             hist = statistics.get((_TRUSTED, c))
             if hist is not None and hist.total >= MIN_TRUSTED_ROWS:
-                at_least = np.cumsum(hist.counts[::-1])[::-1][1:]  # at_least[m] = #{L >= LOGP_EDGES[m]}
-                # the grid edge at or below -log10 t counts at least every row with p <= t
-                m = np.floor(-np.log10(CALIBRATION_LEVELS) / (LOGP_EDGES[1] - LOGP_EDGES[0]) + 1e-9).astype(int)
-                calibration[k] = float(max(1.0, np.max(at_least[m] / hist.total / CALIBRATION_LEVELS)))
-                sources[k] = "reference"
+                calibration[k], sources[k] = calibration_factor(hist.counts), "reference"
         return replace(model, calibration=calibration, calibrated_on=tuple(sources))
 
     def _fit_models(self, state, samples: dict) -> LabelModel:
@@ -322,6 +326,7 @@ class ConfidentLabelDetector(BaseDetector):
         sums = np.bincount(codes, weights=own, minlength=K)
         n = np.bincount(codes, minlength=K)
         p = pvalue_from_probabilities(P, codes)
-        calibration = np.array([calibration_factor(p[codes == k]) for k in range(K)])
+        calibration = np.array([calibration_factor(Histogram(LOGP_EDGES).add_batch(to_log_p(p[codes == k])).counts)
+                                for k in range(K)])
         return replace(model, self_confidence=np.divide(sums, n, out=np.ones(K), where=n > 0), calibration=calibration,
                        calibrated_on=("sample",) * K)

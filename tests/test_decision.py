@@ -177,6 +177,17 @@ def test_label_quality_scores_equal_cleanlabs_on_the_same_probabilities():
     np.testing.assert_allclose(ours, theirs, rtol=1e-12)
 
 
+def test_label_calibration_factor_is_one_for_calibrated_p_values_and_large_for_overconfident_ones():
+    from poisonguard.detectors.label import calibration_factor
+
+    rng = np.random.default_rng(8)
+    uniform = rng.random(100_000)
+    assert calibration_factor(Histogram(LOGP_EDGES).add_batch(to_log_p(uniform)).counts) <= 1.2
+    overconfident = np.where(rng.random(100_000) < 0.1, 1e-6, uniform)  # 10% of rows at p = 1e-6
+    factor = calibration_factor(Histogram(LOGP_EDGES).add_batch(to_log_p(overconfident)).counts)
+    assert 900 <= factor <= 1100  # F(1e-4) / 1e-4 = 0.1 / 1e-4
+
+
 def test_label_detector_ranks_flipped_labels_of_a_real_table():
     from sklearn.metrics import roc_auc_score
 
