@@ -177,15 +177,23 @@ def test_label_quality_scores_equal_cleanlabs_on_the_same_probabilities():
     np.testing.assert_allclose(ours, theirs, rtol=1e-12)
 
 
-def test_label_calibration_factor_is_one_for_calibrated_p_values_and_large_for_overconfident_ones():
-    from poisonguard.detectors.label import calibration_factor
+def test_label_calibration_leaves_calibrated_p_values_and_raises_overconfident_ones():
+    from poisonguard.detectors.label import calibrate_pvalues, calibration_curve
 
     rng = np.random.default_rng(8)
     uniform = rng.random(100_000)
-    assert calibration_factor(Histogram(LOGP_EDGES).add_batch(to_log_p(uniform)).counts) <= 1.2
-    overconfident = np.where(rng.random(100_000) < 0.1, 1e-6, uniform)  # 10% of rows at p = 1e-6
-    factor = calibration_factor(Histogram(LOGP_EDGES).add_batch(to_log_p(overconfident)).counts)
-    assert 900 <= factor <= 1100  # F(1e-4) / 1e-4 = 0.1 / 1e-4
+    curve = calibration_curve(Histogram(LOGP_EDGES).add_batch(to_log_p(uniform)).counts)
+    fresh = rng.random(100_000)
+    calibrated = calibrate_pvalues(fresh, np.tile(curve, (len(fresh), 1)))
+    assert (calibrated >= fresh).all() and np.mean(calibrated <= 1.3 * fresh) > 0.99  # left (almost) alone
+    overconfident = np.where(rng.random(100_000) < 0.1, 1e-6, uniform)  # 10% of the class at p = 1e-6
+    curve = calibration_curve(Histogram(LOGP_EDGES).add_batch(to_log_p(overconfident)).counts)
+    raised = calibrate_pvalues(np.array([1e-6, 1e-3, 0.5]), np.tile(curve, (3, 1)))
+    assert 0.09 <= raised[0] <= 0.11 and 0.09 <= raised[1] <= 0.11  # the share of the class at or below them
+    assert 0.54 <= raised[2] <= 0.56  # F(0.5) = 0.1 + 0.9 x 0.5: the overconfident tenth counts everywhere
+    # monotone: the order of a class's rows is kept
+    p = np.sort(overconfident[:1000])
+    assert (np.diff(calibrate_pvalues(p, np.tile(curve, (len(p), 1)))) >= 0).all()
 
 
 def test_label_detector_ranks_flipped_labels_of_a_real_table():
