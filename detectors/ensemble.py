@@ -12,9 +12,11 @@ detector through it, one member or several: it is where scores become decisions.
   rows), so an ensemble needs as many passes over the data as its longest member, not
   their sum. Statistics are keyed ``(member name, member key)`` and split again before
   each member's ``advance``. Then the decision layer's own passes: per class, a histogram
-  of each member's score, for the null of members without p-values of their own
-  (:class:`~poisonguard.detectors.decision.TailNull`); and per class, a histogram of the
-  combined ``L = -log10 p``, for the cut.
+  of each member's score on the trusted reference rows (when given) and on the data
+  (without the rows the member's own rule cuts as a cluster), for the null of members
+  without p-values of their own (:class:`~poisonguard.detectors.decision.TailNull`,
+  fitted on the trusted rows of a class that has at least ``MIN_REFERENCE_ROWS``); and
+  per class, a histogram of the combined ``L = -log10 p``, for the cut.
 * **Scores.** Every member reports its own score, kept in the output as
   ``score_<member>``. Members combine on the p-value scale, never by raw magnitudes: a
   row's combined p-value is ``min(1, M min_j p_j)`` (Bonferroni) and its ``suspicion`` is
