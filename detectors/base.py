@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from ..schemas import ConfigError, row_hash
 from ._sklearn import Interval
 from ._kernels import standardize_grouped
-from .statistics import HashSample, Histogram, Moments
+from .statistics import ClassSample, HashSample, Histogram, LabelledSample, Moments
 from .thresholds import SUSPICION_EDGES, upper_quantile_threshold
 
 #: Rows per chunk when the estimator walks an in-memory array (bounds temporary memory).
@@ -58,6 +58,43 @@ def group_by_label(labels: np.ndarray):
     bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
     for label, rows in zip(uniques, np.split(order, bounds)):
         yield (label.item() if isinstance(label, np.generic) else label), rows
+
+
+#: Statistic keys of a stratified sample: the pooled sample, and ``(SAMPLE_FLOOR, label)`` per class.
+SAMPLE_POOL, SAMPLE_FLOOR = "__sample_pool__", "__sample_floor__"
+
+
+def add_stratified_sample(stats: dict, X: np.ndarray, hashes: np.ndarray, labels: np.ndarray, size: int,
+                          class_size: int) -> dict:
+    """Add a batch to a stratified hash sample: the ``size`` rows of smallest hash over all classes
+    (the data's class proportions) and, per class, its ``class_size`` rows of smallest hash and its row count."""
+    stats.setdefault(SAMPLE_POOL, LabelledSample(size, X.shape[1])).add_batch(X, hashes, labels)
+    for label, rows in group_by_label(labels):
+        stats.setdefault((SAMPLE_FLOOR, label), ClassSample(class_size, X.shape[1])).add_batch(X, hashes, rows)
+    return stats
+
+
+def stratified_sample(samples: dict, n_features: int) -> tuple[tuple, np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes, rows, codes, counts)`` of a merged stratified sample (:func:`add_stratified_sample`).
+
+    ``rows`` (n, d) are the pooled and per-class samples together, each row once, sorted by
+    hash; ``codes`` their class indices in the sorted ``classes``; ``counts`` (K,) rows per
+    class over all batches.
+    """
+    floors = {key[1]: s for key, s in samples.items() if key != SAMPLE_POOL}
+    classes = tuple(sorted(floors))
+    parts = [(h, rows, label_codes(classes, labels)) for h, rows, labels in
+             ([samples[SAMPLE_POOL].result()] if SAMPLE_POOL in samples else [])]
+    for k, c in enumerate(classes):
+        h, rows = floors[c].result()
+        parts.append((h, rows, np.full(len(h), k, dtype=np.int64)))
+    if parts:
+        _, first = np.unique(np.concatenate([h for h, _, _ in parts]), return_index=True)  # sorted by hash, each row once
+        rows = np.concatenate([r for _, r, _ in parts])[first]
+        codes = np.concatenate([c for _, _, c in parts])[first]
+    else:
+        rows, codes = np.zeros((0, n_features)), np.zeros(0, dtype=np.int64)
+    return classes, rows, codes, np.array([floors[c].count for c in classes], dtype=np.int64)
 
 
 def label_codes(classes, labels: np.ndarray) -> np.ndarray:

@@ -103,8 +103,8 @@ import numpy as np
 from ._config import njit
 from ._kernels import standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, group_by_label, label_codes, robust_feature_scale
-from .statistics import HashSample, Histogram, LabelledSample
+from .base import BaseDetector, PerClassModel, add_stratified_sample, label_codes, robust_feature_scale, stratified_sample
+from .statistics import Histogram
 from .thresholds import SUSPICION_EDGES, robust_location_scale, upper_quantile_threshold
 
 #: Grid of the raw-score histograms: r = log((n_alt + 1) / (n_own + 1)), |r| <= log(1001) < 8.
@@ -306,35 +306,6 @@ class KNNLabelModel(PerClassModel):
         }
 
 
-class _ClassSample(HashSample):
-    """A class's ``size`` smallest-hash rows plus the exact number of rows offered (combinable).
-
-    The count is the class's row count over all batches (``model.counts``), so the one-pass
-    fit still reports the rows per class it saw.
-    """
-
-    __slots__ = ("count",)
-
-    def __init__(self, size: int, n_features: int):
-        super().__init__(size, n_features)
-        self.count = 0
-
-    def add_batch(self, X: np.ndarray, hashes: np.ndarray, rows: np.ndarray | None = None) -> _ClassSample:
-        self.count += len(hashes) if rows is None else len(rows)
-        super().add_batch(X, hashes, rows)
-        return self
-
-    def merge(self, other: _ClassSample) -> _ClassSample:
-        self.count += other.count
-        super().merge(other)
-        return self
-
-
-#: Statistic keys of pass 0: the pooled sample, and ``(_FLOOR, label)`` per class.
-_POOL = "__knn_pool__"
-_FLOOR = "__knn_floor__"
-
-
 class KNNLabelDetector(BaseDetector):
     """Deep k-NN label-consistency detector for tabular rows or embeddings (needs labels).
 
@@ -429,16 +400,7 @@ class KNNLabelDetector(BaseDetector):
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
         if stage == 0:
-            hashes = self.row_hashes(row_ids)
-            if _POOL not in stats:
-                stats[_POOL] = LabelledSample(self.sample_size, X.shape[1])
-            stats[_POOL].add_batch(X, hashes, labels)
-            for label, rows in group_by_label(labels):
-                key = (_FLOOR, label)
-                if key not in stats:
-                    stats[key] = _ClassSample(self.min_class_sample, X.shape[1])
-                stats[key].add_batch(X, hashes, rows)
-            return stats
+            return add_stratified_sample(stats, X, self.row_hashes(row_ids), labels, self.sample_size, self.min_class_sample)
         model: KNNLabelModel = state["partial"]
         raw = model.raw_scores(X, labels)
         codes = label_codes(model.classes, labels)
@@ -469,29 +431,10 @@ class KNNLabelDetector(BaseDetector):
 
     def _fit_sample(self, state, samples: dict):
         d = state["n_features"]
-        floors = {key[1]: s.result() for key, s in samples.items() if key != _POOL}
-        classes = tuple(sorted(floors))
-        parts_h, parts_x, parts_c = [], [], []
-        if _POOL in samples:
-            h, rows, labels = samples[_POOL].result()
-            parts_h.append(h)
-            parts_x.append(rows)
-            parts_c.append(label_codes(classes, labels))
-        for k, c in enumerate(classes):
-            h, rows = floors[c]
-            parts_h.append(h)
-            parts_x.append(rows)
-            parts_c.append(np.full(len(h), k, dtype=np.int64))
-        if parts_h:
-            hashes = np.concatenate(parts_h)
-            _, first = np.unique(hashes, return_index=True)  # sorted by hash, each row once
-            rows, codes = np.concatenate(parts_x)[first], np.concatenate(parts_c)[first]
-        else:
-            rows, codes = np.zeros((0, d)), np.zeros(0, dtype=np.int64)
+        classes, rows, codes, counts = stratified_sample(samples, d)
         median, inv_scale = robust_feature_scale(rows, d)
         sample = standardize_clip(np.ascontiguousarray(rows), median, inv_scale, float(self.clip), np.empty(rows.shape))
         K = len(classes)
-        counts = np.array([samples[(_FLOOR, c)].count for c in classes], dtype=np.int64)
         partial = KNNLabelModel(
             classes=classes,
             median=median,

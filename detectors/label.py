@@ -62,10 +62,9 @@ import numpy as np
 
 from ..schemas.hashing import value_hash
 from ._sklearn import Interval
-from .base import BaseDetector, group_by_label, label_codes
-from .knn import _ClassSample
+from .base import BaseDetector, add_stratified_sample, label_codes, stratified_sample
 from .decision import LOGP_EDGES, to_log_p
-from .statistics import Histogram, LabelledSample
+from .statistics import Histogram
 
 
 def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -201,7 +200,7 @@ class _Joint:
         return self
 
 
-_POOL, _FLOOR, _JOINT, _TRUSTED = "__label_pool__", "__label_floor__", "__label_joint__", "__label_trusted__"
+_JOINT, _TRUSTED = "__label_joint__", "__label_trusted__"
 #: Fewest trusted rows of a class for its calibration to come from them rather than the sample.
 MIN_TRUSTED_ROWS = 50
 
@@ -262,11 +261,7 @@ class ConfidentLabelDetector(BaseDetector):
                 stats.setdefault((_TRUSTED, model.classes[k]), Histogram(LOGP_EDGES)).add_batch(L[codes == k])
             return stats
         if stage == 0:
-            hashes = self.row_hashes(row_ids)
-            stats.setdefault(_POOL, LabelledSample(self.sample_size, X.shape[1])).add_batch(X, hashes, labels)
-            for label, rows in group_by_label(labels):
-                stats.setdefault((_FLOOR, label), _ClassSample(self.min_class_sample, X.shape[1])).add_batch(X, hashes, rows)
-            return stats
+            return add_stratified_sample(stats, X, self.row_hashes(row_ids), labels, self.sample_size, self.min_class_sample)
         model: LabelModel = state["partial"]
         codes = label_codes(model.classes, labels)
         P = model.probabilities(X)
@@ -300,23 +295,8 @@ class ConfidentLabelDetector(BaseDetector):
     def _fit_models(self, state, samples: dict) -> LabelModel:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        d = state["n_features"]
-        floors = {key[1]: s for key, s in samples.items() if key != _POOL}
-        classes = tuple(sorted(floors))
+        classes, rows, codes, counts = stratified_sample(samples, state["n_features"])
         K = len(classes)
-        parts_h, parts_x, parts_c = [], [], []
-        if _POOL in samples:
-            h, rows, labels = samples[_POOL].result()
-            parts_h.append(h), parts_x.append(rows), parts_c.append(label_codes(classes, labels))
-        for k, c in enumerate(classes):
-            h, rows = floors[c].result()
-            parts_h.append(h), parts_x.append(rows), parts_c.append(np.full(len(h), k, dtype=np.int64))
-        if parts_h:
-            _, first = np.unique(np.concatenate(parts_h), return_index=True)
-            rows, codes = np.concatenate(parts_x)[first], np.concatenate(parts_c)[first]
-        else:
-            rows, codes = np.zeros((0, d)), np.zeros(0, dtype=np.int64)
-        counts = np.array([floors[c].count for c in classes], dtype=np.int64)
         fallback = np.bincount(codes, minlength=K).astype(float) + 1.0
         fallback /= fallback.sum()
         folds = feature_folds(rows, int(self.n_folds), int(self.seed))

@@ -174,6 +174,30 @@ class LabelledSample:
         return self
 
 
+class ClassSample(HashSample):
+    """A class's ``size`` smallest-hash rows plus the exact number of rows offered (combinable).
+
+    The count is the class's row count over all batches (``model.counts``), so the one-pass
+    fit still reports the rows per class it saw.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self, size: int, n_features: int):
+        super().__init__(size, n_features)
+        self.count = 0
+
+    def add_batch(self, X: np.ndarray, hashes: np.ndarray, rows: np.ndarray | None = None) -> ClassSample:
+        self.count += len(hashes) if rows is None else len(rows)
+        super().add_batch(X, hashes, rows)
+        return self
+
+    def merge(self, other: ClassSample) -> ClassSample:
+        self.count += other.count
+        super().merge(other)
+        return self
+
+
 class Histogram:
     """Counts of values on a fixed grid ``edges`` plus an underflow and an overflow bin.
 
