@@ -113,8 +113,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     reference_stages: frozenset = frozenset()
     #: Whether the detector needs real class labels (False: ``y=None`` means one class).
     requires_labels: bool = False
-    #: Whether the model gives its own p-values (``model.pvalues(X, labels)``); otherwise the
-    #: decision layer fits a null to the score (:mod:`~poisonguard.detectors.decision`).
+    #: Whether the model gives its own p-values (``model.scores_and_pvalues(X, labels)``, both from
+    #: one evaluation); otherwise the decision layer fits a null to the score (:mod:`~poisonguard.detectors.decision`).
     has_pvalues: bool = False
 
     _parameter_constraints: dict = {

@@ -6,7 +6,7 @@ a small set of rules, the same for every detector, as cleanlab separates ``rank`
 class (how a clean row of that class scores), written as ``L = -log10 p``:
 
 * a detector whose score already is a probability statement provides its own p-values
-  (``model.pvalues(X, labels)``): the label detector's calibrated-classifier p-value;
+  (``model.scores_and_pvalues(X, labels)``): the label detector's calibrated-classifier p-value;
 * for any other score the null is fitted per class on the score's distribution over the
   class (:class:`TailNull`): its median, and a generalised Pareto upper tail whose scale
   and shape come from the median and the 75th and 87.5th percentiles (Pickands'

@@ -81,19 +81,26 @@ class EnsembleModel:
     def counts(self) -> np.ndarray:
         return self.models[0].counts
 
-    def member_scores(self, X: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-        return [m.suspicion(X, labels) for m in self.models]
+    def member_scores_and_pvalues(self, X: np.ndarray, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each member's score and p-value per row: its own p-value, or its score under its fitted null.
 
-    def member_pvalues(self, X: np.ndarray, labels: np.ndarray, scores: list[np.ndarray] | None = None) -> list[np.ndarray]:
-        """Each member's p-value per row: its own, or its score under its fitted null."""
-        scores = self.member_scores(X, labels) if scores is None else scores
+        A member with p-values of its own gives both from one evaluation of its model
+        (``scores_and_pvalues``), so the label detector's classifiers run once per batch.
+        """
         codes = label_codes(self.classes, labels)
-        return [m.pvalues(X, labels) if null is None else null.pvalues(s, codes)
-                for m, null, s in zip(self.models, self.nulls, scores)]
+        scores, pvalues = [], []
+        for m, null in zip(self.models, self.nulls):
+            if null is None:
+                s, p = m.scores_and_pvalues(X, labels)
+            else:
+                s = m.suspicion(X, labels)
+                p = null.pvalues(s, codes)
+            scores.append(s), pvalues.append(p)
+        return scores, pvalues
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Combined ``L = -log10 p`` per row (NaN for a class no member knows)."""
-        return to_log_p(combine_pvalues(self.member_pvalues(X, labels)))
+        return to_log_p(combine_pvalues(self.member_scores_and_pvalues(X, labels)[1]))
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         codes = label_codes(self.classes, labels)
@@ -318,8 +325,7 @@ class EnsembleDetector(BaseDetector):
 
     # -- scoring ----------------------------------------------------------------------------------
     def screen(self, model: EnsembleModel, X: np.ndarray, labels: np.ndarray) -> Screened:
-        scores = model.member_scores(X, labels)
-        pvalues = model.member_pvalues(X, labels, scores)
+        scores, pvalues = model.member_scores_and_pvalues(X, labels)
         combined = to_log_p(combine_pvalues(pvalues))
         cuts = model.thresholds_for(labels)
         flagged = combined >= cuts

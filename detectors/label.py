@@ -140,18 +140,27 @@ class LabelModel:
 
     def self_confidence_scores(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """cleanlab's self-confidence label-quality score ``pi_c`` (higher = more likely correct); NaN for unseen classes."""
-        codes = label_codes(self.classes, labels)
-        P = self.probabilities(X)
-        return np.where(codes >= 0, P[np.arange(len(P)), np.maximum(codes, 0)], np.nan)
+        return self._evaluate(X, labels)[0]
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return 1.0 - self.self_confidence_scores(X, labels)
+        return 1.0 - self._evaluate(X, labels)[0]
 
     def pvalues(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Per-row p-value, calibrated on the class's own rows (see :attr:`calibration`)."""
+        return self._evaluate(X, labels)[1]
+
+    def scores_and_pvalues(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(suspicion, pvalues)`` from one evaluation of the fold models (what the decision layer calls)."""
+        own, p = self._evaluate(X, labels)
+        return 1.0 - own, p
+
+    def _evaluate(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Self-confidence ``pi_c`` and calibrated p-value per row, from one ``probabilities`` call."""
         codes = label_codes(self.classes, labels)
-        p = pvalue_from_probabilities(self.probabilities(X), codes)
-        return calibrate_pvalues(p, self.calibration[np.maximum(codes, 0)]) if len(self.classes) else p
+        P = self.probabilities(X)
+        own = np.where(codes >= 0, P[np.arange(len(P)), np.maximum(codes, 0)], np.nan)
+        p = pvalue_from_probabilities(P, codes)
+        return own, (calibrate_pvalues(p, self.calibration[np.maximum(codes, 0)]) if len(self.classes) else p)
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         return np.full(len(labels), np.inf)
