@@ -50,6 +50,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .thresholds import counts_at_or_above
+
 #: Grid of the ``L = -log10 p`` histograms: 0 to 60 in steps of 0.01 (p down to 1e-60; beyond, the overflow bin).
 LOGP_EDGES = np.linspace(0.0, 60.0, 6001)
 #: Default false-discovery level of the "auto" rule.
@@ -141,7 +143,7 @@ def bh_cut(log_p_counts: np.ndarray, alpha: float) -> float:
     n = log_p_counts.sum()
     if n == 0:
         return float("inf")
-    at_least = np.cumsum(log_p_counts[::-1])[::-1][1:]  # at_least[k] = #{L >= edges[k]}
+    at_least = counts_at_or_above(log_p_counts)
     ok = np.flatnonzero((at_least >= n * 10.0 ** -LOGP_EDGES / alpha) & (LOGP_EDGES > 0))
     return float(LOGP_EDGES[ok[0]]) if len(ok) else float("inf")
 

@@ -65,6 +65,7 @@ from ._sklearn import Interval
 from .base import BaseDetector, add_stratified_sample, label_codes, stratified_sample
 from .decision import LOGP_EDGES, to_log_p
 from .statistics import Histogram
+from .thresholds import counts_at_or_above
 
 
 def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -84,7 +85,7 @@ def calibration_curve(log_p_counts: np.ndarray) -> np.ndarray:
     total = log_p_counts.sum()
     if total == 0:
         return np.zeros(len(CALIBRATION_GRID))
-    at_least = np.cumsum(log_p_counts[::-1])[::-1][1:]  # at_least[m] = #{L >= LOGP_EDGES[m]}
+    at_least = counts_at_or_above(log_p_counts)
     m = np.floor(CALIBRATION_GRID / (LOGP_EDGES[1] - LOGP_EDGES[0]) + 1e-9).astype(int)
     return at_least[m] / total
 

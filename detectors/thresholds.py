@@ -168,6 +168,12 @@ def _empty_runs(c: np.ndarray):
     return zip(change[0::2], change[1::2] - 1)
 
 
+def counts_at_or_above(counts: np.ndarray) -> np.ndarray:
+    """``out[k]`` = values at or above ``edges[k]``, from a histogram laid out as
+    :class:`~poisonguard.detectors.statistics.Histogram` (underflow, interior bins, overflow)."""
+    return np.cumsum(counts[::-1])[::-1][1:]
+
+
 def upper_quantile_threshold(edges: np.ndarray, counts: np.ndarray, fraction: float) -> float:
     """Smallest grid edge ``t`` with at most ``fraction`` of the counted values above it.
 
@@ -178,8 +184,7 @@ def upper_quantile_threshold(edges: np.ndarray, counts: np.ndarray, fraction: fl
     if total == 0:
         return float("inf")
     allowed = fraction * total
-    # above[k] = number of values at or above edges[k]
-    above = np.cumsum(counts[::-1])[::-1][1:]
+    above = counts_at_or_above(counts)
     ok = np.flatnonzero(above <= allowed)
     if len(ok) == 0:
         return float("inf")

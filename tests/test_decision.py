@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import recall_precision
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector
 from poisonguard.detectors.decision import LOGP_EDGES, SCORE_EDGES, TailNull, bh_cut, combine_pvalues, to_log_p
 from poisonguard.detectors.statistics import Histogram
@@ -45,16 +46,6 @@ def test_bh_cut_matches_the_step_up_rule_on_exact_p_values():
     flagged = L >= cut
     assert flagged[9000:].all()  # every planted p-value is rejected
     assert abs(int(flagged.sum()) - int((p <= exact).sum())) <= 2  # grid resolution 0.01 in -log10 p
-
-
-def test_a_large_cluster_the_detector_cuts_does_not_widen_its_null():
-    """diamonds door10: the planted rows are over a quarter of their class; the null is fitted without them."""
-    X, y, ids = real_table("diamonds")
-    X, y, truth = plant_backdoor(X, y, 0.10, seed=6)
-    det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X, y, row_ids=ids)
-    flagged = det.predict(X, y) < 0
-    assert (flagged & truth).sum() >= 0.9 * truth.sum()
-    assert (flagged & truth).sum() >= 0.9 * flagged.sum()
 
 
 def test_bh_cut_flags_nothing_on_uniform_p_values():
@@ -109,14 +100,16 @@ def plant_backdoor(X, y, rate, seed):
     return X, y, truth
 
 
-def test_auto_rule_finds_a_planted_backdoor_in_a_real_table():
-    """diamonds: 3% of the rows get two in-range trigger values and another class (as the field test plants)."""
+@pytest.mark.parametrize("rate, seed", [(0.03, 3), (0.10, 6)])
+def test_auto_rule_finds_a_planted_backdoor_in_a_real_table(rate, seed):
+    """diamonds: 3% or 10% of the rows get two in-range trigger values and another class (as the field
+    test plants). At 10% the planted rows are over a quarter of their class: the null is fitted without
+    the cluster the detector's own rule cuts, so the cluster does not widen it."""
     X, y, ids = real_table("diamonds")
-    X, y, truth = plant_backdoor(X, y, 0.03, seed=3)
+    X, y, truth = plant_backdoor(X, y, rate, seed=seed)
     det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X, y, row_ids=ids)
-    flagged = det.predict(X, y) < 0
-    assert (flagged & truth).sum() >= 0.9 * truth.sum()
-    assert (flagged & truth).sum() >= 0.9 * flagged.sum()
+    recall, precision = recall_precision(truth, det.predict(X, y) < 0)
+    assert recall >= 0.9 and precision >= 0.9
 
 
 def test_trusted_rows_teach_the_nulls_and_the_label_calibration():
@@ -131,8 +124,8 @@ def test_trusted_rows_teach_the_nulls_and_the_label_calibration():
     assert set(model.null_sources[0]) == {"reference"} and model.null_sources[1] is None
     assert set(model.models[1].calibrated_on) == {"reference"}
     flagged = det.predict(Xb, yb) < 0
-    assert (flagged & truth).sum() >= 0.9 * truth.sum()
-    assert (flagged & truth).sum() >= 0.9 * flagged.sum()
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.9 and precision >= 0.9
     assert (flagged & ~truth).mean() <= 0.005
 
 
