@@ -17,6 +17,9 @@ knn                :class:`KNNLabelDetector`                  labels their neigh
                                                               with (Peri et al. 2020)
 label              :class:`ConfidentLabelDetector`            label issues by confident learning
                                                               (Northcutt et al. 2021)
+novelty            :class:`NoveltyDetector`                   rows unlike the trusted reference rows
+                                                              of their class (classifier two-sample
+                                                              test; Lopez-Paz & Oquab 2017)
 =================  =========================================  ===================================
 
 :class:`EnsembleDetector` runs several as one (``--detectors a,b,c`` on the command line).
@@ -28,6 +31,7 @@ from .ensemble import EnsembleDetector, EnsembleModel
 from .influence import InfluenceDetector, InfluenceModel
 from .knn import KNNLabelDetector, KNNLabelModel
 from .label import ConfidentLabelDetector, LabelModel
+from .novelty import NoveltyDetector, NoveltyModel
 from .robust_spectral import RobustSpectralDetector, RobustSpectralModel
 from .spectral import SpectralModel, SpectralSignatureDetector
 
@@ -35,7 +39,7 @@ from .spectral import SpectralModel, SpectralSignatureDetector
 DETECTORS = {
     cls.name: cls
     for cls in (SpectralSignatureDetector, RobustSpectralDetector, InfluenceDetector, ActivationClusteringDetector, KNNLabelDetector,
-                ConfidentLabelDetector)
+                ConfidentLabelDetector, NoveltyDetector)
 }
 
 __all__ = [
@@ -51,6 +55,8 @@ __all__ = [
     "KNNLabelDetector",
     "KNNLabelModel",
     "LabelModel",
+    "NoveltyDetector",
+    "NoveltyModel",
     "PerClassModel",
     "RobustSpectralDetector",
     "RobustSpectralModel",

@@ -113,6 +113,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     reference_stages: frozenset = frozenset()
     #: Whether the detector needs real class labels (False: ``y=None`` means one class).
     requires_labels: bool = False
+    #: Whether the fit needs trusted reference rows (it refuses without them).
+    requires_reference: bool = False
     #: Whether the model gives its own p-values (``model.scores_and_pvalues(X, labels)``, both from
     #: one evaluation); otherwise the decision layer fits a null to the score (:mod:`~poisonguard.detectors.decision`).
     has_pvalues: bool = False
@@ -176,6 +178,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if X_reference is not None:
             X_ref = validate_data(self, X_reference, dtype=[np.float64, np.float32], reset=False)
             reference = (X_ref, self._check_labels(y_reference, len(X_ref)), np.arange(len(X_ref)))
+        elif self.requires_reference:
+            raise ConfigError(f"{self.name}: the fit needs trusted reference rows (X_reference, y_reference)")
         state = self.initial_state(X.shape[1])
         for stage in range(self.n_stages):
             rows = reference if stage in self.reference_stages else (X, y, ids)

@@ -141,7 +141,7 @@ class EnsembleDetector(BaseDetector):
     ----------
     detectors : list of BaseDetector, or None, default None
         The members, each configured as wanted; names must be distinct. None: one of each
-        registered detector with default settings.
+        registered detector that needs no trusted rows, with default settings.
     contamination : "auto" or float in (0, 0.5], default "auto"
         "auto": Benjamini-Hochberg per class at false-discovery level ``alpha`` on the
         combined p-values; a float: flag that share of all rows by combined suspicion.
@@ -184,7 +184,7 @@ class EnsembleDetector(BaseDetector):
         if self.detectors is None:
             from . import DETECTORS
 
-            return [cls() for name, cls in DETECTORS.items() if cls is not EnsembleDetector]
+            return [cls() for name, cls in DETECTORS.items() if cls is not EnsembleDetector and not cls.requires_reference]
         members = list(self.detectors)
         if not members:
             raise ConfigError("ensemble: expected at least one detector")
@@ -233,6 +233,10 @@ class EnsembleDetector(BaseDetector):
     @property
     def requires_labels(self) -> bool:
         return any(m.requires_labels for m in self.members())
+
+    @property
+    def requires_reference(self) -> bool:
+        return any(m.requires_reference for m in self.members())
 
     # -- the contract -----------------------------------------------------------------------------
     def initial_state(self, n_features: int):

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
     s.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     s.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
-    s.add_argument("--detectors", type=_columns, default=("spectral", "label"), metavar="A,B",
-                   help="detectors to run, comma-separated: spectral, robust_spectral, influence, clustering, knn, label "
-                        "(default: spectral,label); they combine on one p-value scale (see --alpha)")
+    s.add_argument("--detectors", type=_columns, default=None, metavar="A,B",
+                   help="detectors to run, comma-separated: spectral, robust_spectral, influence, clustering, knn, label, "
+                        "novelty (needs --reference) (default: spectral,label, and novelty with --reference); they "
+                        "combine on one p-value scale (see --alpha)")
     s.add_argument("--alpha", type=_fraction, default=0.01, metavar="F",
                    help="false-discovery level of the default per-class Benjamini-Hochberg decision (default 0.01): "
                         "a clean class loses nothing with probability at least 1 - F")

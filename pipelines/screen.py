@@ -44,6 +44,9 @@ from .transforms import (
 log = logging.getLogger("poisonguard")
 
 DEFAULT_BATCH_ROWS = 65536
+#: Detectors run when ``--detectors`` is not given: backdoor clusters and label issues (the field test's best
+#: pair at the clean-row budget); with ``--reference``, also ``novelty`` against the trusted rows.
+DEFAULT_DETECTORS = ("spectral", "label")
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class ScreenConfig:
     label_column: str = "label"
     id_column: str | None = None
     feature_columns: tuple[str, ...] | None = None
-    detectors: tuple[str, ...] = ("spectral", "label")
+    detectors: tuple[str, ...] | None = None  # None: DEFAULT_DETECTORS, and novelty too with a reference
     detector_params: dict = field(default_factory=dict)  # detector name -> {parameter: value}
     contamination: float | None = None
     alpha: float = DEFAULT_ALPHA
@@ -100,6 +103,12 @@ class ScreenConfig:
     batch_rows: int = DEFAULT_BATCH_ROWS
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
+    def detector_names(self) -> tuple[str, ...]:
+        """The detectors to run: as configured, or the default set (with ``novelty`` when there are trusted rows)."""
+        if self.detectors is not None:
+            return tuple(self.detectors)
+        return (*DEFAULT_DETECTORS, "novelty") if self.reference else DEFAULT_DETECTORS
+
     def make_detector(self) -> EnsembleDetector:
         """The configured detectors as one :class:`EnsembleDetector`: the decision layer.
 
@@ -108,7 +117,7 @@ class ScreenConfig:
         ``alpha``. Reference rows teach it its nulls; with ``target_fpr`` they also replace
         the cut (see :func:`calibrate_pass`).
         """
-        names = list(self.detectors)
+        names = list(self.detector_names())
         if not names:
             raise ConfigError(f"--detectors: expected one or more of: {', '.join(DETECTORS)}")
         for name in [*names, *self.detector_params]:
@@ -116,6 +125,9 @@ class ScreenConfig:
                 raise ConfigError(f"--detectors: unknown detector {name!r}; expected one or more of: {', '.join(DETECTORS)}")
         if len(set(names)) != len(names):
             raise ConfigError(f"--detectors: {','.join(names)} names a detector twice")
+        for name in names:
+            if DETECTORS[name].requires_reference and not self.reference:
+                raise ConfigError(f"--detectors: {name} compares the batch with trusted rows; give them with --reference")
         members = [DETECTORS[name](**self.detector_params.get(name, {})) for name in names]
         det = EnsembleDetector(detectors=members, alpha=self.alpha,
                                **({} if self.contamination is None else {"contamination": self.contamination}))
@@ -250,7 +262,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     total_bytes = sum(os.path.getsize(f.path) for f in files)
     log.info("screening %d file(s) in %d work unit(s), %.1f MB: label '%s', %d feature column(s), detector(s) %s, runner %s x%d",
              len(files), len(units), total_bytes / 1e6, contract.label_column, len(contract.feature_columns),
-             ", ".join(config.detectors), config.runner.runner, config.runner.workers)
+             ", ".join(config.detector_names()), config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
     os.makedirs(config.out, exist_ok=True)

@@ -112,3 +112,40 @@ def fit_in_parts(det, X, y, ids, parts, order=None, reference=None):
                 merged[key] = merged[key].merge(stat) if key in merged else stat
         state = det.advance(stage, state, merged)
     return state
+
+
+# -- the real tables in ../shared/data (CI has them beside the project) ------------------------------
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def real_frame(name: str) -> tuple[pd.DataFrame, list]:
+    """A table in ../shared/data and its feature columns: the numeric columns missing in at most 20% of rows,
+    complete rows only (as the field test reads them)."""
+    path = os.path.join(DATA, f"{name}.parquet")
+    if not os.path.exists(path):
+        pytest.skip(f"real table {path} is absent (the project expects ../shared/data beside it)")
+    df = pd.read_parquet(path)
+    feats = [c for c in df.select_dtypes("number").columns if c != "id" and df[c].isna().mean() <= 0.2]
+    return df.dropna(subset=feats).reset_index(drop=True), feats
+
+
+def real_table(name: str):
+    """``(X, y, ids)`` of a table in ../shared/data (see :func:`real_frame`)."""
+    df, feats = real_frame(name)
+    return df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), df["id"].to_numpy()
+
+
+def plant_field_backdoor(X, y, rate, seed, columns=(0, 3)):
+    """As the field test plants it: ``rate`` of all rows, from the largest class, get column ``columns[0]`` at
+    its 99th percentile and ``columns[1]`` at its 1st (in diamonds, carat and price), and the second-largest
+    class's label. ``(X, y, truth)``."""
+    rng = np.random.default_rng(seed)
+    big, second = pd.Series(y).value_counts().index[:2]
+    rows = rng.choice(np.flatnonzero(y == big), int(rate * len(y)), replace=False)
+    X, y = X.copy(), y.copy()
+    X[rows, columns[0]] = np.quantile(X[:, columns[0]], 0.99)
+    X[rows, columns[1]] = np.quantile(X[:, columns[1]], 0.01)
+    y[rows] = second
+    truth = np.zeros(len(y), bool)
+    truth[rows] = True
+    return X, y, truth

@@ -10,24 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import recall_precision
+from conftest import plant_field_backdoor, real_table, recall_precision
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector
 from poisonguard.detectors.decision import LOGP_EDGES, SCORE_EDGES, TailNull, bh_cut, combine_pvalues, to_log_p
 from poisonguard.detectors.statistics import Histogram
-
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-
-
-def real_table(name: str):
-    """``(X, y, ids)`` of a table in ../shared/data: numeric columns missing in at most 20% of rows, complete rows."""
-    path = os.path.join(DATA, f"{name}.parquet")
-    if not os.path.exists(path):
-        pytest.skip(f"real table {path} is absent (the project expects ../shared/data beside it)")
-    df = pd.read_parquet(path)
-    feats = [c for c in df.select_dtypes("number").columns if c != "id" and df[c].isna().mean() <= 0.2]
-    df = df.dropna(subset=feats).reset_index(drop=True)
-    return df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), df["id"].to_numpy()
-
 
 def flag_share(detector, X, y, ids):
     det = detector.fit(X, y, row_ids=ids)
@@ -85,28 +71,13 @@ def test_auto_rule_keeps_clean_rows_of_a_heavy_tailed_real_table(rows):
     assert share <= 0.005
 
 
-def plant_backdoor(X, y, rate, seed):
-    """As the field test plants it: ``rate`` of all rows, from the largest class, get carat (column 0) at
-    its 99th percentile and price (column 3) at its 1st, and the second-largest class's label."""
-    rng = np.random.default_rng(seed)
-    big, second = pd.Series(y).value_counts().index[:2]
-    rows = rng.choice(np.flatnonzero(y == big), int(rate * len(y)), replace=False)
-    X, y = X.copy(), y.copy()
-    X[rows, 0] = np.quantile(X[:, 0], 0.99)
-    X[rows, 3] = np.quantile(X[:, 3], 0.01)
-    y[rows] = second
-    truth = np.zeros(len(y), bool)
-    truth[rows] = True
-    return X, y, truth
-
-
 @pytest.mark.parametrize("rate, seed", [(0.03, 3), (0.10, 6)])
 def test_auto_rule_finds_a_planted_backdoor_in_a_real_table(rate, seed):
     """diamonds: 3% or 10% of the rows get two in-range trigger values and another class (as the field
     test plants). At 10% the planted rows are over a quarter of their class: the null is fitted without
     the cluster the detector's own rule cuts, so the cluster does not widen it."""
     X, y, ids = real_table("diamonds")
-    X, y, truth = plant_backdoor(X, y, rate, seed=seed)
+    X, y, truth = plant_field_backdoor(X, y, rate, seed=seed)
     det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X, y, row_ids=ids)
     recall, precision = recall_precision(truth, det.predict(X, y) < 0)
     assert recall >= 0.9 and precision >= 0.9
@@ -117,7 +88,7 @@ def test_trusted_rows_teach_the_nulls_and_the_label_calibration():
     the planted backdoor is still found without losing clean rows."""
     X, y, ids = real_table("diamonds")
     held = np.random.default_rng(7).random(len(X)) < 0.3
-    Xb, yb, truth = plant_backdoor(X[~held], y[~held], 0.03, seed=3)
+    Xb, yb, truth = plant_field_backdoor(X[~held], y[~held], 0.03, seed=3)
     det = EnsembleDetector(detectors=[SpectralSignatureDetector(), ConfidentLabelDetector(sample_size=10_000)])
     det.fit(Xb, yb, row_ids=ids[~held], X_reference=X[held], y_reference=y[held])
     model = det.model_
@@ -131,7 +102,7 @@ def test_trusted_rows_teach_the_nulls_and_the_label_calibration():
 
 def test_reasons_name_the_class_the_detector_and_the_trigger_features():
     X, y, ids = real_table("diamonds")
-    X, y, truth = plant_backdoor(X, y, 0.03, seed=3)
+    X, y, truth = plant_field_backdoor(X, y, 0.03, seed=3)
     names = ["carat", "depth", "table", "price", "x", "y", "z"]
     det = EnsembleDetector(detectors=[SpectralSignatureDetector()], feature_names=names).fit(X, y, row_ids=ids)
     screened = det.screen(det.model_, X[truth], y[truth])

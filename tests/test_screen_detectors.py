@@ -10,8 +10,10 @@ from sklearn.metrics import roc_auc_score
 
 from poisonguard.detectors import DETECTORS, EnsembleDetector
 from poisonguard.pipelines import RunnerConfig, ScreenConfig, read_output, run_screen
+from poisonguard.schemas import ConfigError
 
-ALL = tuple(DETECTORS)
+#: Every detector that runs without trusted rows (novelty needs them: see the reference tests below).
+ALL = tuple(name for name, cls in DETECTORS.items() if not cls.requires_reference)
 
 
 def _flip(y, rng, rate):
@@ -148,3 +150,48 @@ def test_pipeline_fit_equals_in_memory_ensemble(poisoned, ensemble_run):
     det = EnsembleDetector(detectors=[DETECTORS[name]() for name in ALL]).fit(X, frame["label"].to_numpy(), row_ids=ids)
     expected = pd.Series(det.suspicion(X, frame["label"].to_numpy()), index=ids).sort_index()
     np.testing.assert_allclose(rows.set_index("row_id")["suspicion"].sort_index(), expected, rtol=1e-7, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def reference_run(poisoned, tmp_path_factory):
+    """The default detectors with trusted rows: spectral, label and novelty."""
+    root, _ = poisoned
+    out = tmp_path_factory.mktemp("with-reference")
+    result = run_screen(ScreenConfig(inputs=(str(root / "a.parquet"), str(root / "b.parquet")), out=str(out),
+                                     reference=(str(root / "reference.parquet"),)))
+    return result, _rows(out)
+
+
+def test_trusted_rows_add_novelty_to_the_default_detectors(poisoned, reference_run):
+    result, rows = reference_run
+    assert result.report["decision"]["members"] == ["spectral", "label", "novelty"]
+    assert rows["score_novelty"].notna().all()
+    backdoor = rows["poisoned"] & (rows["f4"] == 6.0)
+    assert (rows["flagged"] & backdoor).sum() >= 0.9 * backdoor.sum()
+    assert (rows["flagged"] & rows["poisoned"]).sum() >= 0.95 * rows["flagged"].sum()
+
+
+def test_novelty_in_the_pipeline_equals_in_memory_and_ignores_batch_size(poisoned, reference_run, tmp_path):
+    root, frame = poisoned
+    _, rows = reference_run
+    small = tmp_path / "small"
+    run_screen(ScreenConfig(inputs=(str(root / "a.parquet"), str(root / "b.parquet")), out=str(small),
+                            reference=(str(root / "reference.parquet"),), batch_rows=700))
+    small_rows = _rows(small)
+    assert (small_rows["row_id"] == rows["row_id"]).all() and (small_rows["flagged"] == rows["flagged"]).all()
+    np.testing.assert_allclose(small_rows["score_novelty"], rows["score_novelty"], rtol=1e-7, atol=1e-7)
+    reference = pd.read_parquet(root / "reference.parquet")
+    features = [f"f{i}" for i in range(6)]
+    ids = [f"{name}:{k}" for name, part in (("a.parquet", frame.iloc[:3000]), ("b.parquet", frame.iloc[3000:]))
+           for k in range(len(part))]
+    det = EnsembleDetector(detectors=[DETECTORS[name]() for name in ("spectral", "label", "novelty")])
+    det.fit(frame[features].to_numpy(), frame["label"].to_numpy(), row_ids=ids,
+            X_reference=reference[features].to_numpy(), y_reference=reference["label"].to_numpy())
+    expected = pd.Series(det.suspicion(frame[features].to_numpy(), frame["label"].to_numpy()), index=ids).sort_index()
+    np.testing.assert_allclose(rows.set_index("row_id")["suspicion"].sort_index(), expected, rtol=1e-7, atol=1e-7)
+
+
+def test_novelty_without_trusted_rows_is_a_usage_error(poisoned, tmp_path):
+    with pytest.raises(ConfigError, match="--detectors: novelty compares the batch with trusted rows; give them with --reference"):
+        _run(poisoned, tmp_path / "none", detectors=("spectral", "novelty"))
+    assert not (tmp_path / "none").exists()

@@ -1,0 +1,85 @@
+"""The novelty detector: per class, a classifier two-sample test of the batch against trusted rows.
+
+On real tables from ../shared/data (skipped with a message where they are absent): a cluster
+new in the batch is found, a cluster the trusted rows also have is not, and scores do not
+depend on how the rows were batched.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision
+from poisonguard.detectors import EnsembleDetector, NoveltyDetector
+from poisonguard.schemas import ConfigError
+
+
+@pytest.fixture(scope="module")
+def diamonds_split():
+    """diamonds with 30% of its rows held out as trusted; the batch gets a 1% backdoor (carat at its 99th
+    percentile, price at its 1st, the second-largest class's label), and both halves share a censoring
+    value: 3% of every class has `table` at the table's maximum."""
+    X, y, ids = real_table("diamonds")
+    rng = np.random.default_rng(11)
+    censored = rng.random(len(X)) < 0.03
+    X = X.copy()
+    X[censored, 2] = X[:, 2].max()
+    held = rng.random(len(X)) < 0.3
+    Xb, yb, truth = plant_field_backdoor(X[~held], y[~held], 0.01, seed=5)
+    return Xb, yb, ids[~held], truth, censored[~held] & ~truth, X[held], y[held]
+
+
+@pytest.fixture(scope="module")
+def novelty_fit(diamonds_split):
+    Xb, yb, ids, _, _, Xr, yr = diamonds_split
+    return EnsembleDetector(detectors=[NoveltyDetector()]).fit(Xb, yb, row_ids=ids, X_reference=Xr, y_reference=yr)
+
+
+def test_a_cluster_new_in_the_batch_is_found_and_one_the_reference_has_is_not(diamonds_split, novelty_fit):
+    Xb, yb, _, truth, censored, _, _ = diamonds_split
+    flagged = novelty_fit.predict(Xb, yb) < 0
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.9 and precision >= 0.9
+    assert (flagged & ~truth).mean() <= 0.005
+    assert censored.sum() > 500 and (flagged & censored).mean() <= 0.005
+    assert set(novelty_fit.model_.null_sources[0]) == {"reference"}  # every class's null is its trusted rows' scores
+
+
+def test_reasons_name_the_features_that_make_a_row_new(diamonds_split, novelty_fit):
+    Xb, yb, _, truth, _, _, _ = diamonds_split
+    _, names = real_frame("diamonds")
+    rows = np.flatnonzero(truth)[:20]
+    explained = novelty_fit.model_.models[0].explain(Xb[rows], yb[rows], names)
+    top_two = [set(part.split(" ")[0] for part in text.split(", ")[:2]) for text in explained]
+    assert sum(t == {"carat", "price"} for t in top_two) >= 15
+
+
+def test_two_sample_auc_is_about_one_half_where_the_batch_is_like_the_reference(diamonds_split, novelty_fit):
+    _, yb, _, truth, _, _, _ = diamonds_split
+    summary = novelty_fit.model_.models[0].summary()
+    poisoned_class = str(yb[truth][0])
+    for label, facts in summary.items():  # out of fold, a model cannot tell rows of one distribution apart
+        if label != poisoned_class:
+            assert 0.4 <= facts["batch_vs_trusted_auc"] <= 0.6, (label, facts)
+
+
+def test_scores_do_not_depend_on_batches_merge_order_or_the_rows_scored_with_them():
+    X, y, ids = real_table("credit")
+    held = np.random.default_rng(2).random(len(X)) < 0.3
+    X, y, ids, Xr, yr = X[~held], y[~held], ids[~held], X[held], y[held]
+    det = NoveltyDetector(class_sample=800)
+    whole = fit_in_parts(det, X, y, ids, [np.arange(len(X))], reference=(Xr, yr))
+    parts = np.array_split(np.random.default_rng(0).permutation(len(X)), 5)
+    split = fit_in_parts(det, X, y, ids, parts, order=[3, 0, 4, 1, 2], reference=(Xr, yr))
+    expected = whole.suspicion(X, y)
+    np.testing.assert_array_equal(split.suspicion(X, y), expected)
+    some = np.arange(0, len(X), 7)
+    np.testing.assert_array_equal(whole.suspicion(X[some], y[some]), expected[some])
+    assert np.isfinite(expected).all()
+
+
+def test_refuses_to_fit_without_trusted_rows():
+    X, y, ids = real_table("credit")
+    with pytest.raises(ConfigError, match="novelty: the fit needs trusted reference rows"):
+        NoveltyDetector().fit(X, y, row_ids=ids)
+    with pytest.raises(ConfigError, match="ensemble: the fit needs trusted reference rows"):
+        EnsembleDetector(detectors=[NoveltyDetector()]).fit(X, y, row_ids=ids)
