@@ -1,7 +1,8 @@
 """Reading inputs as Arrow record batches and writing Parquet directories.
 
 Inputs are CSV or Parquet files, given as files, directories (searched recursively for
-``*.csv``, ``*.parquet`` and ``*.pq``) or glob patterns. Each file is a *shard*; a shard is
+``*.csv``, ``*.parquet`` and ``*.pq``; names starting with ``.`` or ``_``, files or
+directories, are skipped) or glob patterns. Each file is a *shard*; a shard is
 read in chunks of at most ``batch_rows`` rows, and each chunk travels through the pipeline
 as one element (rows are never Beam elements).
 
@@ -86,9 +87,7 @@ def discover_shards(inputs: list[str]) -> list[Shard]:
                 raise InputError(f"input '{arg}': the pattern matches no .csv, .parquet or .pq file")
             found += [(p, os.path.relpath(p, root), _suffix_format(p)) for p in files]
         elif os.path.isdir(arg):
-            files = sorted(
-                os.path.join(d, f) for d, _, names in os.walk(arg) for f in names if _suffix_format(f) and not f.startswith((".", "_"))
-            )
+            files = sorted(_walk_visible(arg))
             if not files:
                 raise InputError(f"input '{arg}': the directory holds no .csv, .parquet or .pq file")
             found += [(p, os.path.relpath(p, arg), _suffix_format(p)) for p in files]
@@ -138,6 +137,14 @@ def split_units(shards: list[Shard], unit_rows: int = UNIT_ROWS) -> list[Shard]:
         if meta.num_row_groups == 0:
             units.append(replace(shard, index=len(units)))
     return units
+
+
+def _walk_visible(root: str) -> Iterator[str]:
+    """Input files below ``root``, skipping hidden and ``_``-prefixed files and directories
+    (``.git``, ``.poisonguard-runs``, Spark's ``_temporary``): never input."""
+    for d, dirs, names in os.walk(root):
+        dirs[:] = [n for n in dirs if not n.startswith((".", "_"))]
+        yield from (os.path.join(d, f) for f in names if _suffix_format(f) and not f.startswith((".", "_")))
 
 
 def _glob_root(pattern: str) -> str:

@@ -10,16 +10,16 @@ Output layout under ``out``::
     invalid/      Parquet parts: rows that failed parsing or validation, values as text
     report.json   counts, per-class summaries, detector parameters, policy verdict, timings
 
-Everything is first written to a staging directory inside ``out`` and moved into place
-only when the whole job succeeded, so a failed run leaves no half-written outputs.
+Everything is first written to a staging directory inside ``out`` and published only
+when the whole job succeeded, with one atomic rename (:mod:`.outdir`: the versioned
+layout behind these names, the lock, and the rules that keep inputs safe), so a failed
+or killed run leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +35,8 @@ from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
-from .staging import count_problems, load_result, publish, raise_if_lost, save_result
+from .outdir import OutputDir
+from .staging import count_problems, load_result, raise_if_lost, save_result
 from .summary import ScreenSummary
 from .transforms import (
     MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
@@ -253,9 +254,9 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
              ", ".join(config.detectors), config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
-    os.makedirs(config.out, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".poisonguard-staging-", dir=config.out)
-    try:
+    with OutputDir(config.out, "screen", (*OUTPUTS, "report.json"), inputs=(*config.inputs, *config.reference),
+                   files=[f.path for f in files]) as outdir:
+        staging = outdir.staging
         with runner_session(config.runner) as session:
             t = time.perf_counter()
             model = fit_passes(session, detector, units, contract, config.batch_rows, staging, ref_units, ref_contract)
@@ -275,12 +276,10 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["timings"]["total_s"] = time.perf_counter() - t0
         write_report(report, os.path.join(staging, "report.json"))
-        publish(staging, config.out, (*OUTPUTS, "report.json"))
+        outdir.publish()
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
                  report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _reference_contract(contract: Contract, ref_shards) -> Contract:

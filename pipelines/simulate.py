@@ -26,9 +26,9 @@ correctly; see DESIGN.md, Engines):
 3. **write**: apply every attack with its cutoff, write ``data/`` and ``invalid/`` parts,
    and combine per-chunk counts.
 
-Everything is written to a staging directory inside ``out`` and moved into place only
-when the job succeeded and the row counts cross-check, so a failed run leaves no
-half-written outputs.
+Everything is written to a staging directory inside ``out`` and published with one atomic
+rename only when the job succeeded and the row counts cross-check (:mod:`.outdir`), so a
+failed or killed run leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ import hashlib
 import itertools
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,7 +56,8 @@ from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
-from .staging import count_problems, load_result, publish, raise_if_lost, save_result
+from .outdir import OutputDir
+from .staging import count_problems, load_result, raise_if_lost, save_result
 from .transforms import Chunk, MergeAll, read_and_validate
 
 log = logging.getLogger("poisonguard")
@@ -294,10 +293,10 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
              config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
-    created = not os.path.isdir(config.out)
-    os.makedirs(config.out, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".poisonguard-staging-", dir=config.out)
-    try:
+    read_paths = (*config.inputs, *((config.config,) if config.config else ()))
+    with OutputDir(config.out, "simulate", (*SIMULATE_OUTPUTS, MANIFEST), inputs=read_paths,
+                   files=[f.path for f in files]) as outdir:
+        staging = outdir.staging
         with runner_session(config.runner) as session:
             t = time.perf_counter()
             profile = profile_pass(session, units, contract, config.batch_rows, seed, config.profile_sample_size, staging)
@@ -329,15 +328,11 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
                                   passes=2 + sum(c is not None for c in cutoffs))
         manifest["timings"]["total_s"] = time.perf_counter() - t0
         write_report(manifest, os.path.join(staging, MANIFEST), schema="manifest")
-        publish(staging, config.out, (*SIMULATE_OUTPUTS, MANIFEST))
+        outdir.publish()
         log.info("done in %.1f s: %d rows in, %d invalid, %d touched, %d injected, %d rows out -> %s",
                  manifest["timings"]["total_s"], summary.rows_in, summary.invalid, sum(summary.touched.values()),
                  sum(summary.injected.values()), summary.rows_out, config.out)
         return SimulateResult(manifest, config.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not os.listdir(config.out):  # a failed run leaves no trace of a new DIR
-            os.rmdir(config.out)
 
 
 def input_fingerprint(files) -> dict:
