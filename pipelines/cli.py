@@ -47,6 +47,19 @@ def _columns(text: str) -> tuple[str, ...]:
     return cols
 
 
+def _texts(text: str) -> tuple[str, ...]:
+    values = tuple(v for v in text.split(",") if v != "")
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of cell texts")
+    return values
+
+
+def _add_na_values(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--na-values", type=_texts, default=(), metavar="A,B",
+                   help="CSV cell texts that mean a missing value, e.g. NA,null (default: only empty cells; "
+                        "NA, null or nan are kept as text)")
+
+
 def _add_runner_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--runner", choices=("direct", "dask"), default="direct",
@@ -92,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy: breach (exit 1) when more rows than this are flagged (default 0: any flagged row)")
     s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
                    help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
+    _add_na_values(s)
     _add_runner_options(s)
 
     d = sub.add_parser("demo", help="plant a backdoor in bundled real data, screen it, print what was caught",
@@ -111,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
     m.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     m.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
+    _add_na_values(m)
     _add_runner_options(m)
 
     sub.add_parser("attacks", help="list the attack kinds and their parameters",
@@ -249,6 +264,7 @@ def _simulate(args, beam_args) -> int:
         feature_columns=args.feature_columns,
         batch_rows=args.batch_rows,
         runner=_runner_config(args, beam_args),
+        na_values=args.na_values,
     ))
     counts = result.manifest["counts"]
     print(f"{counts['rows_in']} rows: {counts['valid']} valid, {counts['invalid']} invalid; {counts['touched']} touched, "
@@ -282,6 +298,7 @@ def _run(args, beam_args) -> int:
         policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction),
         batch_rows=args.batch_rows,
         runner=_runner_config(args, beam_args),
+        na_values=args.na_values,
     )
     result = run_screen(config)
     counts, policy = result.report["counts"], result.report["policy"]

@@ -93,6 +93,7 @@ def resolve_contract(
             )
     reserved = {label_column, id_column}
     ground_truth = {POISONED, ATTACK, ORIGINAL_LABEL}  # written by simulators; never features
+    _check_numbers_or_text(schemas, [n for n in names if n not in reserved | ground_truth])
     if feature_columns:
         unknown = [c for c in feature_columns if c not in names]
         if unknown:
@@ -127,12 +128,65 @@ def resolve_contract(
         elif name == POISONED:  # ground truth: parsed and checked like a feature
             passthrough.append((name, pa.bool_()))
         elif all_parquet:
-            passthrough.append((name, first.field(name).type))
+            passthrough.append((name, _common_type(name, [(shard, schema.field(name).type) for shard, schema in schemas])))
         else:
             passthrough.append((name, pa.string()))
     if ROW_ID in names and id_column != ROW_ID:
         raise InputError(f"{first_shard.path}: has a column named '{ROW_ID}', which poisonguard reserves; pass --id-column {ROW_ID} to use it as the id")
     return Contract(label_column, id_column, tuple(features), label_type, tuple(passthrough), tuple(names))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _check_numbers_or_text(schemas, names) -> None:
+    """InputError when a column holds numbers in one file and anything else (text, times) in another.
+
+    In a CSV file a column is text when more than 10% of its first megabyte is not numbers
+    (see :func:`~poisonguard.pipelines.io.read_schema`). Left alone, such a column would
+    make every row of one file invalid, leave a feature out, or turn integers into times,
+    without a word.
+    """
+    def other(t):
+        return not (_is_number(t) or pa.types.is_boolean(t) or pa.types.is_null(t))
+
+    for name in names:
+        number = next(((sh, sc.field(name).type) for sh, sc in schemas if _is_number(sc.field(name).type)), None)
+        text = next(((sh, sc.field(name).type) for sh, sc in schemas if other(sc.field(name).type)), None)
+        if number and text:
+            (text_shard, text_type), (num_shard, num_type) = text, number
+            what = "mostly text in its first megabyte" if text_shard.format == "csv" else f"of type {text_type}"
+            raise InputError(f"{text_shard.path}: column '{name}' is {what}, but numbers ({num_type}) in {num_shard.path}; "
+                             "expected the same type in every input file")
+
+
+def _common_type(name: str, typed) -> pa.DataType:
+    """The one Arrow type a passed-through Parquet column has in every input.
+
+    Files may differ only where no value changes: a column of nulls, integer or float
+    widths (the widest is taken), text as string or dictionary. Anything else (an integer
+    here and a timestamp there) is an InputError naming both files, instead of a silent cast.
+    """
+    first_shard, common = None, None
+    for shard, t in typed:
+        if pa.types.is_null(t):
+            continue
+        if common is None:
+            first_shard, common = shard, t
+            continue
+        if t == common:
+            continue
+        if pa.types.is_integer(t) and pa.types.is_integer(common) and pa.types.is_signed_integer(t) == pa.types.is_signed_integer(common):
+            common = t if t.bit_width > common.bit_width else common
+        elif pa.types.is_floating(t) and pa.types.is_floating(common):
+            common = t if t.bit_width > common.bit_width else common
+        elif _is_text(t) and _is_text(common):
+            common = pa.string()
+        else:
+            raise InputError(f"{shard.path}: column '{name}' has type {t}, but {common} in {first_shard.path}; "
+                             "expected the same type in every input file")
+    return pa.null() if common is None else common
 
 
 # -- per-chunk validation -------------------------------------------------------------------
@@ -188,6 +242,25 @@ def _as_bool(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarra
     return parsed
 
 
+#: A text label that is a whole number, possibly signed, padded or with a zero fraction
+#: ("1.0", "+1", " 1 "); group 1 the minus sign, group 2 the digits. Leading zeros ("007")
+#: do not match: such a label is a code, kept as written.
+_WHOLE_NUMBER = r"^\s*(?:\+|(-))?(0|[1-9][0-9]*)(?:\.0*)?\s*$"
+LABEL_NORMALISATION = ("text labels that are whole numbers are read as the integer: '1.0', '+1' and ' 1 ' are class '1' "
+                       "(a label with leading zeros, such as '007', is kept as written)")
+
+
+def normalise_labels(labels: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Text labels with whole numbers written alike, so that ``1`` and ``1.0`` are one class.
+
+    CSV cells are text, and a label column written by pandas from floats holds ``1.0``
+    where another file holds ``1``; Parquet integer labels read as ``1``. Other text is
+    unchanged (see :data:`LABEL_NORMALISATION`).
+    """
+    whole = pc.replace_substring_regex(labels, pattern=_WHOLE_NUMBER, replacement="\\1\\2")
+    return pc.replace_substring_regex(whole, pattern="^-0$", replacement="0")
+
+
 def derived_ids(source: str, offsets: np.ndarray) -> pa.Array:
     """Row ids ``"<source>:<offset>"`` for rows without an id column."""
     if len(offsets) == 0:
@@ -208,7 +281,7 @@ def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Tabl
     label = table.column(contract.label_column)
     label_missing = label.is_null().to_numpy(zero_copy_only=False)
     if _is_text(label.type):
-        label = label.cast(pa.string())
+        label = normalise_labels(label.cast(pa.string()))
         label_missing |= (pc.utf8_trim_whitespace(label).to_numpy(zero_copy_only=False) == "") & ~label_missing
     reasons.add(label_missing, lambda i: f"column '{contract.label_column}': missing label")
     features = [_as_float(table.column(name), name, reasons) for name in contract.feature_columns]

@@ -100,6 +100,7 @@ class ScreenConfig:
     policy: Policy = field(default_factory=Policy)
     batch_rows: int = DEFAULT_BATCH_ROWS
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
 
     def make_detector(self) -> EnsembleDetector:
         """The configured detectors as one :class:`EnsembleDetector`: the decision layer.
@@ -236,7 +237,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector = config.make_detector()
     if config.batch_rows < 1:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
-    files = discover_shards(list(config.inputs))
+    files = discover_shards(list(config.inputs), na_values=config.na_values)
     contract = resolve_contract(
         files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,
@@ -244,7 +245,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector.set_params(feature_names=tuple(contract.feature_columns))  # for the reasons of flagged rows
     ref_units, ref_contract = [], None
     if config.reference:
-        ref_files = discover_shards(list(config.reference))
+        ref_files = discover_shards(list(config.reference), na_values=config.na_values)
         ref_contract = _reference_contract(contract, ref_files)
         ref_units = split_units(ref_files)
     units = split_units(files)

@@ -90,6 +90,7 @@ class SimulateConfig:
     batch_rows: int = DEFAULT_BATCH_ROWS
     profile_sample_size: int = 20000
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
 
     def attack_config(self) -> AttackConfig:
         """The attacks and the seed they run with (raises ConfigError naming the file and key)."""
@@ -277,7 +278,7 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows!r}")
     DataProfile.empty(label_column=config.label_column, feature_columns=(), seed=0,
                       sample_size=config.profile_sample_size)  # checks profile_sample_size before any pipeline
-    files = discover_shards(list(config.inputs))
+    files = discover_shards(list(config.inputs), na_values=config.na_values)
     contract = resolve_contract(
         files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,
