@@ -54,10 +54,12 @@ def _texts(text: str) -> tuple[str, ...]:
     return values
 
 
-def _add_na_values(p: argparse.ArgumentParser) -> None:
+def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--na-values", type=_texts, default=(), metavar="A,B",
                    help="CSV cell texts that mean a missing value, e.g. NA,null (default: only empty cells; "
                         "NA, null or nan are kept as text)")
+    p.add_argument("--allow-duplicate-ids", action="store_true",
+                   help="with --id-column: accept ids that repeat and count them in the report (default: an error)")
 
 
 def _add_runner_options(p: argparse.ArgumentParser) -> None:
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy: breach (exit 1) when more rows than this are flagged (default 0: any flagged row)")
     s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
                    help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
-    _add_na_values(s)
+    _add_input_options(s)
     _add_runner_options(s)
 
     d = sub.add_parser("demo", help="plant a backdoor in bundled real data, screen it, print what was caught",
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
     m.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     m.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
-    _add_na_values(m)
+    _add_input_options(m)
     _add_runner_options(m)
 
     sub.add_parser("attacks", help="list the attack kinds and their parameters",
@@ -265,6 +267,7 @@ def _simulate(args, beam_args) -> int:
         batch_rows=args.batch_rows,
         runner=_runner_config(args, beam_args),
         na_values=args.na_values,
+        allow_duplicate_ids=args.allow_duplicate_ids,
     ))
     counts = result.manifest["counts"]
     print(f"{counts['rows_in']} rows: {counts['valid']} valid, {counts['invalid']} invalid; {counts['touched']} touched, "
@@ -299,6 +302,7 @@ def _run(args, beam_args) -> int:
         batch_rows=args.batch_rows,
         runner=_runner_config(args, beam_args),
         na_values=args.na_values,
+        allow_duplicate_ids=args.allow_duplicate_ids,
     )
     result = run_screen(config)
     counts, policy = result.report["counts"], result.report["policy"]

@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, REASON, ROW_ID, SOURCE, InputError, invalid_schema
+from ..schemas import (
+    ATTACK, FLAGGED, ORIGINAL_LABEL, POISONED, REASON, ROW_ID, SOURCE, SUSPICION, InputError, invalid_schema, score_column,
+)
 from .io import RawChunk, Shard, parse_numbers, read_schema
 
 
@@ -131,9 +133,26 @@ def resolve_contract(
             passthrough.append((name, _common_type(name, [(shard, schema.field(name).type) for shard, schema in schemas])))
         else:
             passthrough.append((name, pa.string()))
+    _check_reserved(first_shard, names)
     if ROW_ID in names and id_column != ROW_ID:
         raise InputError(f"{first_shard.path}: has a column named '{ROW_ID}', which poisonguard reserves; pass --id-column {ROW_ID} to use it as the id")
     return Contract(label_column, id_column, tuple(features), label_type, tuple(passthrough), tuple(names))
+
+
+def reserved_columns() -> tuple[str, ...]:
+    """Column names the outputs add (``row_id`` aside: it may be the id column)."""
+    from ..detectors import DETECTORS
+
+    return (SOURCE, REASON, SUSPICION, FLAGGED, *(score_column(name) for name in DETECTORS))
+
+
+def _check_reserved(shard: Shard, names) -> None:
+    """InputError for an input column the outputs would add again (files with two columns of one name)."""
+    reserved = reserved_columns()
+    for name in names:
+        if name in reserved:
+            raise InputError(f"{shard.path}: column '{name}' has a name poisonguard's outputs reserve "
+                             f"({', '.join(reserved[:4])}, score_<detector>); rename it in the input")
 
 
 def _is_number(t: pa.DataType) -> bool:

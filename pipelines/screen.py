@@ -31,6 +31,7 @@ from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
+from .ids import check_duplicate_ids, duplicate_ids_pass
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
@@ -101,6 +102,7 @@ class ScreenConfig:
     batch_rows: int = DEFAULT_BATCH_ROWS
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
+    allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
 
     def make_detector(self) -> EnsembleDetector:
         """The configured detectors as one :class:`EnsembleDetector`: the decision layer.
@@ -259,6 +261,8 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                    files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
+            duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)
+            check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
             model = fit_passes(session, detector, units, contract, config.batch_rows, staging, ref_units, ref_contract)
             timings["fit_s"] = time.perf_counter() - t
@@ -275,6 +279,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                               {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings)
         for output in OUTPUTS:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
+        report["inputs"]["duplicate_ids"] = duplicates.to_json()
         report["timings"]["total_s"] = time.perf_counter() - t0
         write_report(report, os.path.join(staging, "report.json"))
         outdir.publish()

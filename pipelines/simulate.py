@@ -52,6 +52,7 @@ from .. import __version__
 from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ConfigError
 from ..simulators import DataProfile, SmallestHashes
 from ..simulators.config import AttackConfig, attacks_from_dict, load_attack_config
+from .ids import check_duplicate_ids, duplicate_ids_pass
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
@@ -91,6 +92,7 @@ class SimulateConfig:
     profile_sample_size: int = 20000
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
+    allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
 
     def attack_config(self) -> AttackConfig:
         """The attacks and the seed they run with (raises ConfigError naming the file and key)."""
@@ -299,6 +301,8 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
                    files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
+            duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)
+            check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
             profile = profile_pass(session, units, contract, config.batch_rows, seed, config.profile_sample_size, staging)
             timings["profile_s"] = time.perf_counter() - t
@@ -327,6 +331,7 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         manifest = build_manifest(config, attack_config, contract, files, fingerprint, summary, timings,
                                   passes=2 + sum(c is not None for c in cutoffs))
+        manifest["inputs"]["duplicate_ids"] = duplicates.to_json()
         manifest["timings"]["total_s"] = time.perf_counter() - t0
         write_report(manifest, os.path.join(staging, MANIFEST), schema="manifest")
         outdir.publish()
