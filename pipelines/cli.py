@@ -203,21 +203,62 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..schemas import PoisonguardError
 
-    try:
-        return _run(args, beam_args)
-    except PoisonguardError as exc:
-        if args.debug:
-            raise
-        print(f"poisonguard: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("poisonguard: interrupted; no outputs were written", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a failure inside the pipeline: report it in one line
-        if args.debug:
-            raise
-        print(f"poisonguard: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_ERROR
+    with _InterruptWatch() as watch:
+        try:
+            return _run(args, beam_args)
+        except PoisonguardError as exc:
+            if args.debug:
+                raise
+            print(f"poisonguard: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            return _interrupted()
+        except Exception as exc:  # a failure inside the pipeline: report it in one line
+            if watch.interrupted and not args.debug:  # Beam re-raises Ctrl-C as RuntimeError('KeyboardInterrupt')
+                return _interrupted()
+            if args.debug:
+                raise
+            print(f"poisonguard: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+            return EXIT_ERROR
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _interrupted() -> int:
+    print("poisonguard: interrupted; the previous outputs are as they were", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+class _InterruptWatch:
+    """Notes a Ctrl-C (SIGINT) during the run, then raises KeyboardInterrupt as Python does.
+
+    Beam catches the KeyboardInterrupt inside its runner and raises another exception
+    instead; the note lets :func:`main` still exit 130 with one line. Outside the main
+    thread (no signal handlers there) it only watches nothing.
+    """
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _one_line(exc: BaseException) -> str:

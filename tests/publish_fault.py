@@ -6,6 +6,8 @@
                                                        # files holding TAG (no pipeline)
     python tests/publish_fault.py hold cli ARGS...      # the CLI, stopping at the start of publish:
                                                        # prints "publishing" and waits for a line on stdin
+    python tests/publish_fault.py stall cli ARGS...     # screen, stopping inside the pipeline (writing the
+                                                       # first chunk): prints "screening", waits likewise
 
 Every os.rename/replace/symlink/unlink/remove/rmdir and shutil.rmtree call made while
 ``OutputDir.publish`` runs counts as one change, so killing before the K-th for K = 1, 2, ...
@@ -55,6 +57,22 @@ def _instrument(kill_at: int | None, hold: bool) -> None:
     outdir.OutputDir.publish = publish
 
 
+def _stall_in_pipeline() -> None:
+    from poisonguard.pipelines import cli
+
+    cli._configure_logging(quiet=True, debug=False)  # as main() does before Beam loads
+    from poisonguard.pipelines import screen
+
+    real = screen.write_screened
+
+    def write_screened(chunk, staging):
+        print("screening", flush=True)
+        sys.stdin.readline()
+        return real(chunk, staging)
+
+    screen.write_screened = write_screened
+
+
 def fake_publish(out: str, tag: str) -> None:
     """Publish two directories and a report, each file holding ``tag``."""
     with outdir.OutputDir(out, "screen", FAKE_OUTPUTS) as od:
@@ -89,6 +107,8 @@ def published_tag(out: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     mode, rest = argv[0], argv[1:]
+    if mode == "stall":
+        _stall_in_pipeline()
     kill_at = None
     if mode == "kill":
         kill_at, rest = int(rest[0]), rest[1:]

@@ -346,3 +346,20 @@ def test_an_unpublished_first_run_leaves_nothing_behind(tmp_path):
     with OutputDir(str(tmp_path / "empty"), "screen", OUTPUTS):
         pass  # left without publishing
     assert os.listdir(tmp_path / "empty") == []
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+def test_ctrl_c_inside_the_pipeline_exits_130_with_one_line(tmp_path):
+    data, other = write_csv(tmp_path / "a.csv"), write_csv(tmp_path / "b.csv", n=90)
+    out = tmp_path / "out"
+    assert run_cli(screen(data, out)) in (0, 1)
+    before = snapshot(out)
+    proc = subprocess.Popen([sys.executable, HELPER, "stall", "cli", *map(str, screen(other, out))], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "screening", proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate("\n", timeout=300)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "poisonguard: interrupted; the previous outputs are as they were"]
+    assert snapshot(out) == before and not [n for n in os.listdir(out / RUNS) if n.startswith("staging-")]
