@@ -28,7 +28,8 @@ class Contract:
 
     ``label_type`` is ``int64`` when every input stores integer labels, else ``string``;
     ``passthrough`` lists the other columns, carried to the outputs unchanged, with their
-    output types.
+    output types; ``feature_types`` the output types of features that keep their input's
+    (Parquet) type; the others are float64.
     """
 
     label_column: str
@@ -37,10 +38,12 @@ class Contract:
     label_type: pa.DataType
     passthrough: tuple[tuple[str, pa.DataType], ...]
     columns: tuple[str, ...]
+    feature_types: tuple[tuple[str, pa.DataType], ...] = ()
 
     def valid_schema(self) -> pa.Schema:
         """``row_id`` first, then the input's columns in their order, with their output types."""
-        types = {self.label_column: self.label_type, **{n: pa.float64() for n in self.feature_columns}, **dict(self.passthrough)}
+        types = {self.label_column: self.label_type, **{n: pa.float64() for n in self.feature_columns}, **dict(self.feature_types),
+                 **dict(self.passthrough)}
         return pa.schema([pa.field(ROW_ID, pa.string())] + [pa.field(n, types[n]) for n in self.columns if n != ROW_ID])
 
     def invalid_schema(self) -> pa.Schema:
@@ -51,10 +54,11 @@ class Contract:
         return valid.column(self.label_column).to_numpy(zero_copy_only=False)
 
     def features(self, valid: pa.Table) -> np.ndarray:
-        """Feature matrix (n, d), float64, C-contiguous."""
+        """Feature matrix (n, d), float64, C-contiguous (features kept in their input's type are converted here)."""
         if valid.num_rows == 0:
             return np.zeros((0, len(self.feature_columns)))
-        return np.column_stack([valid.column(c).to_numpy() for c in self.feature_columns]).astype(np.float64, copy=False)
+        columns = [valid.column(c) for c in self.feature_columns]
+        return np.column_stack([(c if c.type == pa.float64() else pc.cast(c, pa.float64())).to_numpy() for c in columns])
 
 
 def _is_numeric(t: pa.DataType) -> bool:
@@ -73,8 +77,15 @@ def resolve_contract(
     label_column: str = "label",
     id_column: str | None = None,
     feature_columns: list[str] | None = None,
+    keep_feature_types: bool = True,
 ) -> Contract:
-    """Check every input's columns and fix the row contract for this run."""
+    """Check every input's columns and fix the row contract for this run.
+
+    Output types: with only Parquet inputs, every column keeps its type (the id column
+    too; ``row_id`` is text); a feature keeps it when it is numeric and the same in every
+    file (else float64, as for CSV inputs, and as with ``keep_feature_types=False``, for
+    jobs that write real values into features: simulate). The label is int64 or string.
+    """
     schemas = [(shard, read_schema(shard)) for shard in shards]
     first_shard, first = schemas[0]
     names = list(first.names)
@@ -125,7 +136,7 @@ def resolve_contract(
     for name in names:
         if name in features or name == label_column:
             continue
-        if name == id_column:
+        if name == id_column and not all_parquet:
             passthrough.append((name, pa.string()))
         elif name == POISONED:  # ground truth: parsed and checked like a feature
             passthrough.append((name, pa.bool_()))
@@ -133,10 +144,16 @@ def resolve_contract(
             passthrough.append((name, _common_type(name, [(shard, schema.field(name).type) for shard, schema in schemas])))
         else:
             passthrough.append((name, pa.string()))
+    feature_types = []
+    if all_parquet and keep_feature_types:
+        for name in features:
+            kept = {schema.field(name).type for _, schema in schemas} - {pa.null()}
+            if len(kept) == 1 and _is_numeric(next(iter(kept))):
+                feature_types.append((name, kept.pop()))
     _check_reserved(first_shard, names)
     if ROW_ID in names and id_column != ROW_ID:
         raise InputError(f"{first_shard.path}: has a column named '{ROW_ID}', which poisonguard reserves; pass --id-column {ROW_ID} to use it as the id")
-    return Contract(label_column, id_column, tuple(features), label_type, tuple(passthrough), tuple(names))
+    return Contract(label_column, id_column, tuple(features), label_type, tuple(passthrough), tuple(names), tuple(feature_types))
 
 
 def reserved_columns() -> tuple[str, ...]:
@@ -310,8 +327,12 @@ def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Tabl
     ok = ~bad
     keep, drop = pa.array(ok), pa.array(bad)
     columns = {ROW_ID: ids.filter(keep), contract.label_column: label.filter(keep).cast(contract.label_type)}
+    kept_types = dict(contract.feature_types)
     for name, values in zip(contract.feature_columns, features):
-        columns[name] = pa.array(values[ok], pa.float64())
+        if name in kept_types:  # the input's own values and type (all valid: finite, present)
+            columns[name] = table.column(name).filter(keep).cast(kept_types[name])
+        else:
+            columns[name] = pa.array(values[ok], pa.float64())
     for name, typ in contract.passthrough:
         if name == POISONED:
             columns[name] = pa.array(truth[ok], pa.bool_())

@@ -284,6 +284,7 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
     contract = resolve_contract(
         files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,
+        keep_feature_types=False,  # attacks write real values (triggers, noise) into features
     )
     attack_config = attack_config.for_labels(contract.label_type)
     attack_config.check_columns(contract.feature_columns, contract.columns)
