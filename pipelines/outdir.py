@@ -208,7 +208,7 @@ class OutputDir:
                 if name.startswith(STAGING_PREFIX):
                     shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
         for name in os.listdir(self.out):
-            if name.startswith((_TMP_LINK, f"{CURRENT}.tmp")) and os.path.islink(os.path.join(self.out, name)):
+            if name.startswith(_TMP_LINK) and os.path.islink(os.path.join(self.out, name)):
                 os.unlink(os.path.join(self.out, name))
 
     # -- publishing -------------------------------------------------------------------------
