@@ -244,6 +244,9 @@ class _InterruptWatch:
 
     def _on_sigint(self, signum, frame):
         self.interrupted = True
+        runners = sys.modules.get("poisonguard.pipelines.runners")
+        if runners is not None:  # loaded once a pipeline runs: it then keeps the workers' tracebacks back
+            runners.INTERRUPTED.set()
         raise KeyboardInterrupt
 
     def __enter__(self):

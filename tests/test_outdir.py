@@ -362,3 +362,49 @@ def test_ctrl_c_inside_the_pipeline_exits_130_with_one_line(tmp_path):
     assert [line for line in err.splitlines() if line.strip()] == [
         "poisonguard: interrupted; the previous outputs are as they were"]
     assert snapshot(out) == before and not [n for n in os.listdir(out / RUNS) if n.startswith("staging-")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_worker_processes_prints_one_line_not_their_tracebacks(tmp_path):
+    """Ctrl-C reaches the whole process group, workers included; only the driver speaks.
+
+    Where the signal lands (between passes or inside one) is up to the scheduler; either
+    way the outcome is the same. The worker-output mechanism is tested directly below."""
+    data = write_csv(tmp_path / "a.csv", n=20000)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "poisonguard.pipelines.cli", *map(str, screen(data, out)[:-1]),
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    lines = []
+    for line in proc.stderr:  # progress lines: wait until a pipeline with worker processes has run
+        lines.append(line)
+        if "fit pass 1/" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.wait(timeout=300)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert [line for line in rest.splitlines() if line.strip() and "fit pass" not in line] == [
+        "poisonguard: interrupted; the previous outputs are as they were"], rest
+    assert not out.exists()
+
+
+def test_held_worker_output_is_shown_on_failure_but_not_after_ctrl_c(capfd):
+    """What worker processes wrote (fd 2, held in a file) is replayed when a run fails, not when it was interrupted."""
+    from poisonguard.pipelines import runners
+
+    def failing_run(interrupted: bool):
+        if interrupted:
+            runners.INTERRUPTED.set()
+        try:
+            with runners._worker_stderr_captured():
+                os.write(2, b"Traceback (most recent call last):\n  worker noise\nKeyboardInterrupt\n")
+                raise RuntimeError("KeyboardInterrupt [while running 'Summarise']")
+        except RuntimeError:
+            pass
+        finally:
+            runners.INTERRUPTED.clear()
+        return capfd.readouterr().err
+
+    assert "worker noise" in failing_run(interrupted=False)
+    assert failing_run(interrupted=True) == ""
