@@ -95,7 +95,9 @@ def projection_histogram(X, codes, median, inv_scale, clip, mean, direction, inv
     """Count each row's projection, in units of its class (times ``inv_unit[c]``), on a uniform grid.
 
     ``counts`` has shape (K, n_bins + 2): column 0 is underflow (below ``low``), column
-    n_bins + 1 overflow. Rows with a negative code are skipped.
+    n_bins + 1 overflow. Rows with a negative code are skipped. A NaN projection counts as
+    overflow (where ``np.searchsorted`` sorts NaN); it must never reach ``int()``, whose
+    result for NaN is an arbitrary index.
     """
     n_bins = counts.shape[1] - 2
     for i in range(X.shape[0]):
@@ -105,9 +107,9 @@ def projection_histogram(X, codes, median, inv_scale, clip, mean, direction, inv
         t = (_row_projection(X, i, c, median, inv_scale, clip, mean, direction) * inv_unit[c] - low) * inv_width
         if t < 0.0:
             b = 0
-        elif t >= n_bins:
-            b = n_bins + 1
-        else:
+        elif t < n_bins:  # False for NaN as well as for t >= n_bins
             b = int(t) + 1
+        else:
+            b = n_bins + 1
         counts[c, b] += 1
     return counts

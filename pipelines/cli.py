@@ -47,6 +47,21 @@ def _columns(text: str) -> tuple[str, ...]:
     return cols
 
 
+def _texts(text: str) -> tuple[str, ...]:
+    values = tuple(v for v in text.split(",") if v != "")
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of cell texts")
+    return values
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--na-values", type=_texts, default=(), metavar="A,B",
+                   help="CSV cell texts that mean a missing value, e.g. NA,null (default: only empty cells; "
+                        "NA, null or nan are kept as text)")
+    p.add_argument("--allow-duplicate-ids", action="store_true",
+                   help="with --id-column: accept ids that repeat and count them in the report (default: an error)")
+
+
 def _add_runner_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--runner", choices=("direct", "dask"), default="direct",
@@ -93,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy: breach (exit 1) when more rows than this are flagged (default 0: any flagged row)")
     s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
                    help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
+    _add_input_options(s)
     _add_runner_options(s)
 
     d = sub.add_parser("demo", help="plant a backdoor in bundled real data, screen it, print what was caught",
@@ -112,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
     m.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     m.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
+    _add_input_options(m)
     _add_runner_options(m)
 
     sub.add_parser("attacks", help="list the attack kinds and their parameters",
@@ -187,21 +204,65 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..schemas import PoisonguardError
 
-    try:
-        return _run(args, beam_args)
-    except PoisonguardError as exc:
-        if args.debug:
-            raise
-        print(f"poisonguard: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("poisonguard: interrupted; no outputs were written", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a failure inside the pipeline: report it in one line
-        if args.debug:
-            raise
-        print(f"poisonguard: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_ERROR
+    with _InterruptWatch() as watch:
+        try:
+            return _run(args, beam_args)
+        except PoisonguardError as exc:
+            if args.debug:
+                raise
+            print(f"poisonguard: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            return _interrupted()
+        except Exception as exc:  # a failure inside the pipeline: report it in one line
+            if watch.interrupted and not args.debug:  # Beam re-raises Ctrl-C as RuntimeError('KeyboardInterrupt')
+                return _interrupted()
+            if args.debug:
+                raise
+            print(f"poisonguard: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+            return EXIT_ERROR
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _interrupted() -> int:
+    print("poisonguard: interrupted; the previous outputs are as they were", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+class _InterruptWatch:
+    """Notes a Ctrl-C (SIGINT) during the run, then raises KeyboardInterrupt as Python does.
+
+    Beam catches the KeyboardInterrupt inside its runner and raises another exception
+    instead; the note lets :func:`main` still exit 130 with one line. Outside the main
+    thread (no signal handlers there) it only watches nothing.
+    """
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        self.interrupted = True
+        runners = sys.modules.get("poisonguard.pipelines.runners")
+        if runners is not None:  # loaded once a pipeline runs: it then keeps the workers' tracebacks back
+            runners.INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -250,6 +311,8 @@ def _simulate(args, beam_args) -> int:
         feature_columns=args.feature_columns,
         batch_rows=args.batch_rows,
         runner=_runner_config(args, beam_args),
+        na_values=args.na_values,
+        allow_duplicate_ids=args.allow_duplicate_ids,
     ))
     counts = result.manifest["counts"]
     print(f"{counts['rows_in']} rows: {counts['valid']} valid, {counts['invalid']} invalid; {counts['touched']} touched, "
@@ -283,6 +346,8 @@ def _run(args, beam_args) -> int:
         policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction),
         batch_rows=args.batch_rows,
         runner=_runner_config(args, beam_args),
+        na_values=args.na_values,
+        allow_duplicate_ids=args.allow_duplicate_ids,
     )
     result = run_screen(config)
     counts, policy = result.report["counts"], result.report["policy"]

@@ -1,13 +1,16 @@
 """Reading inputs as Arrow record batches and writing Parquet directories.
 
 Inputs are CSV or Parquet files, given as files, directories (searched recursively for
-``*.csv``, ``*.parquet`` and ``*.pq``) or glob patterns. Each file is a *shard*; a shard is
+``*.csv``, ``*.csv.gz``, ``*.parquet`` and ``*.pq``; names starting with ``.`` or ``_``,
+files or directories, are skipped) or glob patterns. Each file is a *shard*; a shard is
 read in chunks of at most ``batch_rows`` rows, and each chunk travels through the pipeline
 as one element (rows are never Beam elements).
 
 CSV files are read with every column as text, so that a stray string in a numeric column
 makes that one row invalid instead of failing the file; lines with the wrong number of
-fields are kept as invalid rows too. Problems with a whole file (missing, unreadable,
+fields are kept as invalid rows too. Only empty cells are missing (plus the shard's
+``na_values``): ``NA``, ``null`` or ``nan`` are text like any other, kept as written. A
+UTF-8 byte-order mark is skipped, and quoted values may hold newlines. Problems with a whole file (missing, unreadable,
 empty, without a required column) are found before the pipeline starts, by
 :func:`inspect_inputs`, and raised as :class:`~poisonguard.schemas.InputError`.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import gzip
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -29,7 +33,10 @@ import pyarrow.parquet as pq
 
 from ..schemas import InputError
 
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+#: Spellings of "missing" that do not count against a CSV column being numeric when its type
+#: is guessed (pyarrow's default null values); they are not missing values when read.
+NA_SPELLINGS = frozenset(pa_csv.ConvertOptions().null_values)
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,8 @@ class Shard:
     """One unit of input work: a file, or some of a Parquet file's row groups.
 
     ``source`` is the name used in derived row ids; ``first_row`` the file offset of the
-    unit's first row; ``row_groups`` the Parquet row groups it covers (None: all).
+    unit's first row; ``row_groups`` the Parquet row groups it covers (None: all);
+    ``na_values`` the CSV cell texts read as missing besides the empty cell.
     """
 
     path: str
@@ -46,6 +54,7 @@ class Shard:
     index: int = 0
     row_groups: tuple[int, ...] | None = None
     first_row: int = 0
+    na_values: tuple[str, ...] = ()
 
 #: A Parquet file is split into work units of whole row groups holding about this many rows,
 #: so that one large file can be read by several workers.
@@ -69,11 +78,15 @@ class RawChunk:
 
 
 def _suffix_format(path: str) -> str | None:
-    return SUFFIXES.get(os.path.splitext(path)[1].lower())
+    lower = path.lower()
+    return SUFFIXES[".csv.gz"] if lower.endswith(".csv.gz") else SUFFIXES.get(os.path.splitext(lower)[1])
 
 
-def discover_shards(inputs: list[str]) -> list[Shard]:
-    """Expand files, directories and globs into shards, sorted within each argument."""
+def discover_shards(inputs: list[str], na_values=()) -> list[Shard]:
+    """Expand files, directories and globs into shards, sorted within each argument.
+
+    ``na_values``: CSV cell texts to read as missing, besides the empty cell (``--na-values``).
+    """
     if not inputs:
         raise InputError("no input given: expected one or more CSV/Parquet files, directories or globs")
     found: list[tuple[str, str, str]] = []
@@ -83,19 +96,17 @@ def discover_shards(inputs: list[str]) -> list[Shard]:
             root = _glob_root(arg)
             files = [p for p in matches if _suffix_format(p)]
             if not files:
-                raise InputError(f"input '{arg}': the pattern matches no .csv, .parquet or .pq file")
+                raise InputError(f"input '{arg}': the pattern matches no .csv, .csv.gz, .parquet or .pq file")
             found += [(p, os.path.relpath(p, root), _suffix_format(p)) for p in files]
         elif os.path.isdir(arg):
-            files = sorted(
-                os.path.join(d, f) for d, _, names in os.walk(arg) for f in names if _suffix_format(f) and not f.startswith((".", "_"))
-            )
+            files = sorted(_walk_visible(arg))
             if not files:
-                raise InputError(f"input '{arg}': the directory holds no .csv, .parquet or .pq file")
+                raise InputError(f"input '{arg}': the directory holds no .csv, .csv.gz, .parquet or .pq file")
             found += [(p, os.path.relpath(p, arg), _suffix_format(p)) for p in files]
         elif os.path.exists(arg):
             fmt = _suffix_format(arg)
             if fmt is None:
-                raise InputError(f"input '{arg}': unsupported file type; expected .csv, .parquet or .pq")
+                raise InputError(f"input '{arg}': unsupported file type; expected .csv, .csv.gz, .parquet or .pq")
             found.append((arg, os.path.basename(arg), fmt))
         else:
             raise InputError(f"input '{arg}': no such file or directory")
@@ -110,7 +121,7 @@ def discover_shards(inputs: list[str]) -> list[Shard]:
         if source in seen:
             raise InputError(f"inputs '{seen[source]}' and '{path}' would give rows the same ids ('{source}:N'); use --id-column or rename one")
         seen[source] = path
-        shards.append(Shard(path=path, source=source, format=fmt, index=len(shards)))
+        shards.append(Shard(path=path, source=source, format=fmt, index=len(shards), na_values=tuple(na_values)))
     return shards
 
 
@@ -140,6 +151,14 @@ def split_units(shards: list[Shard], unit_rows: int = UNIT_ROWS) -> list[Shard]:
     return units
 
 
+def _walk_visible(root: str) -> Iterator[str]:
+    """Input files below ``root``, skipping hidden and ``_``-prefixed files and directories
+    (``.git``, ``.poisonguard-runs``, Spark's ``_temporary``): never input."""
+    for d, dirs, names in os.walk(root):
+        dirs[:] = [n for n in dirs if not n.startswith((".", "_"))]
+        yield from (os.path.join(d, f) for f in names if _suffix_format(f) and not f.startswith((".", "_")))
+
+
 def _glob_root(pattern: str) -> str:
     parts = pattern.split(os.sep)
     root = []
@@ -156,8 +175,9 @@ def read_schema(shard: Shard) -> pa.Schema:
 
     For CSV, a column counts as numeric (float64) when at least 90% of the non-empty values
     in the first block (about 1 MB) parse as numbers, so that a few stray strings make
-    their rows invalid instead of silently turning the column into text; columns with no
-    values there have type ``null``. Raises InputError naming the file when it is
+    their rows invalid instead of silently turning the column into text; common spellings
+    of "missing" (``NA``, ``null``...) do not count either way. Columns with no values
+    there have type ``null``. Raises InputError naming the file when it is
     unreadable or empty.
     """
     try:
@@ -167,8 +187,8 @@ def read_schema(shard: Shard) -> pa.Schema:
         reader = pa_csv.open_csv(
             shard.path,
             read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 20),
-            parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip"),
-            convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in header}, strings_can_be_null=True),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip", newlines_in_values=True),
+            convert_options=_convert_options(shard, header),
         )
         try:
             first = reader.read_next_batch()
@@ -179,7 +199,9 @@ def read_schema(shard: Shard) -> pa.Schema:
             if first is None or first.column(name).null_count == first.num_rows:
                 fields.append(pa.field(name, pa.null()))
                 continue
-            numeric = (~parse_numbers(first.column(name).drop_null())[1]).mean() >= 0.9
+            present = first.column(name).drop_null()
+            present = present.filter(pc.invert(pc.is_in(present, value_set=pa.array(sorted(NA_SPELLINGS)))))
+            numeric = len(present) > 0 and (~parse_numbers(present)[1]).mean() >= 0.9
             fields.append(pa.field(name, pa.float64() if numeric else pa.string()))
         return pa.schema(fields)
     except InputError:
@@ -206,8 +228,15 @@ def parse_numbers(text: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     return values, present & np.isnan(values) & ~nan_literal.to_numpy(zero_copy_only=False)
 
 
+def _convert_options(shard: Shard, header: list[str]) -> pa_csv.ConvertOptions:
+    """Every column as text; only empty cells (and the shard's ``na_values``) are missing."""
+    return pa_csv.ConvertOptions(column_types={name: pa.string() for name in header}, null_values=["", *shard.na_values],
+                                 strings_can_be_null=True, quoted_strings_can_be_null=False)
+
+
 def _csv_header(shard: Shard) -> list[str]:
-    with open(shard.path, newline="", encoding="utf-8") as fh:
+    opener = gzip.open if shard.path.lower().endswith(".gz") else open
+    with opener(shard.path, "rt", newline="", encoding="utf-8-sig") as fh:  # -sig: skip a byte-order mark
         try:
             header = next(csv.reader(fh))
         except StopIteration:
@@ -263,10 +292,8 @@ def _read_csv(shard: Shard, batch_rows: int) -> Iterator[RawChunk]:
     reader = pa_csv.open_csv(
         shard.path,
         read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22),
-        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in header}, strings_can_be_null=True, quoted_strings_can_be_null=False
-        ),
+        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row, newlines_in_values=True),
+        convert_options=_convert_options(shard, header),
     )
     parsed = 0  # well-formed rows so far
     emitted = 0  # malformed lines already attached to a chunk

@@ -7,8 +7,10 @@ import math
 import os
 
 import jsonschema
+import pyarrow as pa
 
 from ..schemas import PoisonguardError, load_json_schema
+from .rows import LABEL_NORMALISATION
 
 
 def _clean(value):
@@ -31,6 +33,8 @@ def inputs_section(paths, files, contract) -> dict:
         "id_column": contract.id_column,
         "feature_columns": list(contract.feature_columns),
         "label_type": str(contract.label_type),
+        "label_normalisation": LABEL_NORMALISATION if pa.types.is_string(contract.label_type) else None,
+        "na_values": ["", *(files[0].na_values if files else ())],
     }
 
 

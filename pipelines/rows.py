@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, REASON, ROW_ID, SOURCE, InputError, invalid_schema
+from ..schemas import (
+    ATTACK, FLAGGED, ORIGINAL_LABEL, POISONED, REASON, ROW_ID, SOURCE, SUSPICION, InputError, invalid_schema, score_column,
+)
 from .io import RawChunk, Shard, parse_numbers, read_schema
 
 
@@ -26,7 +28,8 @@ class Contract:
 
     ``label_type`` is ``int64`` when every input stores integer labels, else ``string``;
     ``passthrough`` lists the other columns, carried to the outputs unchanged, with their
-    output types.
+    output types; ``feature_types`` the output types of features that keep their input's
+    (Parquet) type; the others are float64.
     """
 
     label_column: str
@@ -35,10 +38,12 @@ class Contract:
     label_type: pa.DataType
     passthrough: tuple[tuple[str, pa.DataType], ...]
     columns: tuple[str, ...]
+    feature_types: tuple[tuple[str, pa.DataType], ...] = ()
 
     def valid_schema(self) -> pa.Schema:
         """``row_id`` first, then the input's columns in their order, with their output types."""
-        types = {self.label_column: self.label_type, **{n: pa.float64() for n in self.feature_columns}, **dict(self.passthrough)}
+        types = {self.label_column: self.label_type, **{n: pa.float64() for n in self.feature_columns}, **dict(self.feature_types),
+                 **dict(self.passthrough)}
         return pa.schema([pa.field(ROW_ID, pa.string())] + [pa.field(n, types[n]) for n in self.columns if n != ROW_ID])
 
     def invalid_schema(self) -> pa.Schema:
@@ -49,10 +54,11 @@ class Contract:
         return valid.column(self.label_column).to_numpy(zero_copy_only=False)
 
     def features(self, valid: pa.Table) -> np.ndarray:
-        """Feature matrix (n, d), float64, C-contiguous."""
+        """Feature matrix (n, d), float64, C-contiguous (features kept in their input's type are converted here)."""
         if valid.num_rows == 0:
             return np.zeros((0, len(self.feature_columns)))
-        return np.column_stack([valid.column(c).to_numpy() for c in self.feature_columns]).astype(np.float64, copy=False)
+        columns = [valid.column(c) for c in self.feature_columns]
+        return np.column_stack([(c if c.type == pa.float64() else pc.cast(c, pa.float64())).to_numpy() for c in columns])
 
 
 def _is_numeric(t: pa.DataType) -> bool:
@@ -71,8 +77,15 @@ def resolve_contract(
     label_column: str = "label",
     id_column: str | None = None,
     feature_columns: list[str] | None = None,
+    keep_feature_types: bool = True,
 ) -> Contract:
-    """Check every input's columns and fix the row contract for this run."""
+    """Check every input's columns and fix the row contract for this run.
+
+    Output types: with only Parquet inputs, every column keeps its type (the id column
+    too; ``row_id`` is text); a feature keeps it when it is numeric and the same in every
+    file (else float64, as for CSV inputs, and as with ``keep_feature_types=False``, for
+    jobs that write real values into features: simulate). The label is int64 or string.
+    """
     schemas = [(shard, read_schema(shard)) for shard in shards]
     first_shard, first = schemas[0]
     names = list(first.names)
@@ -93,6 +106,7 @@ def resolve_contract(
             )
     reserved = {label_column, id_column}
     ground_truth = {POISONED, ATTACK, ORIGINAL_LABEL}  # written by simulators; never features
+    _check_numbers_or_text(schemas, [n for n in names if n not in reserved | ground_truth])
     if feature_columns:
         unknown = [c for c in feature_columns if c not in names]
         if unknown:
@@ -122,17 +136,93 @@ def resolve_contract(
     for name in names:
         if name in features or name == label_column:
             continue
-        if name == id_column:
+        if name == id_column and not all_parquet:
             passthrough.append((name, pa.string()))
         elif name == POISONED:  # ground truth: parsed and checked like a feature
             passthrough.append((name, pa.bool_()))
         elif all_parquet:
-            passthrough.append((name, first.field(name).type))
+            passthrough.append((name, _common_type(name, [(shard, schema.field(name).type) for shard, schema in schemas])))
         else:
             passthrough.append((name, pa.string()))
+    feature_types = []
+    if all_parquet and keep_feature_types:
+        for name in features:
+            kept = {schema.field(name).type for _, schema in schemas} - {pa.null()}
+            if len(kept) == 1 and _is_numeric(next(iter(kept))):
+                feature_types.append((name, kept.pop()))
+    _check_reserved(first_shard, names)
     if ROW_ID in names and id_column != ROW_ID:
         raise InputError(f"{first_shard.path}: has a column named '{ROW_ID}', which poisonguard reserves; pass --id-column {ROW_ID} to use it as the id")
-    return Contract(label_column, id_column, tuple(features), label_type, tuple(passthrough), tuple(names))
+    return Contract(label_column, id_column, tuple(features), label_type, tuple(passthrough), tuple(names), tuple(feature_types))
+
+
+def reserved_columns() -> tuple[str, ...]:
+    """Column names the outputs add (``row_id`` aside: it may be the id column)."""
+    from ..detectors import DETECTORS
+
+    return (SOURCE, REASON, SUSPICION, FLAGGED, *(score_column(name) for name in DETECTORS))
+
+
+def _check_reserved(shard: Shard, names) -> None:
+    """InputError for an input column the outputs would add again (files with two columns of one name)."""
+    reserved = reserved_columns()
+    for name in names:
+        if name in reserved:
+            raise InputError(f"{shard.path}: column '{name}' has a name poisonguard's outputs reserve "
+                             f"({', '.join(reserved[:4])}, score_<detector>); rename it in the input")
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _check_numbers_or_text(schemas, names) -> None:
+    """InputError when a column holds numbers in one file and anything else (text, times) in another.
+
+    In a CSV file a column is text when more than 10% of its first megabyte is not numbers
+    (see :func:`~poisonguard.pipelines.io.read_schema`). Left alone, such a column would
+    make every row of one file invalid, leave a feature out, or turn integers into times,
+    without a word.
+    """
+    def other(t):
+        return not (_is_number(t) or pa.types.is_boolean(t) or pa.types.is_null(t))
+
+    for name in names:
+        number = next(((sh, sc.field(name).type) for sh, sc in schemas if _is_number(sc.field(name).type)), None)
+        text = next(((sh, sc.field(name).type) for sh, sc in schemas if other(sc.field(name).type)), None)
+        if number and text:
+            (text_shard, text_type), (num_shard, num_type) = text, number
+            what = "mostly text in its first megabyte" if text_shard.format == "csv" else f"of type {text_type}"
+            raise InputError(f"{text_shard.path}: column '{name}' is {what}, but numbers ({num_type}) in {num_shard.path}; "
+                             "expected the same type in every input file")
+
+
+def _common_type(name: str, typed) -> pa.DataType:
+    """The one Arrow type a passed-through Parquet column has in every input.
+
+    Files may differ only where no value changes: a column of nulls, integer or float
+    widths (the widest is taken), text as string or dictionary. Anything else (an integer
+    here and a timestamp there) is an InputError naming both files, instead of a silent cast.
+    """
+    first_shard, common = None, None
+    for shard, t in typed:
+        if pa.types.is_null(t):
+            continue
+        if common is None:
+            first_shard, common = shard, t
+            continue
+        if t == common:
+            continue
+        if pa.types.is_integer(t) and pa.types.is_integer(common) and pa.types.is_signed_integer(t) == pa.types.is_signed_integer(common):
+            common = t if t.bit_width > common.bit_width else common
+        elif pa.types.is_floating(t) and pa.types.is_floating(common):
+            common = t if t.bit_width > common.bit_width else common
+        elif _is_text(t) and _is_text(common):
+            common = pa.string()
+        else:
+            raise InputError(f"{shard.path}: column '{name}' has type {t}, but {common} in {first_shard.path}; "
+                             "expected the same type in every input file")
+    return pa.null() if common is None else common
 
 
 # -- per-chunk validation -------------------------------------------------------------------
@@ -188,6 +278,25 @@ def _as_bool(column: pa.ChunkedArray, name: str, reasons: _Reasons) -> np.ndarra
     return parsed
 
 
+#: A text label that is a whole number, possibly signed, padded or with a zero fraction
+#: ("1.0", "+1", " 1 "); group 1 the minus sign, group 2 the digits. Leading zeros ("007")
+#: do not match: such a label is a code, kept as written.
+_WHOLE_NUMBER = r"^\s*(?:\+|(-))?(0|[1-9][0-9]*)(?:\.0*)?\s*$"
+LABEL_NORMALISATION = ("text labels that are whole numbers are read as the integer: '1.0', '+1' and ' 1 ' are class '1' "
+                       "(a label with leading zeros, such as '007', is kept as written)")
+
+
+def normalise_labels(labels: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Text labels with whole numbers written alike, so that ``1`` and ``1.0`` are one class.
+
+    CSV cells are text, and a label column written by pandas from floats holds ``1.0``
+    where another file holds ``1``; Parquet integer labels read as ``1``. Other text is
+    unchanged (see :data:`LABEL_NORMALISATION`).
+    """
+    whole = pc.replace_substring_regex(labels, pattern=_WHOLE_NUMBER, replacement="\\1\\2")
+    return pc.replace_substring_regex(whole, pattern="^-0$", replacement="0")
+
+
 def derived_ids(source: str, offsets: np.ndarray) -> pa.Array:
     """Row ids ``"<source>:<offset>"`` for rows without an id column."""
     if len(offsets) == 0:
@@ -208,7 +317,7 @@ def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Tabl
     label = table.column(contract.label_column)
     label_missing = label.is_null().to_numpy(zero_copy_only=False)
     if _is_text(label.type):
-        label = label.cast(pa.string())
+        label = normalise_labels(label.cast(pa.string()))
         label_missing |= (pc.utf8_trim_whitespace(label).to_numpy(zero_copy_only=False) == "") & ~label_missing
     reasons.add(label_missing, lambda i: f"column '{contract.label_column}': missing label")
     features = [_as_float(table.column(name), name, reasons) for name in contract.feature_columns]
@@ -218,8 +327,12 @@ def validate_chunk(raw: RawChunk, contract: Contract) -> tuple[pa.Table, pa.Tabl
     ok = ~bad
     keep, drop = pa.array(ok), pa.array(bad)
     columns = {ROW_ID: ids.filter(keep), contract.label_column: label.filter(keep).cast(contract.label_type)}
+    kept_types = dict(contract.feature_types)
     for name, values in zip(contract.feature_columns, features):
-        columns[name] = pa.array(values[ok], pa.float64())
+        if name in kept_types:  # the input's own values and type (all valid: finite, present)
+            columns[name] = table.column(name).filter(keep).cast(kept_types[name])
+        else:
+            columns[name] = pa.array(values[ok], pa.float64())
     for name, typ in contract.passthrough:
         if name == POISONED:
             columns[name] = pa.array(truth[ok], pa.bool_())

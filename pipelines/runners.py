@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -89,13 +90,19 @@ class RunnerSession:
             result.client.close()
 
 
+#: Set by the command line when Ctrl-C (SIGINT) arrives. A run that fails after it was
+#: stopped, not broken: the workers' own KeyboardInterrupt tracebacks are not shown.
+INTERRUPTED = threading.Event()
+
+
 @contextlib.contextmanager
 def _worker_stderr_captured():
     """Hold back what worker processes write to stderr; show its tail only if the run fails.
 
     Beam's SDK worker processes (``--direct_running_mode=multi_processing``) inherit this
     process's stderr and log their start-up and shutdown at INFO, with no option to change
-    that; it would bury the progress and error messages.
+    that; it would bury the progress and error messages. After Ctrl-C (which reaches the
+    workers too) nothing is shown: the command line says it was interrupted.
     """
     sys.stderr.flush()
     saved = os.dup(2)
@@ -103,8 +110,10 @@ def _worker_stderr_captured():
         os.dup2(held.fileno(), 2)
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             os.dup2(saved, 2)
+            if isinstance(exc, KeyboardInterrupt) or INTERRUPTED.is_set():
+                raise
             held.seek(0, os.SEEK_END)
             held.seek(max(held.tell() - 4000, 0))
             sys.stderr.write(held.read().decode("utf-8", "replace"))

@@ -10,16 +10,16 @@ Output layout under ``out``::
     invalid/      Parquet parts: rows that failed parsing or validation, values as text
     report.json   counts, per-class summaries, detector parameters, policy verdict, timings
 
-Everything is first written to a staging directory inside ``out`` and moved into place
-only when the whole job succeeded, so a failed run leaves no half-written outputs.
+Everything is first written to a staging directory inside ``out`` and published only
+when the whole job succeeded, with one atomic rename (:mod:`.outdir`: the versioned
+layout behind these names, the lock, and the rules that keep inputs safe), so a failed
+or killed run leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,11 +31,13 @@ from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
+from .ids import check_duplicate_ids, duplicate_ids_pass
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
-from .staging import count_problems, load_result, publish, raise_if_lost, save_result
+from .outdir import OutputDir
+from .staging import count_problems, load_result, raise_if_lost, save_result
 from .summary import ScreenSummary
 from .transforms import (
     MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
@@ -102,6 +104,8 @@ class ScreenConfig:
     policy: Policy = field(default_factory=Policy)
     batch_rows: int = DEFAULT_BATCH_ROWS
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
+    allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
 
     def detector_names(self) -> tuple[str, ...]:
         """The detectors to run: as configured, or the default set (with ``novelty`` when there are trusted rows)."""
@@ -247,7 +251,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector = config.make_detector()
     if config.batch_rows < 1:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
-    files = discover_shards(list(config.inputs))
+    files = discover_shards(list(config.inputs), na_values=config.na_values)
     contract = resolve_contract(
         files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,
@@ -255,7 +259,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector.set_params(feature_names=tuple(contract.feature_columns))  # for the reasons of flagged rows
     ref_units, ref_contract = [], None
     if config.reference:
-        ref_files = discover_shards(list(config.reference))
+        ref_files = discover_shards(list(config.reference), na_values=config.na_values)
         ref_contract = _reference_contract(contract, ref_files)
         ref_units = split_units(ref_files)
     units = split_units(files)
@@ -265,10 +269,12 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
              ", ".join(config.detector_names()), config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
-    os.makedirs(config.out, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".poisonguard-staging-", dir=config.out)
-    try:
+    with OutputDir(config.out, "screen", (*OUTPUTS, "report.json"), inputs=(*config.inputs, *config.reference),
+                   files=[f.path for f in files]) as outdir:
+        staging = outdir.staging
         with runner_session(config.runner) as session:
+            duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)
+            check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
             model = fit_passes(session, detector, units, contract, config.batch_rows, staging, ref_units, ref_contract)
             timings["fit_s"] = time.perf_counter() - t
@@ -285,14 +291,13 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                               {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings)
         for output in OUTPUTS:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
+        report["inputs"]["duplicate_ids"] = duplicates.to_json()
         report["timings"]["total_s"] = time.perf_counter() - t0
         write_report(report, os.path.join(staging, "report.json"))
-        publish(staging, config.out, (*OUTPUTS, "report.json"))
+        outdir.publish()
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
                  report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _reference_contract(contract: Contract, ref_shards) -> Contract:

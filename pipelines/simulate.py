@@ -26,9 +26,9 @@ correctly; see DESIGN.md, Engines):
 3. **write**: apply every attack with its cutoff, write ``data/`` and ``invalid/`` parts,
    and combine per-chunk counts.
 
-Everything is written to a staging directory inside ``out`` and moved into place only
-when the job succeeded and the row counts cross-check, so a failed run leaves no
-half-written outputs.
+Everything is written to a staging directory inside ``out`` and published with one atomic
+rename only when the job succeeded and the row counts cross-check (:mod:`.outdir`), so a
+failed or killed run leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ import hashlib
 import itertools
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,11 +52,13 @@ from .. import __version__
 from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ConfigError
 from ..simulators import DataProfile, SmallestHashes
 from ..simulators.config import AttackConfig, attacks_from_dict, load_attack_config
+from .ids import check_duplicate_ids, duplicate_ids_pass
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
-from .staging import count_problems, load_result, publish, raise_if_lost, save_result
+from .outdir import OutputDir
+from .staging import count_problems, load_result, raise_if_lost, save_result
 from .transforms import Chunk, MergeAll, read_and_validate
 
 log = logging.getLogger("poisonguard")
@@ -91,6 +91,8 @@ class SimulateConfig:
     batch_rows: int = DEFAULT_BATCH_ROWS
     profile_sample_size: int = 20000
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
+    allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
 
     def attack_config(self) -> AttackConfig:
         """The attacks and the seed they run with (raises ConfigError naming the file and key)."""
@@ -278,10 +280,11 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows!r}")
     DataProfile.empty(label_column=config.label_column, feature_columns=(), seed=0,
                       sample_size=config.profile_sample_size)  # checks profile_sample_size before any pipeline
-    files = discover_shards(list(config.inputs))
+    files = discover_shards(list(config.inputs), na_values=config.na_values)
     contract = resolve_contract(
         files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,
+        keep_feature_types=False,  # attacks write real values (triggers, noise) into features
     )
     attack_config = attack_config.for_labels(contract.label_type)
     attack_config.check_columns(contract.feature_columns, contract.columns)
@@ -294,11 +297,13 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
              config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
-    created = not os.path.isdir(config.out)
-    os.makedirs(config.out, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".poisonguard-staging-", dir=config.out)
-    try:
+    read_paths = (*config.inputs, *((config.config,) if config.config else ()))
+    with OutputDir(config.out, "simulate", (*SIMULATE_OUTPUTS, MANIFEST), inputs=read_paths,
+                   files=[f.path for f in files]) as outdir:
+        staging = outdir.staging
         with runner_session(config.runner) as session:
+            duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)
+            check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
             profile = profile_pass(session, units, contract, config.batch_rows, seed, config.profile_sample_size, staging)
             timings["profile_s"] = time.perf_counter() - t
@@ -327,17 +332,14 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         manifest = build_manifest(config, attack_config, contract, files, fingerprint, summary, timings,
                                   passes=2 + sum(c is not None for c in cutoffs))
+        manifest["inputs"]["duplicate_ids"] = duplicates.to_json()
         manifest["timings"]["total_s"] = time.perf_counter() - t0
         write_report(manifest, os.path.join(staging, MANIFEST), schema="manifest")
-        publish(staging, config.out, (*SIMULATE_OUTPUTS, MANIFEST))
+        outdir.publish()
         log.info("done in %.1f s: %d rows in, %d invalid, %d touched, %d injected, %d rows out -> %s",
                  manifest["timings"]["total_s"], summary.rows_in, summary.invalid, sum(summary.touched.values()),
                  sum(summary.injected.values()), summary.rows_out, config.out)
         return SimulateResult(manifest, config.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not os.listdir(config.out):  # a failed run leaves no trace of a new DIR
-            os.rmdir(config.out)
 
 
 def input_fingerprint(files) -> dict:

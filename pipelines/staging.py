@@ -1,19 +1,17 @@
-"""Staging, cross-checks and atomic publication shared by the jobs (simulate, screen).
+"""Staging and cross-checks shared by the jobs (simulate, screen).
 
 A job writes everything into a staging directory inside its output directory. Small
 results of a pass (statistics, summaries) travel from the pipeline's terminal step to the
 driver as pickles there. Before anything is published, the row counts of independent
 pipelines and of the files written are cross-checked, so a runner that drops or duplicates
-elements (DESIGN.md, Engines) fails the job instead of publishing short outputs. Outputs
-then move into place with one rename each, the job's record (report or manifest) last:
-its presence means the run completed.
+elements (DESIGN.md, Engines) fails the job instead of publishing short outputs.
+Publication itself (one atomic rename, under a lock) is :mod:`.outdir`.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import shutil
 
 import pyarrow.parquet as pq
 
@@ -67,15 +65,3 @@ def count_problems(staging: str, expected: dict[str, int], files, rows_read: int
 def raise_if_lost(problems: list[str]) -> None:
     if problems:
         raise PoisonguardError("row conservation violated (" + "; ".join(problems) + "); nothing was published")
-
-
-def publish(staging: str, out: str, names) -> None:
-    """Move ``names`` from staging into ``out``, replacing earlier ones; the last name moves last."""
-    for name in names:
-        target = os.path.join(out, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.remove(target)
-    for name in names:
-        os.replace(os.path.join(staging, name), os.path.join(out, name))

@@ -267,6 +267,15 @@ def _construct_mapping(loader, node, deep=False):
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
+#: Largest attack config read, in bytes: configs are a few lines; a noise matrix of 100
+#: classes is about 100 KB.
+MAX_CONFIG_BYTES = 1 << 20
+#: Most values (scalars, lists, mappings) a config may hold once its aliases are expanded:
+#: an alias repeats what its anchor holds, and nine nested levels of nine aliases make a
+#: 1 KB file of 387 million values (the "billion laughs").
+MAX_CONFIG_VALUES = 100_000
+
+
 def _read_bytes(path: str) -> bytes:
     if not os.path.exists(path):
         raise ConfigError(f"{path}: no such attack config file")
@@ -274,18 +283,51 @@ def _read_bytes(path: str) -> bytes:
         raise ConfigError(f"{path}: is a directory; expected an attack config file (YAML)")
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the attack config: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {os.path.getsize(path) / 1e6:.1f} MB; an attack config is at most "
+                          f"{MAX_CONFIG_BYTES >> 20} MB")
+    return data
+
+
+def _expanded_values(node, path: str, memo: dict, active: set) -> int:
+    """Values under ``node`` with every alias expanded, counted without expanding them."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ConfigError(f"{path}: an alias refers to a value that contains it (a recursive YAML structure); "
+                          "expected plain data")
+    active.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_values(child, path, memo, active) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_values(k, path, memo, active) + _expanded_values(v, path, memo, active) for k, v in node.value)
+    active.discard(key)
+    memo[key] = total
+    if total > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{path}: the YAML holds more than {MAX_CONFIG_VALUES} values once its aliases (*name) are "
+                          "expanded; expected a small attack config")
+    return total
 
 
 def _parse_yaml(data: bytes, path: str):
+    """Parse the config: compose the node graph (aliases stay shared), bound its expanded size, then build it."""
     try:
         loader = _UniqueKeyLoader(data.decode("utf-8"))  # a SafeLoader: plain data only, never Python objects
         try:
-            return loader.get_single_data()
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _expanded_values(node, path, {}, set())
+            return loader.construct_document(node)
         finally:
             loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply; expected a small attack config") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except yaml.YAMLError as exc:

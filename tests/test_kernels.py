@@ -87,3 +87,55 @@ def test_projection_histogram_skips_unknown_classes():
     counts = np.zeros((1, 12), dtype=np.int64)
     _kernels.projection_histogram(X, codes, np.zeros(2), np.ones(2), 6.0, np.zeros((1, 2)), np.ones((1, 2)), np.ones(1), -5.0, 1.0, counts)
     assert counts.sum() == 2 and counts[0, 8] == 2  # projection 2.0 -> bin [2, 3)
+
+
+def _special_rows(d: int = 3) -> np.ndarray:
+    """Rows with NaN, +inf and -inf in each position, and ordinary rows between them."""
+    rows = [np.zeros(d), np.full(d, 2.5)]
+    for v in (np.nan, np.inf, -np.inf):
+        for j in range(d):
+            row = np.linspace(-1.0, 1.0, d)
+            row[j] = v
+            rows.append(row)
+    rows += [np.full(d, np.nan), np.full(d, np.inf), np.array([np.inf, -np.inf] + [0.0] * (d - 2))]
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_projection_histogram_puts_nan_and_inf_where_numpy_does(empty):
+    """A NaN projection once made int(NaN) an index and corrupted the heap; NaN now counts as overflow."""
+    X = _special_rows()[:0] if empty else _special_rows()
+    n, d, k, n_bins = len(X), X.shape[1], 2, 20
+    codes = (np.arange(n) % k).astype(np.int64)
+    median, inv_scale = np.zeros(d), np.ones(d)
+    mean, direction, inv_unit = np.zeros((k, d)), np.ones((k, d)), np.array([1.0, 0.5])
+    counts = np.zeros((k, n_bins + 2), dtype=np.int64)
+    _kernels.projection_histogram(X, codes, median, inv_scale, 6.0, mean, direction, inv_unit, -10.0, 1.0, counts)
+    want = naive.projection_histogram(X, codes, median, inv_scale, 6.0, mean, direction, inv_unit, -10.0, 1.0, n_bins, k)
+    np.testing.assert_array_equal(counts, want)
+    assert counts.sum() == n
+    if not empty:
+        p = naive.project_standardized(X, codes, median, inv_scale, 6.0, mean, direction)
+        assert np.isnan(p).any() and np.isinf(p).any()  # the cases are really there
+        assert counts[:, -1].sum() >= np.isnan(p).sum()
+
+
+def test_robust_z_and_grouped_standardisation_with_nan_and_inf_match_numpy():
+    X = _special_rows()
+    n, d, k = len(X), X.shape[1], 2
+    codes = (np.arange(n) % k).astype(np.int64)
+    median, inv_scale = np.full(d, 0.5), np.full(d, 2.0)
+    mean, direction = np.zeros((k, d)), np.ones((k, d))
+    location, inv_spread = np.array([0.1, -0.2]), np.array([1.5, 0.5])
+    got = _kernels.robust_z(X, codes, median, inv_scale, 4.0, mean, direction, location, inv_spread, np.empty(n))
+    want = naive.robust_z(X, codes, median, inv_scale, 4.0, mean, direction, location, inv_spread)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-12)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=k))]).astype(np.int64)
+    shift = np.ones((k, d))
+    got_g = _kernels.standardize_grouped(X, codes, starts, median, inv_scale, 4.0, shift, np.empty((n, d)))
+    want_g = naive.standardize_grouped(X, codes, median, inv_scale, 4.0, shift)
+    np.testing.assert_array_equal(np.isnan(got_g), np.isnan(want_g))
+    np.testing.assert_array_equal(got_g[~np.isnan(got_g)], want_g[~np.isnan(want_g)])
+    empty = np.zeros((0, d))
+    assert _kernels.robust_z(empty, codes[:0], median, inv_scale, 4.0, mean, direction, location, inv_spread, np.empty(0)).shape == (0,)

@@ -1,0 +1,80 @@
+"""Resource limits on what a user hands in: attack configs are bounded before they are built.
+
+A 1 KB YAML of nested aliases (the "billion laughs") expands to hundreds of millions of
+values; it took a minute and 3.7 GB before. It must be refused from the node graph, which
+shares aliased values, before anything is expanded. Oversized files are refused before
+they are parsed.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from poisonguard.pipelines.cli import main
+from poisonguard.schemas import ConfigError
+from poisonguard.simulators.config import MAX_CONFIG_BYTES, MAX_CONFIG_VALUES, load_attack_config
+
+
+def alias_bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    lines.append(f"attacks: [*a{levels - 1}]")
+    text = "\n".join(lines) + "\n"
+    return text + "#" * (1024 - len(text) - 1) + "\n"  # 1 KB
+
+
+def test_a_1kb_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb())
+    assert path.stat().st_size == 1024
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=f"more than {MAX_CONFIG_VALUES} values once its aliases"):
+            load_attack_config(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # expanded, it would be gigabytes
+
+
+def test_the_cli_refuses_it_in_one_line(tmp_path, capsys):
+    (tmp_path / "bomb.yaml").write_text(alias_bomb())
+    (tmp_path / "a.csv").write_text("f1,label\n1,0\n2,1\n")
+    code = main(["simulate", str(tmp_path / "a.csv"), "--config", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "bomb.yaml" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_small_alias_is_fine(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("seed: 3\nattacks:\n"
+                    "  - &flip {kind: label_flip, mode: random, rate: 0.1}\n"
+                    "  - {kind: backdoor, trigger: {features: {f1: 9.0}}, target: '1', rate: 0.05}\n")
+    config = load_attack_config(str(path))
+    assert [a.kind for a in config.attacks] == ["label_flip", "backdoor"] and config.seed == 3
+
+
+def test_a_recursive_alias_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("attacks: &loop [*loop]\n")
+    with pytest.raises(ConfigError, match="recursive"):
+        load_attack_config(str(path))
+
+
+def test_an_oversized_config_is_refused_before_parsing(tmp_path):
+    path = tmp_path / "big.yaml"
+    with open(path, "w") as fh:
+        fh.write("attacks:\n  - {kind: label_flip, mode: random, rate: 0.1}\n")
+        fh.write(("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1)))
+    with pytest.raises(ConfigError, match="an attack config is at most 1 MB"):
+        load_attack_config(str(path))
+
+
+def test_deep_nesting_is_one_error_not_a_crash(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("attacks: " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(ConfigError, match="deep.yaml"):
+        load_attack_config(str(path))
