@@ -296,7 +296,7 @@ def _run(args, beam_args) -> int:
         runner=_runner_config(args, beam_args),
     )
     result = run_screen(config)
-    print(verdict_line(result.report, result.path("report.json")))
+    print(verdict_line(result.report, result.path("report.html")))
     return EXIT_BREACHED if result.breached else EXIT_OK
 
 

@@ -9,6 +9,7 @@ Output layout under ``out``::
     quarantine/   Parquet parts: flagged rows, with scores and the reason
     invalid/      Parquet parts: rows that failed parsing or validation, values as text
     report.json   counts, per-class summaries, detector parameters, validation, policy verdict, timings
+    report.html   the same report as one self-contained page (works offline)
     expectations.json  the Great Expectations suite the rows were validated against
 
 Everything is first written to a staging directory inside ``out`` and moved into place
@@ -32,6 +33,7 @@ from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
+from .html_report import write_html_report
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, percent, rounded, write_json, write_report
 from .rows import Contract, resolve_contract
@@ -344,7 +346,8 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
             write_json(validation.suite, os.path.join(staging, SUITE_FILE))
             extra = (SUITE_FILE,)
         report = write_report(report, os.path.join(staging, "report.json"))
-        publish(staging, config.out, (*OUTPUTS, *extra, "report.json"))
+        write_html_report(report, os.path.join(staging, "report.html"))
+        publish(staging, config.out, (*OUTPUTS, *extra, "report.html", "report.json"))
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
                  report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
