@@ -1,4 +1,4 @@
-"""``report.html``: the screening report as one self-contained page that works offline.
+"""``report.html`` and ``manifest.html``: the job records as self-contained pages that work offline.
 
 Rendered from the report's own dict (what ``report.json`` holds), with a Jinja2 template
 (``templates/report.html.j2``) and plots drawn by matplotlib as inline SVG (text kept as
@@ -22,6 +22,8 @@ from .report import percent
 
 #: Classes drawn (one figure each, a panel per detector); the rest are listed with their numbers.
 MAX_CLASS_PLOTS = 24
+#: Classes in the before/after balance plot of manifest.html (the largest); all are in its table.
+MAX_BALANCE_CLASSES = 40
 #: Rows of the expectation table shown in full; failing expectations always come first.
 MAX_EXPECTATION_ROWS = 400
 
@@ -63,7 +65,14 @@ def _bins(hist: dict):
 def _draw_hist(ax, hist: dict, color: str):
     lo, hi, counts = _bins(hist)
     if counts:
-        ax.bar(lo, counts, width=[h - l for l, h in zip(lo, hi)], align="edge", color=color, linewidth=0)
+        # one filled step path over the occupied range (empty bins at the floor): a few KB of SVG, not a path per bar
+        width = hi[0] - lo[0]
+        first, n = lo[0], int(round((hi[-1] - lo[0]) / width))
+        values = [0.0] * n
+        for l, c in zip(lo, counts):
+            values[min(int(round((l - first) / width)), n - 1)] = c
+        edges = [first + i * width for i in range(n + 1)]
+        ax.stairs([max(v, 0.7) for v in values], edges, fill=True, baseline=0.7, color=color, linewidth=0)
         ax.set_yscale("log")
         ax.set_ylim(0.7, max(counts) * 1.5)
     extra = []
@@ -112,6 +121,8 @@ def class_figure(name: str, summary: dict, decision: dict, members: list[str]) -
             ax.text(line, 0.97, f" cut {line:.3g}", transform=ax.get_xaxis_transform(), color="#c44e52", va="top", fontsize=7)
         elif title == "suspicion":
             ax.text(0.99, 0.80, "not cut", transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#2a7a2a")
+        elif decision.get("cut") is not None and (decision.get("members", {}).get(title) or {}).get("null") == "own p-values":
+            ax.text(0.99, 0.80, "judged by its own p-values", transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#555")
         if span is not None and line is not None:
             ax.set_xlim(min(span[0], line) - 0.05 * (span[1] - span[0] + 1e-9), max(span[1], line) * 1.05 + 1e-9)
         ax.set_ylabel("rows" if ax is axes[0][0] else "")
@@ -199,13 +210,19 @@ def plotted_classes(report: dict) -> list[str]:
     return order[:MAX_CLASS_PLOTS]
 
 
-def render_html(report: dict) -> str:
+def _environment():
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("poisonguard.pipelines", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     env.filters["pct"] = percent
     env.filters["num"] = lambda v: f"{v:,}" if isinstance(v, int) else (f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)))
+    return env
+
+
+def render_html(report: dict) -> str:
+    """report.html from a screening report."""
+    env = _environment()
     members = report["decision"]["members"]
     shown = plotted_classes(report)
     figures = [{"name": c, "svg": class_figure(c, report["classes"][c], report["decision"]["classes"].get(c, {}), members),
@@ -239,6 +256,39 @@ def external_references(text: str) -> list[str]:
 def write_html_report(report: dict, path: str) -> int:
     """Render ``report`` to ``path`` atomically; returns the size in bytes."""
     text = render_html(report)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return len(text.encode("utf-8"))
+
+
+def balance_figure(classes: dict) -> str:
+    """Rows per class before and after the attacks (the largest classes, at most MAX_BALANCE_CLASSES)."""
+    plt = _matplotlib()
+    names = sorted(classes, key=lambda c: (-max(classes[c]["before"], classes[c]["after"]), c))[:MAX_BALANCE_CLASSES]
+    fig, ax = plt.subplots(figsize=(min(1.0 + 0.45 * len(names), 12), 2.6))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [classes[c]["before"] for c in names], width=0.4, color="#8c8c8c", label="before")
+    ax.bar([x + 0.2 for x in xs], [classes[c]["after"] for c in names], width=0.4, color="#c44e52", label="after")
+    ax.set_xticks(list(xs), [str(c)[:14] for c in names], rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
+    ax.set_ylabel("rows")
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def render_manifest_html(manifest: dict) -> str:
+    """manifest.html from a simulate manifest: the attacks, the rows each touched, the class balance before and after."""
+    classes = manifest.get("classes") or {}
+    return _environment().get_template("manifest.html.j2").render(
+        m=manifest, counts=manifest["counts"], classes=classes, balance=balance_figure(classes) if classes else None,
+        max_balance=MAX_BALANCE_CLASSES)
+
+
+def write_manifest_html(manifest: dict, path: str) -> int:
+    """Render ``manifest`` to ``path`` atomically; returns the size in bytes."""
+    text = render_manifest_html(manifest)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)

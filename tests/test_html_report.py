@@ -114,3 +114,22 @@ def test_report_html_is_written_beside_report_json(screened):
     size = os.path.getsize(screened.path("report.html"))
     assert 20_000 < size < 1_000_000
     assert set(os.listdir(screened.out)) >= {"report.json", "report.html", "expectations.json", "cleaned", "quarantine", "invalid"}
+
+
+def test_manifest_html_shows_attacks_and_class_balance(screened):
+    """simulate writes manifest.html beside manifest.json: the attacks, the rows each touched, the balance before and after."""
+    sim = os.path.join(os.path.dirname(screened.out), "sim")
+    manifest = json.load(open(os.path.join(sim, "manifest.json")))
+    assert manifest["classes"] == {
+        c: {"before": manifest["classes"][c]["before"], "after": manifest["classes"][c]["after"]} for c in ("bad", "good")}
+    balance = manifest["classes"]
+    assert sum(b["before"] for b in balance.values()) == sum(b["after"] for b in balance.values()) == manifest["counts"]["rows_out"]
+    assert balance["bad"]["after"] > balance["bad"]["before"]  # the backdoor relabels 60 rows as 'bad'
+    text = open(os.path.join(sim, "manifest.html"), encoding="utf-8").read()
+    assert external_references(text) == []
+    assert '<figure id="balance"><svg' in text
+    for attack in manifest["attacks"]:
+        assert f'<td class="mono">{attack["name"]}</td>' in text
+        assert f'<td class="n">{attack["touched"]:,}</td>' in text
+    for name, b in balance.items():
+        assert f"<tr><td>{name}</td><td class=\"n\">{b['before']:,}</td><td class=\"n\">{b['after']:,}</td>" in text
