@@ -53,7 +53,13 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
     _matplotlib().close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)  # RDF boilerplate
+    return re.sub(r"\s*\n\s*", "\n", text)  # matplotlib's indentation
+
+
+def _plain_text(text: str) -> str:
+    """Text that matplotlib draws as written (a '$' would otherwise start mathtext)."""
+    return str(text).replace("$", r"\$")
 
 
 def _bins(hist: dict):
@@ -75,6 +81,7 @@ def _draw_hist(ax, hist: dict, color: str):
         ax.stairs([max(v, 0.7) for v in values], edges, fill=True, baseline=0.7, color=color, linewidth=0)
         ax.set_yscale("log")
         ax.set_ylim(0.7, max(counts) * 1.5)
+        ax.minorticks_off()  # a log axis's minor ticks are most of an SVG's size
     extra = []
     if hist.get("below"):
         extra.append(f"{hist['below']} below {hist['range'][0]:g}")
@@ -126,7 +133,7 @@ def class_figure(name: str, summary: dict, decision: dict, members: list[str]) -
         if span is not None and line is not None:
             ax.set_xlim(min(span[0], line) - 0.05 * (span[1] - span[0] + 1e-9), max(span[1], line) * 1.05 + 1e-9)
         ax.set_ylabel("rows" if ax is axes[0][0] else "")
-    fig.suptitle(f"class {name}", fontsize=9, x=0.01, ha="left")
+    fig.suptitle(f"class {_plain_text(name)}", fontsize=9, x=0.01, ha="left")
     return _svg(fig)
 
 
@@ -271,7 +278,7 @@ def balance_figure(classes: dict) -> str:
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [classes[c]["before"] for c in names], width=0.4, color="#8c8c8c", label="before")
     ax.bar([x + 0.2 for x in xs], [classes[c]["after"] for c in names], width=0.4, color="#c44e52", label="after")
-    ax.set_xticks(list(xs), [str(c)[:14] for c in names], rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
+    ax.set_xticks(list(xs), [_plain_text(str(c)[:14]) for c in names], rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center")
     ax.set_ylabel("rows")
     ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

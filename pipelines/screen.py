@@ -43,7 +43,7 @@ from .summary import ScreenSummary
 from .transforms import (
     MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
 )
-from .validation import ON_FAILED, FrameStatistics, SuiteRunner, Validation, apply_to_screened, contract_frame, validation_section
+from .validation import ON_FAILED, VALIDATION_BLOCK_ROWS, FrameStatistics, SuiteRunner, Validation, apply_to_screened, contract_frame, validation_section
 
 log = logging.getLogger("poisonguard")
 
@@ -186,7 +186,8 @@ class _ScreenAndWrite(beam.DoFn):
     """Read, validate, screen and write the chunks of a work unit.
 
     With a validation stage, Great Expectations' context is built once per worker
-    (``setup``) and every chunk is validated before its rows are split.
+    (``setup``) and every chunk is validated before its rows are split, consecutive chunks
+    of a unit together up to ``VALIDATION_BLOCK_ROWS`` rows.
     """
 
     def __init__(self, contract, batch_rows, model, detector, staging, validation: Validation | None):
@@ -201,11 +202,23 @@ class _ScreenAndWrite(beam.DoFn):
     def process(self, shard):
         contract, batch_rows, model, detector, staging = self._args
         self.setup()  # runners that skip setup still validate
+        if self._runner is None:
+            for chunk in read_and_validate(shard, contract, batch_rows):
+                yield write_screened(screen_chunk(chunk, model, detector, contract), staging)
+            return
+        block, rows = [], 0  # consecutive chunks of this unit, validated in one run (all emitted from here)
         for chunk in read_and_validate(shard, contract, batch_rows):
-            screened = screen_chunk(chunk, model, detector, contract)
-            if self._runner is not None:
-                checked = self._runner.check(chunk.valid, chunk.invalid, (chunk.shard_index, chunk.number))
-                screened = apply_to_screened(screened, checked, self._validation.on_failed)
+            block.append(chunk)
+            rows += chunk.valid.num_rows + chunk.invalid.num_rows
+            if rows >= VALIDATION_BLOCK_ROWS:
+                yield from self._screen_block(block)
+                block, rows = [], 0
+        yield from self._screen_block(block)
+
+    def _screen_block(self, chunks):
+        contract, _, model, detector, staging = self._args
+        for chunk, checked in zip(chunks, self._runner.check_block(chunks)):
+            screened = apply_to_screened(screen_chunk(chunk, model, detector, contract), checked, self._validation.on_failed)
             yield write_screened(screened, staging)
 
 

@@ -57,6 +57,10 @@ ON_FAILED = ("quarantine", "breach", "report")
 #: Column added to every output: the row-level expectations a row failed, ``; ``-separated (null: none).
 FAILED_EXPECTATIONS = "failed_expectations"
 
+#: Rows validated in one Great Expectations run: consecutive chunks of a work unit are validated
+#: together up to this many rows (its cost is mostly fixed per run and expectation).
+VALIDATION_BLOCK_ROWS = 262_144
+
 #: Values of failing rows kept per expectation in the merged result (the smallest row ids).
 PARTIAL_ROWS = 20
 
@@ -480,8 +484,30 @@ class SuiteRunner:
 
     def check(self, valid: pa.Table, invalid: pa.Table, order: tuple) -> ChunkValidation:
         """Validate one chunk: failing rows (positions in valid, then invalid) and the chunk's combinable result."""
+        return self.check_frame(contract_frame(valid, invalid, self.contract), order)
+
+    def check_block(self, chunks) -> list[ChunkValidation]:
+        """Validate several chunks in one Great Expectations run; one result per chunk.
+
+        Great Expectations' cost is mostly a fixed cost per expectation and run, so a block
+        of chunks costs little more than one chunk. The block's combinable result goes with
+        its first chunk (the others carry empty ones): the merged totals are the same as
+        chunk by chunk.
+        """
+        if not chunks:
+            return []
+        frames = [contract_frame(c.valid, c.invalid, self.contract) for c in chunks]
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        block = self.check_frame(frame, (chunks[0].shard_index, chunks[0].number))
+        out, start = [], 0
+        for i, f in enumerate(frames):
+            failed = block.failed[start:start + len(f)]
+            start += len(f)
+            out.append(ChunkValidation(failed, block.accumulator if i == 0 else ValidationAccumulator()))
+        return out
+
+    def check_frame(self, frame: pd.DataFrame, order: tuple) -> ChunkValidation:
         self.start()
-        frame = contract_frame(valid, invalid, self.contract)
         names = self.validation.names()
         numeric, unique = self.validation.stats_columns(self.contract)
         stats = FrameStatistics().add(frame, numeric, self.contract.label_column, unique)
@@ -722,7 +748,7 @@ def apply_to_screened(screened, checked: ChunkValidation, on_failed: str):
         quarantine = quarantine.set_column(quarantine.schema.get_field_index(REASON), REASON, pa.array(new, pa.string()))
     invalid = screened.invalid.append_column(FAILED_EXPECTATIONS, failed_column(failed_invalid))
     acc = checked.accumulator
-    acc.failed_rows = sum(1 for names in checked.failed if names)
+    acc.failed_rows += sum(1 for names in checked.failed if names)
     if on_failed == "quarantine":
         move = np.array([bool(names) for names in in_cleaned], dtype=bool)
         if move.any():
@@ -731,9 +757,11 @@ def apply_to_screened(screened, checked: ChunkValidation, on_failed: str):
             out = out.set_column(out.schema.get_field_index(REASON), REASON, reasons)
             cleaned = cleaned.filter(pa.array(~move))
             quarantine = pa.concat_tables([quarantine, out])
-            acc.quarantined = int(move.sum())
+            moved = int(move.sum())
+            acc.quarantined += moved
     summary = screened.summary
-    summary.cleaned -= acc.quarantined
-    summary.quarantine += acc.quarantined
+    moved = screened.cleaned.num_rows - cleaned.num_rows
+    summary.cleaned -= moved
+    summary.quarantine += moved
     summary.validation = acc
     return replace(screened, cleaned=cleaned, quarantine=quarantine, invalid=invalid, summary=summary)

@@ -103,7 +103,11 @@ def test_report_html_is_bounded_for_many_classes(screened):
     decision = report["decision"]["classes"]["bad"]
     report["classes"] = {f"c{i:04d}": copy.deepcopy(one) for i in range(1000)}
     report["decision"]["classes"] = {f"c{i:04d}": copy.deepcopy(decision) for i in range(1000)}
+    odd = "c$1 <b>x</b>"  # a class name is text: no mathtext in the plot, no markup in the page
+    report["classes"][odd] = report["classes"].pop("c0999")
+    report["decision"]["classes"][odd] = report["decision"]["classes"].pop("c0999")
     text = render_html(report)
+    assert "<b>x</b>" not in text and "c$1 &lt;b&gt;x&lt;/b&gt;" in text
     assert text.count('<figure class="class-plot"') == MAX_CLASS_PLOTS
     assert "976 more classes" in text
     assert len(text.encode()) < 3_000_000

@@ -11,6 +11,7 @@ import pytest
 from poisonguard.pipelines import RunnerConfig, ScreenConfig, read_output, run_screen
 from poisonguard.pipelines.cli import main
 from poisonguard.pipelines.report import percent
+from poisonguard.pipelines import screen as screen_module
 from poisonguard.pipelines.screen import Policy
 from poisonguard.pipelines.validation import ColumnStatistics
 
@@ -143,7 +144,9 @@ def _gx_alone(frame, suite):
     return [by_id[e.id] for e in gx_suite.expectations]
 
 
-def test_user_suite_gives_the_results_of_great_expectations_alone(tmp_path):
+def test_user_suite_gives_the_results_of_great_expectations_alone(tmp_path, monkeypatch):
+    """Validated chunk by chunk (4 chunks, one Great Expectations run each) and merged, as GX gives on all rows at once."""
+    monkeypatch.setattr(screen_module, "VALIDATION_BLOCK_ROWS", 1)
     frame = _table(3, 2500)
     frame.to_parquet(tmp_path / "batch.parquet", index=False)
     (tmp_path / "suite.json").write_text(json.dumps(USER_SUITE))
@@ -219,8 +222,10 @@ def test_validation_names_failing_rows_and_dataset_failures(dirty_baseline):
         assert "expect_column_values_to_be_between(amount)" in quarantine.loc[row]["failed_expectations"]
 
 
-@pytest.mark.parametrize("batch_rows", [97, 1000])
-def test_validation_results_do_not_depend_on_batch_size(dirty, reference, dirty_baseline, tmp_path, batch_rows):
+@pytest.mark.parametrize("batch_rows, block_rows", [(97, 1), (1000, 2500), (700, 10**6)])
+def test_validation_results_do_not_depend_on_batch_size(dirty, reference, dirty_baseline, tmp_path, monkeypatch, batch_rows, block_rows):
+    """Chunks of any size, validated one by one (block_rows 1), a few at a time, or a whole unit at once."""
+    monkeypatch.setattr(screen_module, "VALIDATION_BLOCK_ROWS", block_rows)
     result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=batch_rows)
     assert _validation_json(result.report) == _validation_json(dirty_baseline[0].report)
     assert result.report["counts"] == dirty_baseline[0].report["counts"]
