@@ -231,7 +231,7 @@ class FrameStatistics:
         for name in unique:
             values = frame[name]
             values = values[values.notna()]
-            self.unique.setdefault(name, []).append(pa.array([_plain(v) for v in values]) if len(values) else pa.array([], pa.null()))
+            self.unique.setdefault(name, []).append(pa.array(values.to_list()) if len(values) else pa.array([], pa.null()))
         return self
 
     def merge(self, other: FrameStatistics) -> FrameStatistics:
@@ -504,6 +504,7 @@ class SuiteRunner:
             failed = block.failed[start:start + len(f)]
             start += len(f)
             out.append(ChunkValidation(failed, block.accumulator if i == 0 else ValidationAccumulator()))
+        assert start == len(block.failed)
         return out
 
     def check_frame(self, frame: pd.DataFrame, order: tuple) -> ChunkValidation:
@@ -512,7 +513,7 @@ class SuiteRunner:
         numeric, unique = self.validation.stats_columns(self.contract)
         stats = FrameStatistics().add(frame, numeric, self.contract.label_column, unique)
         acc = ValidationAccumulator(stats=stats)
-        failed = [[] for _ in range(len(frame))]
+        failed = {}  # frame position -> names of the row-level expectations it failed
         if self._suite is not None and len(frame):
             result = self._batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
                 self._suite, result_format={"result_format": "COMPLETE"})
@@ -527,14 +528,17 @@ class SuiteRunner:
                 if self.validation.scopes[i] == "row" or "unexpected_count" in res:
                     positions = [int(p) for p in res.get("unexpected_index_list") or []]
                     for p in positions:
-                        failed[p].append(names[i])
+                        failed.setdefault(p, []).append(names[i])
                     values = res.get("unexpected_list") or []
                     partial = sorted(((str(row_ids[p]), _plain(v)) for p, v in zip(positions, values)), key=lambda t: t[0])
                     acc.rows[i] = RowCounts(int(res.get("element_count", len(frame))), int(res.get("missing_count", 0) or 0),
                                             int(res.get("unexpected_count", 0)), "missing_count" in res, partial[:PARTIAL_ROWS])
                 else:
                     acc.schema[i] = (order, bool(r.success), _jsonable(res))
-        return ChunkValidation(failed, acc)
+        texts = np.full(len(frame), None, dtype=object)
+        for p, failed_names in failed.items():
+            texts[p] = "; ".join(failed_names)
+        return ChunkValidation(texts, acc)
 
 
 @dataclass
@@ -581,7 +585,7 @@ class ValidationAccumulator:
 
 @dataclass
 class ChunkValidation:
-    failed: list         # per frame row: names of the row-level expectations it failed
+    failed: np.ndarray   # per frame row: the row-level expectations it failed, '; '-joined, or None
     accumulator: ValidationAccumulator
 
 
@@ -720,8 +724,8 @@ def validation_section(validation: Validation, acc: ValidationAccumulator | None
 
 
 # -- acting on the failures ---------------------------------------------------------------------
-def failed_column(failed: list) -> pa.Array:
-    return pa.array([("; ".join(names) if names else None) for names in failed], pa.string())
+def failed_column(failed: np.ndarray) -> pa.Array:
+    return pa.array(failed, pa.string())
 
 
 def apply_to_screened(screened, checked: ChunkValidation, on_failed: str):
@@ -736,29 +740,28 @@ def apply_to_screened(screened, checked: ChunkValidation, on_failed: str):
 
     n_valid = len(screened.flagged)
     failed_valid, failed_invalid = checked.failed[:n_valid], checked.failed[n_valid:]
-    flagged = screened.flagged
-    in_cleaned = [names for names, f in zip(failed_valid, flagged) if not f]
-    in_quarantine = [names for names, f in zip(failed_valid, flagged) if f]
+    flagged = np.asarray(screened.flagged, dtype=bool)
+    in_cleaned, in_quarantine = failed_valid[~flagged], failed_valid[flagged]
     cleaned = screened.cleaned.append_column(FAILED_EXPECTATIONS, failed_column(in_cleaned))
     quarantine = screened.quarantine.append_column(FAILED_EXPECTATIONS, failed_column(in_quarantine))
-    if any(in_quarantine):  # flagged rows that also failed expectations: the reason says both
+    both = np.not_equal(in_quarantine, None)
+    if both.any():  # flagged rows that also failed expectations: the reason says both
         old = quarantine.column(REASON).to_pylist()
-        new = [r if not names else f"{r}; failed expectations: {'; '.join(names)}" if r else f"failed expectations: {'; '.join(names)}"
+        new = [r if names is None else f"{r}; failed expectations: {names}" if r else f"failed expectations: {names}"
                for r, names in zip(old, in_quarantine)]
         quarantine = quarantine.set_column(quarantine.schema.get_field_index(REASON), REASON, pa.array(new, pa.string()))
     invalid = screened.invalid.append_column(FAILED_EXPECTATIONS, failed_column(failed_invalid))
     acc = checked.accumulator
-    acc.failed_rows += sum(1 for names in checked.failed if names)
+    acc.failed_rows += int(np.not_equal(checked.failed, None).sum())
     if on_failed == "quarantine":
-        move = np.array([bool(names) for names in in_cleaned], dtype=bool)
+        move = np.not_equal(in_cleaned, None)
         if move.any():
             out = cleaned.filter(pa.array(move))
-            reasons = pa.array([f"failed expectations: {'; '.join(names)}" for names in in_cleaned if names], pa.string())
+            reasons = pa.array([f"failed expectations: {names}" for names in in_cleaned[move]], pa.string())
             out = out.set_column(out.schema.get_field_index(REASON), REASON, reasons)
             cleaned = cleaned.filter(pa.array(~move))
             quarantine = pa.concat_tables([quarantine, out])
-            moved = int(move.sum())
-            acc.quarantined += moved
+            acc.quarantined += int(move.sum())
     summary = screened.summary
     moved = screened.cleaned.num_rows - cleaned.num_rows
     summary.cleaned -= moved
