@@ -339,11 +339,12 @@ def contract_suite(contract: Contract, reference: FrameStatistics | None = None)
                                **({"mostly": _round_down(1.0 - null_rate)} if null_rate > 0 else {})))
         margin = REFERENCE_RANGE_MARGIN * (stats.maximum - stats.minimum)
         ex.append(_expectation("expect_column_values_to_be_between", column=name,
-                               min_value=_sig(stats.minimum - margin), max_value=_sig(stats.maximum + margin)))
+                               min_value=_bound(stats.minimum - margin, False), max_value=_bound(stats.maximum + margin, True)))
         if stats.count >= 2:
             sd = stats.stdev or 0.0
             ex.append(_expectation("expect_column_mean_to_be_between", column=name,
-                                   min_value=_sig(stats.mean - REFERENCE_MEAN_SDS * sd), max_value=_sig(stats.mean + REFERENCE_MEAN_SDS * sd)))
+                                   min_value=_bound(stats.mean - REFERENCE_MEAN_SDS * sd, False),
+                                   max_value=_bound(stats.mean + REFERENCE_MEAN_SDS * sd, True)))
     source = "data contract and trusted reference rows" if reference is not None else "data contract"
     return {"name": "poisonguard_contract", "expectations": ex,
             "meta": {"poisonguard": {"built_from": source, "reference_rows": reference.rows if reference is not None else None}},
@@ -355,6 +356,15 @@ def _sig(x: float, digits: int = 6) -> float:
     if x == 0 or not math.isfinite(x):
         return float(x)
     return float(f"{x:.{digits}g}")
+
+
+def _bound(x: float, up: bool, digits: int = 6) -> float:
+    """``x`` to ``digits`` significant digits, rounded outwards (up for an upper bound), so a bound never excludes ``x``."""
+    r = _sig(x, digits)
+    if math.isfinite(x) and x != 0 and (r < x if up else r > x):
+        step = 10.0 ** (math.floor(math.log10(abs(x))) - digits + 1)
+        r = _sig(r + step if up else r - step, digits)
+    return r
 
 
 def _round_down(x: float, digits: int = 6) -> float:

@@ -13,7 +13,7 @@ from poisonguard.pipelines.cli import main
 from poisonguard.pipelines.report import percent
 from poisonguard.pipelines import screen as screen_module
 from poisonguard.pipelines.screen import Policy
-from poisonguard.pipelines.validation import ColumnStatistics
+from poisonguard.pipelines.validation import ColumnStatistics, _bound
 
 
 def _table(seed, n, *, labels=("cat", "dog", "eel")):
@@ -288,3 +288,18 @@ def test_exact_sums_do_not_depend_on_chunking():
                                             (0.5, "50%"), (0.12345, "12.35%"), (0.999999, "99.99%")])
 def test_percent_is_never_zero_for_a_nonzero_share(fraction, text):
     assert percent(fraction) == text
+
+
+def test_written_suite_applied_back_gives_the_same_results(dirty, dirty_baseline, tmp_path):
+    """expectations.json is a suite a user can keep and pass back: the same expectations, the same results."""
+    result, out = dirty_baseline
+    again = _screen([dirty], tmp_path, expectations=str(out / "expectations.json"))
+    assert again.report["validation"]["source"] == f"file {out / 'expectations.json'}"
+    assert json.dumps(again.report["validation"]["great_expectations"]["results"], sort_keys=True) == \
+        json.dumps(result.report["validation"]["great_expectations"]["results"], sort_keys=True)
+
+
+@pytest.mark.parametrize("x", [0.123456789, -0.123456789, 5.0, 1e-300, 123456789.0, -7.77777777])
+def test_rounded_bounds_never_exclude_the_value(x):
+    assert _bound(x, up=False) <= x <= _bound(x, up=True)
+    assert abs(_bound(x, up=True) - x) <= 1e-5 * abs(x)
