@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
                    help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
     _add_input_options(s)
+    v = s.add_argument_group("validation (Great Expectations)")
+    v.add_argument("--expectations", metavar="SUITE.json",
+                   help="a Great Expectations suite (its own JSON) to validate the rows against, applied as written "
+                        "(default: a suite built from the data contract, and from the --reference rows' ranges, null "
+                        "rates, means and classes; written to DIR/expectations.json)")
+    v.add_argument("--on-failed-expectation", choices=("quarantine", "breach", "report"), default="quarantine",
+                   help="quarantine (default): valid rows failing a row-level expectation go to quarantine/, a failed "
+                        "dataset-level expectation breaches the batch; breach: any failed expectation breaches the "
+                        "batch; report: only recorded")
+    v.add_argument("--no-validation", action="store_true", help="skip the validation stage")
     _add_runner_options(s)
 
     d = sub.add_parser("demo", help="plant a backdoor in bundled real data, screen it, print what was caught",
@@ -343,18 +353,35 @@ def _run(args, beam_args) -> int:
         alpha=args.alpha,
         reference=tuple(args.reference),
         target_fpr=args.target_fpr,
-        policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction),
+        policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction, args.on_failed_expectation),
+        expectations=args.expectations,
+        validate=not args.no_validation,
         batch_rows=args.batch_rows,
         runner=_runner_config(args, beam_args),
         na_values=args.na_values,
         allow_duplicate_ids=args.allow_duplicate_ids,
     )
     result = run_screen(config)
-    counts, policy = result.report["counts"], result.report["policy"]
-    verdict = "BREACHED: " + "; ".join(policy["reasons"]) if policy["breached"] else "accepted"
-    print(f"{counts['rows_in']} rows: {counts['cleaned']} cleaned, {counts['quarantine']} quarantined, "
-          f"{counts['invalid']} invalid -> {args.out} ({verdict})")
+    print(verdict_line(result.report, result.path("report.html")))
     return EXIT_BREACHED if result.breached else EXIT_OK
+
+
+def verdict_line(report: dict, html: str) -> str:
+    """One line for a person: the verdict, rows in and out, who flagged what, failed expectations, where the report is."""
+    counts, policy = report["counts"], report["policy"]
+    head = "BREACHED" if policy["breached"] else "accepted"
+    parts = [f"{counts['rows_in']:,} rows in: {counts['cleaned']:,} cleaned, {counts['quarantine']:,} quarantined, "
+             f"{counts['invalid']:,} invalid"]
+    flagged_by = report.get("flagged_by") or {}
+    if flagged_by:
+        parts.append("flagged by " + ", ".join(f"{name} {n:,}" for name, n in flagged_by.items()))
+    validation = report.get("validation")
+    if validation is not None:
+        failed = validation["failed"]
+        parts.append(f"{len(failed)} of {validation['evaluated']} expectations failed" +
+                     (f" ({', '.join(failed[:2])}{', ...' if len(failed) > 2 else ''})" if failed else ""))
+    why = f" ({'; '.join(policy['reasons'])})" if policy["reasons"] else ""
+    return f"{head}{why}: " + "; ".join(parts) + f"; report: {html}"
 
 
 if __name__ == "__main__":

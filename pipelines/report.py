@@ -38,6 +38,46 @@ def inputs_section(paths, files, contract) -> dict:
     }
 
 
+def rounded(value, digits: int = 6):
+    """``value`` with every float rounded to ``digits`` significant digits (0.7000000000000028 -> 0.7)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return 0.0 if value == 0 else float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage a person can read: never ``0.00%`` for a non-zero share.
+
+    Two significant digits below 1%, two decimals above; exact 0 and 1 read ``0%`` and ``100%``.
+    """
+    if fraction is None:
+        return "n/a"
+    value = 100.0 * fraction
+    if value == 0:
+        return "0%"
+    if value == 100:
+        return "100%"
+    if abs(value) >= 1:
+        text = f"{value:.2f}".rstrip("0").rstrip(".")
+        if text == "100":  # 99.999...%: not all of it
+            text = "99.99"
+        return f"{text}%"
+    return f"{value:.2g}%" if abs(value) >= 1e-4 else f"{value:.1e}%"
+
+
+def write_json(value, path: str) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(_clean(value), fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
 def library_versions() -> dict:
     """Versions of Python, poisonguard and the libraries that decide its results."""
     import platform
@@ -51,6 +91,12 @@ def library_versions() -> dict:
 
     from .. import __version__
 
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # without importing it: that costs seconds
+        gx = version("great_expectations")
+    except PackageNotFoundError:  # pragma: no cover - a dependency
+        gx = "not installed"
     return {
         "python": platform.python_version(),
         "poisonguard": __version__,
@@ -60,6 +106,7 @@ def library_versions() -> dict:
         "numpy": numpy.__version__,
         "scikit_learn": sklearn.__version__,
         "numba": numba.__version__,
+        "great_expectations": gx,
     }
 
 

@@ -8,7 +8,9 @@ Output layout under ``out``::
     cleaned/      Parquet parts: valid rows that were not flagged, with their scores
     quarantine/   Parquet parts: flagged rows, with scores and the reason
     invalid/      Parquet parts: rows that failed parsing or validation, values as text
-    report.json   counts, per-class summaries, detector parameters, policy verdict, timings
+    report.json   counts, per-class summaries, detector parameters, validation, policy verdict, timings
+    report.html   the same report as one self-contained page (works offline)
+    expectations.json  the Great Expectations suite the rows were validated against
 
 Everything is first written to a staging directory inside ``out`` and published only
 when the whole job succeeded, with one atomic rename (:mod:`.outdir`: the versioned
@@ -32,8 +34,9 @@ from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
 from .ids import check_duplicate_ids, duplicate_ids_pass
+from .html_report import write_html_report
 from .io import discover_shards, part_name, split_units, write_part
-from .report import inputs_section, library_versions, write_report
+from .report import inputs_section, library_versions, percent, rounded, write_json, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
 from .outdir import OutputDir
@@ -42,6 +45,7 @@ from .summary import ScreenSummary
 from .transforms import (
     MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
 )
+from .validation import ON_FAILED, VALIDATION_BLOCK_ROWS, FrameStatistics, SuiteRunner, Validation, apply_to_screened, contract_frame, validation_section
 
 log = logging.getLogger("poisonguard")
 
@@ -61,24 +65,37 @@ class Policy:
 
     max_flagged_fraction: float = 0.0
     max_invalid_fraction: float = 1.0
+    #: what a failed expectation does (see pipelines.validation.ON_FAILED)
+    on_failed_expectation: str = "quarantine"
 
     def __post_init__(self):
         for name in ("max_flagged_fraction", "max_invalid_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected a fraction in [0, 1], got {value}")
+        if self.on_failed_expectation not in ON_FAILED:
+            raise ConfigError(f"--on-failed-expectation: expected one of {', '.join(ON_FAILED)}, got {self.on_failed_expectation!r}")
 
-    def verdict(self, summary: ScreenSummary) -> dict:
+    def verdict(self, summary: ScreenSummary, validation: dict | None = None) -> dict:
         n = max(summary.rows_in, 1)
         flagged, invalid = summary.quarantine / n, summary.invalid / n
         reasons = []
         if flagged > self.max_flagged_fraction:
-            reasons.append(f"{summary.quarantine} flagged rows ({flagged:.2%}) exceed the allowed {self.max_flagged_fraction:.2%}")
+            reasons.append(f"{summary.quarantine:,} quarantined row{'s' if summary.quarantine != 1 else ''} ({percent(flagged)}) "
+                           f"exceed{'s' if summary.quarantine == 1 else ''} the allowed {percent(self.max_flagged_fraction)}")
         if invalid > self.max_invalid_fraction:
-            reasons.append(f"{summary.invalid} invalid rows ({invalid:.2%}) exceed the allowed {self.max_invalid_fraction:.2%}")
+            reasons.append(f"{summary.invalid:,} invalid row{'s' if summary.invalid != 1 else ''} ({percent(invalid)}) "
+                           f"exceed{'s' if summary.invalid == 1 else ''} the allowed {percent(self.max_invalid_fraction)}")
+        if validation is not None:
+            failing = (validation["failed"] if self.on_failed_expectation == "breach" else
+                       validation["failed_dataset_level"] if self.on_failed_expectation == "quarantine" else [])
+            if failing:
+                shown = ", ".join(failing[:3]) + (f" and {len(failing) - 3} more" if len(failing) > 3 else "")
+                reasons.append(f"{len(failing)} failed expectation{'s' if len(failing) > 1 else ''}: {shown}")
         return {
             "max_flagged_fraction": self.max_flagged_fraction,
             "max_invalid_fraction": self.max_invalid_fraction,
+            "on_failed_expectation": self.on_failed_expectation,
             "flagged_fraction": flagged,
             "invalid_fraction": invalid,
             "breached": bool(reasons),
@@ -102,6 +119,8 @@ class ScreenConfig:
     reference: tuple[str, ...] = ()
     target_fpr: float | None = None
     policy: Policy = field(default_factory=Policy)
+    expectations: str | None = None  # a Great Expectations suite JSON file; default: the contract suite
+    validate: bool = True            # False: no validation stage (no Great Expectations)
     batch_rows: int = DEFAULT_BATCH_ROWS
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
@@ -173,9 +192,50 @@ def _read_reference(shard, contract, batch_rows, model):
         yield reference_summary(chunk, model, contract)
 
 
-def _read_screen_write(shard, contract, batch_rows, model, detector, staging):
+def _read_reference_statistics(shard, contract, batch_rows):
     for chunk in read_and_validate(shard, contract, batch_rows):
-        yield write_screened(screen_chunk(chunk, model, detector, contract), staging)
+        frame = contract_frame(chunk.valid, chunk.invalid, contract)
+        yield FrameStatistics().add(frame, contract.feature_columns, contract.label_column)
+
+
+class _ScreenAndWrite(beam.DoFn):
+    """Read, validate, screen and write the chunks of a work unit.
+
+    With a validation stage, Great Expectations' context is built once per worker
+    (``setup``) and every chunk is validated before its rows are split, consecutive chunks
+    of a unit together up to ``VALIDATION_BLOCK_ROWS`` rows.
+    """
+
+    def __init__(self, contract, batch_rows, model, detector, staging, validation: Validation | None):
+        self._args = (contract, batch_rows, model, detector, staging)
+        self._validation = validation
+        self._runner = None
+
+    def setup(self):
+        if self._validation is not None and self._runner is None:
+            self._runner = SuiteRunner(self._validation, self._args[0]).start()
+
+    def process(self, shard):
+        contract, batch_rows, model, detector, staging = self._args
+        self.setup()  # runners that skip setup still validate
+        if self._runner is None:
+            for chunk in read_and_validate(shard, contract, batch_rows):
+                yield write_screened(screen_chunk(chunk, model, detector, contract), staging)
+            return
+        block, rows = [], 0  # consecutive chunks of this unit, validated in one run (all emitted from here)
+        for chunk in read_and_validate(shard, contract, batch_rows):
+            block.append(chunk)
+            rows += chunk.valid.num_rows + chunk.invalid.num_rows
+            if rows >= VALIDATION_BLOCK_ROWS:
+                yield from self._screen_block(block)
+                block, rows = [], 0
+        yield from self._screen_block(block)
+
+    def _screen_block(self, chunks):
+        contract, _, model, detector, staging = self._args
+        for chunk, checked in zip(chunks, self._runner.check_block(chunks)):
+            screened = apply_to_screened(screen_chunk(chunk, model, detector, contract), checked, self._validation.on_failed)
+            yield write_screened(screened, staging)
 
 
 def write_screened(chunk: ScreenedChunk, staging: str) -> ScreenSummary:
@@ -232,12 +292,26 @@ def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract,
     return calibrate(model, reference, target_fpr), reference
 
 
-def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, contract: Contract, batch_rows: int, staging: str) -> ScreenSummary:
+def reference_statistics_pass(session: RunnerSession, ref_units, contract: Contract, batch_rows: int, staging: str) -> FrameStatistics:
+    """Combinable facts of the trusted rows (ranges, null rates, means, classes) for the contract suite."""
+    path = os.path.join(staging, "_reference_statistics.pkl")
+    session.run(lambda p: (
+        p
+        | "Units" >> beam.Create(ref_units, reshuffle=False)
+        | "Statistics" >> beam.FlatMap(_read_reference_statistics, contract, batch_rows)
+        | "Merge" >> beam.CombineGlobally(MergeAll())
+        | "Save" >> beam.Map(save_result, path)
+    ))
+    return load_result(path, "reference statistics") or FrameStatistics()
+
+
+def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, contract: Contract, batch_rows: int, staging: str,
+                validation: Validation | None = None) -> ScreenSummary:
     path = os.path.join(staging, "_summary.pkl")
     session.run(lambda p: (
         p
         | "Units" >> beam.Create(units, reshuffle=False)
-        | "ScreenAndWrite" >> beam.FlatMap(_read_screen_write, contract, batch_rows, model, detector, staging)
+        | "ScreenAndWrite" >> beam.ParDo(_ScreenAndWrite(contract, batch_rows, model, detector, staging, validation))
         | "Summarise" >> beam.CombineGlobally(MergeAll())
         | "Save" >> beam.Map(save_result, path)
     ))
@@ -262,6 +336,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
         ref_files = discover_shards(list(config.reference), na_values=config.na_values)
         ref_contract = _reference_contract(contract, ref_files)
         ref_units = split_units(ref_files)
+    validation = _validation(config, contract)
     units = split_units(files)
     total_bytes = sum(os.path.getsize(f.path) for f in files)
     log.info("screening %d file(s) in %d work unit(s), %.1f MB: label '%s', %d feature column(s), detector(s) %s, runner %s x%d",
@@ -269,7 +344,8 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
              ", ".join(config.detector_names()), config.runner.runner, config.runner.workers)
     timings = {"inspect_s": time.perf_counter() - t0}
 
-    with OutputDir(config.out, "screen", (*OUTPUTS, "report.json"), inputs=(*config.inputs, *config.reference),
+    outputs = (*OUTPUTS, *((SUITE_FILE,) if validation is not None else ()), "report.html", "report.json")
+    with OutputDir(config.out, "screen", outputs, inputs=(*config.inputs, *config.reference),
                    files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
@@ -283,21 +359,57 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                 t = time.perf_counter()
                 model, reference = calibrate_pass(session, model, ref_units, ref_contract, config.batch_rows, config.target_fpr, staging)
                 timings["calibrate_s"] = time.perf_counter() - t
+            if validation is not None and validation.suite is None:  # the contract suite, with the trusted rows' facts
+                t = time.perf_counter()
+                validation = _contract_validation(config, contract,
+                                                  reference_statistics_pass(session, ref_units, ref_contract, config.batch_rows, staging))
+                timings["reference_statistics_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            summary = screen_pass(session, model, detector, units, contract, config.batch_rows, staging)
+            summary = screen_pass(session, model, detector, units, contract, config.batch_rows, staging, validation)
             timings["screen_s"] = time.perf_counter() - t
         _check_conservation(summary, model, files, staging)
         report = build_report(config, detector, contract, files, summary, model,
-                              {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings)
+                              {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings, validation)
         for output in OUTPUTS:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["inputs"]["duplicate_ids"] = duplicates.to_json()
         report["timings"]["total_s"] = time.perf_counter() - t0
-        write_report(report, os.path.join(staging, "report.json"))
+        if validation is not None:  # the suite as applied: a file to edit and pass back with --expectations
+            write_json(validation.suite, os.path.join(staging, SUITE_FILE))
+        report = write_report(report, os.path.join(staging, "report.json"))
+        write_html_report(report, os.path.join(staging, "report.html"))
         outdir.publish()
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
                  report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
+
+
+SUITE_FILE = "expectations.json"
+
+
+def _validation(config: ScreenConfig, contract: Contract) -> Validation | None:
+    """The validation stage as configured; a contract suite that needs the trusted rows' facts is left to build (suite None)."""
+    on_failed = config.policy.on_failed_expectation
+    if not config.validate:
+        if config.expectations:
+            raise ConfigError("--expectations: cannot be combined with --no-validation")
+        return None
+    if config.expectations:
+        from .validation import check_suite, load_suite
+
+        suite = load_suite(config.expectations)
+        return Validation(suite, tuple(check_suite(suite, contract, config.expectations)), on_failed, f"file {config.expectations}")
+    if config.reference:
+        return Validation(None, (), on_failed, "contract")
+    return _contract_validation(config, contract, None)
+
+
+def _contract_validation(config: ScreenConfig, contract: Contract, reference: FrameStatistics | None) -> Validation:
+    from .validation import check_suite, contract_suite
+
+    suite = contract_suite(contract, reference)
+    source = "data contract and trusted reference rows" if reference is not None else "data contract"
+    return Validation(suite, tuple(check_suite(suite, contract, "contract suite")), config.policy.on_failed_expectation, source)
 
 
 def _reference_contract(contract: Contract, ref_shards) -> Contract:
@@ -331,7 +443,22 @@ def _json_params(detector: BaseDetector) -> dict:
             if k != "detectors"}
 
 
-def _decision(model, mode: str, alpha: float, target_fpr) -> dict:
+def _why(facts: dict, summary, mode: str, alpha: float, target_fpr) -> str:
+    """In words, why a class was or was not cut, from the decision's numbers and the rows flagged."""
+    flagged = summary.flagged if summary is not None else 0
+    rows = summary.rows if summary is not None else 0
+    if facts["cut"] is None:
+        if mode == "auto":
+            return (f"not cut: none of its {rows} rows had a combined p-value small enough for Benjamini-Hochberg "
+                    f"at false-discovery level {alpha:g}")
+        return f"not cut: no cut applies to its {rows} rows"
+    rule = (f"Benjamini-Hochberg at {alpha:g}" if mode == "auto" else "the fixed share of all rows" if mode == "contamination"
+            else f"trusted rows at false-positive rate {target_fpr:g}")
+    return (f"cut at suspicion {facts['cut']:.3g} (combined p <= {facts['cut_p']:.2g}, by {rule}): "
+            f"{flagged} of its {rows} rows flagged")
+
+
+def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary | None = None) -> dict:
     """How the members' scores became one suspicion and one decision, with every class's cut and why."""
     if mode == "auto":
         rule = f"Benjamini-Hochberg per class at false-discovery level {alpha:g}"
@@ -346,14 +473,17 @@ def _decision(model, mode: str, alpha: float, target_fpr) -> dict:
         "rule": rule,
         "alpha": alpha if mode == "auto" else None,
         "target_fpr": target_fpr if mode == "reference" else None,
-        "classes": model.decision_summary(),
+        "classes": {c: {**rounded(facts), "why": _why(facts, (summary.classes.get(c) if summary else None), mode, alpha, target_fpr)}
+                    for c, facts in model.decision_summary().items()},
     }
 
 
-def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings) -> dict:
+def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings,
+                 validation: Validation | None = None) -> dict:
     members = detector.members()
     threshold_mode = ("reference" if reference and config.target_fpr is not None else
                       "auto" if detector.contamination == "auto" else "contamination")
+    checks = validation_section(validation, summary.validation) if validation is not None else None
     report = {
         "job": "screen",
         "poisonguard_version": __version__,
@@ -371,15 +501,18 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
             {
                 "name": member.name,
                 "params": _json_params(member),
-                "classes": {c: {k: v for k, v in facts.items() if k != "threshold"}
+                "classes": {c: rounded({k: v for k, v in facts.items() if k != "threshold"})
                             for c, facts in member_model.summary().items()},
             }
             for member, member_model in zip(members, model.models)
         ],
-        "decision": _decision(model, threshold_mode, config.alpha, config.target_fpr),
+        "decision": _decision(model, threshold_mode, config.alpha, config.target_fpr, summary),
         "classes": {label: cs.to_json() for label, cs in sorted(summary.classes.items())},
+        "flagged_by": {name: summary.flagged_by.get(name, 0) for name in model.names},
+        "top_rows": summary.top_json(),
         "reference": ({"paths": list(config.reference), **reference} if reference else None),
-        "policy": config.policy.verdict(summary),
+        "validation": checks,
+        "policy": config.policy.verdict(summary, checks),
         "detection": summary.detection_json(),
         "runner": config.runner.describe(),
         "batch_rows": config.batch_rows,

@@ -8,7 +8,8 @@ Output layout under ``out``::
                    injected; the input's columns, ``row_id`` and the ground truth
                    (``poisoned``, ``attack``, ``original_label``)
     invalid/       Parquet parts: rows that failed parsing or validation, values as text
-    manifest.json  attacks and parameters, seed, row counts, input fingerprint, timings
+    manifest.json  attacks and parameters, seed, row counts, class balance, input fingerprint, timings
+    manifest.html  the same as one self-contained page
                    (schema: schemas/manifest.schema.json)
 
 Passes, one linear pipeline each, every one ending in a single terminal step that saves a
@@ -54,6 +55,7 @@ from ..simulators import DataProfile, SmallestHashes
 from ..simulators.config import AttackConfig, attacks_from_dict, load_attack_config
 from .ids import check_duplicate_ids, duplicate_ids_pass
 from .io import discover_shards, part_name, split_units, write_part
+from .html_report import write_manifest_html
 from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
@@ -67,6 +69,7 @@ DEFAULT_BATCH_ROWS = 65536
 #: Output directories of the simulation job, and the file whose presence marks a finished run.
 SIMULATE_OUTPUTS = ("data", "invalid")
 MANIFEST = "manifest.json"
+MANIFEST_HTML = "manifest.html"
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,12 @@ class SimulateSummary:
     touched: dict = field(default_factory=dict)
     injected: dict = field(default_factory=dict)
     by_attack: dict = field(default_factory=dict)
+    classes_out: dict = field(default_factory=dict)  # rows per class in data/, after the attacks
 
     def merge(self, other: SimulateSummary) -> SimulateSummary:
         for name in ("rows_in", "valid", "invalid", "rows_out", "poisoned"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("touched", "injected", "by_attack"):
+        for name in ("touched", "injected", "by_attack", "classes_out"):
             mine = getattr(self, name)
             for key, n in getattr(other, name).items():
                 mine[key] = mine.get(key, 0) + n
@@ -172,8 +176,8 @@ def apply_prepared(table: pa.Table, prepared, cutoffs) -> tuple[pa.Table, list]:
     return table, results
 
 
-def simulate_chunk(chunk: Chunk, prepared, cutoffs, schema: pa.Schema) -> SimulatedChunk:
-    """Poison one chunk's valid rows; its invalid rows pass through unchanged."""
+def simulate_chunk(chunk: Chunk, prepared, cutoffs, schema: pa.Schema, label_column: str | None = None) -> SimulatedChunk:
+    """Poison one chunk's valid rows; its invalid rows pass through unchanged (``label_column``: count rows per class out)."""
     summary = SimulateSummary(rows_in=chunk.valid.num_rows + chunk.invalid.num_rows, valid=chunk.valid.num_rows,
                               invalid=chunk.invalid.num_rows)
     if chunk.valid.num_rows:
@@ -187,6 +191,8 @@ def simulate_chunk(chunk: Chunk, prepared, cutoffs, schema: pa.Schema) -> Simula
         summary.poisoned = int(poisoned.sum())
         for item in pc.value_counts(data.column(ATTACK).filter(pa.array(poisoned)).combine_chunks()).to_pylist():
             summary.by_attack[item["values"]] = item["counts"]
+        for item in pc.value_counts(data.column(label_column).combine_chunks()).to_pylist() if label_column else ():
+            summary.classes_out[str(item["values"])] = item["counts"]
     else:
         data = schema.empty_table()
     summary.rows_out = data.num_rows
@@ -221,7 +227,7 @@ def _read_smallest(shard, contract: Contract, batch_rows: int, prepared, cutoffs
 
 def _read_simulate_write(shard, contract: Contract, batch_rows: int, prepared, cutoffs, schema: pa.Schema, staging: str):
     for chunk in read_and_validate(shard, contract, batch_rows):
-        yield write_simulated(simulate_chunk(chunk, prepared, cutoffs, schema), staging)
+        yield write_simulated(simulate_chunk(chunk, prepared, cutoffs, schema, contract.label_column), staging)
 
 
 def profile_pass(session: RunnerSession, units, contract: Contract, batch_rows: int, seed: int, sample_size: int,
@@ -298,7 +304,7 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
     timings = {"inspect_s": time.perf_counter() - t0}
 
     read_paths = (*config.inputs, *((config.config,) if config.config else ()))
-    with OutputDir(config.out, "simulate", (*SIMULATE_OUTPUTS, MANIFEST), inputs=read_paths,
+    with OutputDir(config.out, "simulate", (*SIMULATE_OUTPUTS, MANIFEST_HTML, MANIFEST), inputs=read_paths,
                    files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
@@ -331,10 +337,11 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
         for output in SIMULATE_OUTPUTS:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         manifest = build_manifest(config, attack_config, contract, files, fingerprint, summary, timings,
-                                  passes=2 + sum(c is not None for c in cutoffs))
+                                  passes=2 + sum(c is not None for c in cutoffs), classes_in=profile.class_counts)
         manifest["inputs"]["duplicate_ids"] = duplicates.to_json()
         manifest["timings"]["total_s"] = time.perf_counter() - t0
-        write_report(manifest, os.path.join(staging, MANIFEST), schema="manifest")
+        manifest = write_report(manifest, os.path.join(staging, MANIFEST), schema="manifest")
+        write_manifest_html(manifest, os.path.join(staging, MANIFEST_HTML))
         outdir.publish()
         log.info("done in %.1f s: %d rows in, %d invalid, %d touched, %d injected, %d rows out -> %s",
                  manifest["timings"]["total_s"], summary.rows_in, summary.invalid, sum(summary.touched.values()),
@@ -409,8 +416,14 @@ def attack_params(attack, spec=None) -> dict:
     return params
 
 
+def _class_balance(before: dict, after: dict) -> dict:
+    """Rows per class in the valid input and in data/ after the attacks (class names as text)."""
+    before = {str(k): int(n) for k, n in before.items() if k is not None}
+    return {c: {"before": before.get(c, 0), "after": int(after.get(c, 0))} for c in sorted({*before, *after})}
+
+
 def build_manifest(config: SimulateConfig, attack_config: AttackConfig, contract: Contract, files, fingerprint: dict,
-                   summary: SimulateSummary, timings: dict, passes: int) -> dict:
+                   summary: SimulateSummary, timings: dict, passes: int, classes_in: dict | None = None) -> dict:
     return {
         "job": "simulate",
         "poisonguard_version": __version__,
@@ -433,6 +446,7 @@ def build_manifest(config: SimulateConfig, attack_config: AttackConfig, contract
             "poisoned": summary.poisoned,
             "by_attack": dict(sorted(summary.by_attack.items())),
         },
+        "classes": _class_balance(classes_in, summary.classes_out) if classes_in is not None else None,
         "outputs": {name: os.path.join(config.out, name) for name in SIMULATE_OUTPUTS},
         "runner": config.runner.describe(),
         "batch_rows": config.batch_rows,

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 
 from ..detectors import BaseDetector, calibrated_threshold
@@ -54,6 +55,7 @@ class ScreenedChunk:
     quarantine: pa.Table
     invalid: pa.Table
     summary: ScreenSummary
+    flagged: np.ndarray | None = None  # per valid row, in the chunk's order: which went to quarantine
 
 
 def read_and_validate(shard: Shard, contract: Contract, batch_rows: int):
@@ -165,11 +167,13 @@ def screen_chunk(chunk: Chunk, model, detector: BaseDetector, contract: Contract
     )
     for label, rows in group_by_label(labels):
         summary.classes[str(label)] = cs = ClassSummary()
-        cs.add(suspicion[rows], flagged[rows])
+        cs.add(suspicion[rows], flagged[rows], {name: scores[rows] for name, scores in screened.columns.items()})
+    summary.add_rows(valid.column(ROW_ID), labels, suspicion, flagged, screened.reasons, list(screened.columns))
     if POISONED in valid.column_names:  # ground truth, parsed to bool by the row contract
         attacks = valid.column(ATTACK).to_numpy(zero_copy_only=False) if ATTACK in valid.column_names else None
         summary.add_truth(valid.column(POISONED).to_numpy(zero_copy_only=False), flagged, suspicion, attacks)
-    return ScreenedChunk(chunk.shard_index, chunk.number, scored.filter(keep), scored.filter(pa.array(flagged)), chunk.invalid, summary)
+    return ScreenedChunk(chunk.shard_index, chunk.number, scored.filter(keep), scored.filter(pa.array(flagged)), chunk.invalid, summary,
+                         flagged)
 
 
 class ScreenChunks(beam.PTransform):

@@ -33,7 +33,7 @@ from poisonguard.pipelines.outdir import CURRENT, LOCK, MARKER, RUNS, OutputDir
 
 HELPER = os.path.join(os.path.dirname(__file__), "publish_fault.py")
 ERROR_LINE = re.compile(r"^poisonguard: error: \S")
-OUTPUTS = ("cleaned", "quarantine", "invalid", "report.json")
+OUTPUTS = ("cleaned", "quarantine", "invalid", "expectations.json", "report.html", "report.json")
 
 
 def run_cli(argv) -> int:

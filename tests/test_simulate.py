@@ -170,7 +170,7 @@ def test_row_conservation_and_manifest(fraud_data, readme_run):
     assert fingerprint["bytes"] == path.stat().st_size
     assert manifest["inputs"]["feature_columns"] == FEATURES  # 'merchant' is text: passed through, not a feature
     assert manifest["config"]["sha256"] == hashlib.sha256(README_YAML.encode()).hexdigest()
-    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["data", "invalid", "manifest.json"]
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["data", "invalid", "manifest.html", "manifest.json"]
 
 
 def test_mixed_config_counts_are_exact_and_injected_rows_conserved(mixed_baseline):
@@ -357,7 +357,7 @@ def test_previous_outputs_survive_a_failed_run(fraud_data, tmp_path, capsys):
     bad.write_text("attacks:\n  - {kind: backdoor, trigger: {features: {amount: 1.0}}, target: fruad, rate: 0.1}\n")
     assert _cli(["simulate", path, "--config", bad, "--out", out, "-q"], capsys)[0] == 2
     assert (out / "manifest.json").read_text() == before
-    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["data", "invalid", "manifest.json"]
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["data", "invalid", "manifest.html", "manifest.json"]
 
 
 # -- the config module and the attacks listing ---------------------------------------------------
