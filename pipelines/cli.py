@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Great Expectations suite (its own JSON) to validate the rows against, applied as written "
                         "(default: a suite built from the data contract, and from the --reference rows' ranges, null "
                         "rates, means and classes; written to DIR/expectations.json)")
-    v.add_argument("--on-failed-expectation", choices=("quarantine", "breach", "report"), default="quarantine",
-                   help="quarantine (default): valid rows failing a row-level expectation go to quarantine/, a failed "
-                        "dataset-level expectation breaches the batch; breach: any failed expectation breaches the "
-                        "batch; report: only recorded")
+    v.add_argument("--on-failed-expectation", choices=("quarantine", "breach", "report"), default="report",
+                   help="report (default): failures are only recorded (report, failed_expectations column, verdict); "
+                        "quarantine: valid rows failing a row-level expectation go to quarantine/, a failed "
+                        "dataset-level expectation breaches the batch; breach: any failed expectation breaches the batch")
     v.add_argument("--no-validation", action="store_true", help="skip the validation stage")
     _add_runner_options(s)
 

@@ -65,8 +65,8 @@ class Policy:
 
     max_flagged_fraction: float = 0.0
     max_invalid_fraction: float = 1.0
-    #: what a failed expectation does (see pipelines.validation.ON_FAILED)
-    on_failed_expectation: str = "quarantine"
+    #: what a failed expectation does (see pipelines.validation.ON_FAILED); by default it is reported only
+    on_failed_expectation: str = "report"
 
     def __post_init__(self):
         for name in ("max_flagged_fraction", "max_invalid_fraction"):

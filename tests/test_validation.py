@@ -45,6 +45,10 @@ def batch(tmp_path_factory):
     return path, frame
 
 
+#: The policy that moves rows failing a row-level expectation (the default only reports them).
+QUARANTINE = Policy(on_failed_expectation="quarantine")
+
+
 def _screen(inputs, out, **kwargs):
     kwargs.setdefault("detectors", ("spectral",))
     kwargs.setdefault("id_column", "id")
@@ -201,7 +205,7 @@ def dirty(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dirty_baseline(dirty, reference, tmp_path_factory):
     out = tmp_path_factory.mktemp("dirty_out")
-    return _screen([dirty], out, reference=(str(reference),), batch_rows=65536), out
+    return _screen([dirty], out, reference=(str(reference),), batch_rows=65536, policy=QUARANTINE), out
 
 
 def test_validation_names_failing_rows_and_dataset_failures(dirty_baseline):
@@ -211,7 +215,7 @@ def test_validation_names_failing_rows_and_dataset_failures(dirty_baseline):
     unique = _result(result.report, "expect_column_values_to_be_unique(row_id)")
     assert unique["result"]["unexpected_count"] == 2 and unique["result"]["partial_unexpected_list"] == ["dup"]
     assert "expect_column_mean_to_be_between(score)" in validation["failed_dataset_level"]
-    assert result.breached  # a failed dataset-level expectation breaches under the default policy
+    assert result.breached  # a failed dataset-level expectation breaches under the quarantine policy
     invalid = _rows(out, "invalid").set_index("row_id")
     # in the rows Great Expectations sees, a value that is not a number is null
     assert invalid.loc["x1"]["failed_expectations"] == "expect_column_values_to_not_be_null(amount)"
@@ -226,14 +230,15 @@ def test_validation_names_failing_rows_and_dataset_failures(dirty_baseline):
 def test_validation_results_do_not_depend_on_batch_size(dirty, reference, dirty_baseline, tmp_path, monkeypatch, batch_rows, block_rows):
     """Chunks of any size, validated one by one (block_rows 1), a few at a time, or a whole unit at once."""
     monkeypatch.setattr(screen_module, "VALIDATION_BLOCK_ROWS", block_rows)
-    result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=batch_rows)
+    result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=batch_rows, policy=QUARANTINE)
     assert _validation_json(result.report) == _validation_json(dirty_baseline[0].report)
     assert result.report["counts"] == dirty_baseline[0].report["counts"]
 
 
 @pytest.mark.slow
 def test_validation_results_do_not_depend_on_runner(dirty, reference, dirty_baseline, tmp_path):
-    result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=500, runner=RunnerConfig(runner="dask", workers=2))
+    result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=500, runner=RunnerConfig(runner="dask", workers=2),
+                     policy=QUARANTINE)
     assert _validation_json(result.report) == _validation_json(dirty_baseline[0].report)
     assert result.report["counts"] == dirty_baseline[0].report["counts"]
 
