@@ -326,7 +326,8 @@ def contract_suite(contract: Contract, reference: FrameStatistics | None = None)
         _expectation("expect_column_values_to_not_be_null", column=label),
     ]
     if pa.types.is_integer(contract.label_type):
-        ex.append(_expectation("expect_column_values_to_be_in_type_list", column=label, type_list=["Int64", "int64"]))
+        # GX matches pandas' nullable integer dtype by its class name (``pd.Int64Dtype``); "Int64" matches nothing
+        ex.append(_expectation("expect_column_values_to_be_in_type_list", column=label, type_list=["Int64Dtype", "int64"]))
     if reference is not None:  # an empty batch is accepted unless there is a reference to compare it with
         ex.insert(0, _expectation("expect_table_row_count_to_be_between", min_value=1))
     if reference is not None and reference.classes:
