@@ -41,7 +41,7 @@ import pandas as pd
 
 from ..schemas import ConfigError
 from ._sklearn import Interval
-from .base import BaseDetector, PerClassModel, group_by_label, label_codes
+from .base import BaseDetector, PerClassModel, describe_features, group_by_label, label_codes
 from .label import feature_folds
 from .statistics import ClassSample
 
@@ -52,6 +52,18 @@ MIN_CLASS_ROWS = 20
 _EPS = 1e-6
 
 
+def out_of_fold_log_odds(fold_models: tuple, X: np.ndarray, seed: int) -> np.ndarray:
+    """Log-odds of "batch" for rows ``X`` of one class, each from the model of its own hash fold (0 where none)."""
+    out = np.zeros(len(X))
+    folds = feature_folds(X, len(fold_models), seed)
+    for f, model in enumerate(fold_models):
+        rows = np.flatnonzero(folds == f)
+        if model is not None and len(rows):
+            p = np.clip(model.predict_proba(X[rows])[:, 1], _EPS, 1.0 - _EPS)
+            out[rows] = np.log(p) - np.log1p(-p)
+    return out
+
+
 @dataclass(frozen=True)
 class NoveltyModel(PerClassModel):
     """Fitted state of :class:`NoveltyDetector`: per class, fold models telling batch from trusted rows."""
@@ -60,7 +72,6 @@ class NoveltyModel(PerClassModel):
     models: tuple  # per class: a tuple of n_folds classifiers (None where a fold could not be fitted), or None
     prior_logit: np.ndarray  # (K,) log(batch sample rows / trusted sample rows)
     reference_median: np.ndarray  # (K, d) trusted rows' median per class (the occlusion value of explain)
-    n_folds: int
     seed: int
     counts: np.ndarray  # (K,) batch rows per class
     trusted_rows: np.ndarray  # (K,) trusted rows per class
@@ -70,16 +81,10 @@ class NoveltyModel(PerClassModel):
 
     def _log_odds(self, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
         out = np.zeros(len(X))
-        folds = feature_folds(X, self.n_folds, self.seed)
         for k, fold_models in enumerate(self.models):
-            if fold_models is None:
-                continue
-            for f, model in enumerate(fold_models):
-                rows = np.flatnonzero((codes == k) & (folds == f))
-                if model is None or len(rows) == 0:
-                    continue
-                p = np.clip(model.predict_proba(X[rows])[:, 1], _EPS, 1.0 - _EPS)
-                out[rows] = np.log(p) - np.log1p(-p) - self.prior_logit[k]
+            rows = np.flatnonzero(codes == k)
+            if fold_models is not None and len(rows):
+                out[rows] = out_of_fold_log_odds(fold_models, X[rows], self.seed) - self.prior_logit[k]
         return out
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -111,8 +116,7 @@ class NoveltyModel(PerClassModel):
                 out.append(None)
                 continue
             order = [j for j in np.argsort(-drop[i], kind="stable")[:top] if drop[i, j] > 0]
-            out.append(", ".join(f"{feature_names[j] if feature_names is not None else f'x[{j}]'} {-drop[i, j]:+.1f}"
-                                 for j in order) or None)
+            out.append(describe_features(feature_names, -drop[i], order))
         return out
 
     def summary(self) -> dict:
@@ -217,9 +221,7 @@ class NoveltyDetector(BaseDetector):
                                                      random_state=int(self.seed))
                 fold_models.append(clf.fit(rows[train], target[train]))
             models.append(tuple(fold_models))
-            partial = NoveltyModel((c,), (tuple(fold_models),), prior[k:k + 1], median[k:k + 1], int(self.n_folds),
-                                   int(self.seed), np.zeros(1), np.zeros(1), np.zeros((1, 2)), np.full(1, np.nan), np.full(1, np.inf))
-            auc[k] = roc_auc_score(target, partial._log_odds(rows, np.zeros(len(rows), np.int64)))
+            auc[k] = roc_auc_score(target, out_of_fold_log_odds(models[-1], rows, int(self.seed)))
         counts = np.array([batch[(_BATCH, c)].count for c in classes], dtype=np.int64)
-        return NoveltyModel(classes, tuple(models), prior, median, int(self.n_folds), int(self.seed), counts, trusted_rows,
+        return NoveltyModel(classes, tuple(models), prior, median, int(self.seed), counts, trusted_rows,
                             sample_rows, auc, np.full(K, np.inf))
