@@ -97,6 +97,11 @@ def stratified_sample(samples: dict, n_features: int) -> tuple[tuple, np.ndarray
     return classes, rows, codes, np.array([floors[c].count for c in classes], dtype=np.int64)
 
 
+def describe_features(feature_names, values: np.ndarray, order) -> str | None:
+    """``"carat +18.6, price +3.1"``: features ``order`` with their ``values`` (None when ``order`` is empty)."""
+    return ", ".join(f"{feature_names[j] if feature_names is not None else f'x[{j}]'} {values[j]:+.1f}" for j in order) or None
+
+
 def label_codes(classes, labels: np.ndarray) -> np.ndarray:
     """Index of each label in ``classes``; -1 for a label the model has not seen."""
     return pd.Index(list(classes)).get_indexer(pd.Index(labels)).astype(np.int64)

@@ -59,7 +59,7 @@ import numpy as np
 
 from ._kernels import project_standardized, projection_histogram, robust_z, standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, add_class_moments, label_codes, robust_feature_scale
+from .base import BaseDetector, PerClassModel, add_class_moments, describe_features, label_codes, robust_feature_scale
 from .statistics import Histogram
 from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
@@ -126,8 +126,7 @@ class SpectralModel(PerClassModel):
                 continue
             pushed = side[i] * terms[i]
             order = [j for j in np.argsort(-pushed, kind="stable")[:top] if pushed[j] > 0]
-            out.append(", ".join(f"{feature_names[j] if feature_names is not None else f'x[{j}]'} {terms[i, j]:+.1f}"
-                                 for j in order) or None)
+            out.append(describe_features(feature_names, terms[i], order))
         return out
 
     def summary(self) -> dict:
