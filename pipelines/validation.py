@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ROW_ID, ConfigError
+from ..schemas import ROW_ID, ConfigError
 from .rows import Contract
 
 #: What a failed expectation does: ``report`` (default) records the failures (report,

@@ -1,6 +1,7 @@
 """Shared fixtures. Tests pin BLAS/numba to one thread (DESIGN.md: contention on 2 cores)."""
 
 import os
+import re
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -149,3 +150,29 @@ def plant_field_backdoor(X, y, rate, seed, columns=(0, 3)):
     truth = np.zeros(len(y), bool)
     truth[rows] = True
     return X, y, truth
+
+
+# -- the command line ---------------------------------------------------------------------------
+#: The one line a usage or input error prints on stderr (argparse's usage errors name the subcommand).
+ERROR_LINE = re.compile(r"^poisonguard(?: screen| demo| simulate)?: error: \S")
+
+
+def run_cli(argv) -> int:
+    """Call the CLI's ``main``; its exit code (a SystemExit escaping ``main`` counts as its code)."""
+    from poisonguard.pipelines.cli import EXIT_ERROR, main
+
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exc:  # main() is meant to return; test_cli_errors checks that it does
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+
+
+def one_error_line(err: str, *fragments) -> str:
+    """stderr holds exactly one non-empty line: a poisonguard error naming every fragment."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    assert ERROR_LINE.match(lines[0]), lines[0]
+    for fragment in fragments:
+        assert str(fragment) in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import re
 
 import numpy as np
 import pandas as pd
@@ -21,32 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import one_error_line, run_cli
 from poisonguard.pipelines.cli import main
 
 EXIT_OK, EXIT_BREACHED, EXIT_ERROR = 0, 1, 2
-ERROR_LINE = re.compile(r"^poisonguard(?: screen| demo)?: error: \S")
 FEATURES = ("f1", "f2", "f3")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def run_cli(argv):
-    """Call ``main``; return its exit code (a SystemExit escaping ``main`` counts as its code)."""
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:  # main() is meant to return; see test_main_returns_... below
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
 
 
-def assert_one_error_line(err: str, *fragments: str) -> str:
-    """stderr holds exactly one non-empty line: a poisonguard error naming every fragment."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got:\n{err}"
-    line = lines[0]
-    assert ERROR_LINE.match(line), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
 
 
 def good_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
@@ -95,18 +78,18 @@ def good_csv(tmp_path):
 # -- usage errors ----------------------------------------------------------------------------
 def test_unknown_option(good_csv, tmp_path, capsys):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", "--bogus"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "--bogus")
+    one_error_line(capsys.readouterr().err, "--bogus")
     assert no_outputs(tmp_path / "out")
 
 
 def test_missing_out(good_csv, capsys):
     assert run_cli(["screen", good_csv]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "--out")
+    one_error_line(capsys.readouterr().err, "--out")
 
 
 def test_missing_inputs(tmp_path, capsys):
     assert run_cli(["screen", "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "INPUT")
+    one_error_line(capsys.readouterr().err, "INPUT")
 
 
 @pytest.mark.parametrize(
@@ -126,19 +109,19 @@ def test_missing_inputs(tmp_path, capsys):
 )
 def test_bad_option_value(good_csv, tmp_path, capsys, option, value):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", option, value]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, option)
+    one_error_line(capsys.readouterr().err, option)
     assert no_outputs(tmp_path / "out")
 
 
 def test_dask_address_needs_dask_runner(good_csv, tmp_path, capsys):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", "--dask-address", "localhost:8786"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "--dask-address", "--runner dask")
+    one_error_line(capsys.readouterr().err, "--dask-address", "--runner dask")
     assert no_outputs(tmp_path / "out")
 
 
 def test_unknown_detector(good_csv, tmp_path, capsys):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", "--detectors", "nonesuch"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "--detectors", "nonesuch")
+    one_error_line(capsys.readouterr().err, "--detectors", "nonesuch")
 
 
 def test_no_command(capsys):
@@ -150,14 +133,14 @@ def test_no_command(capsys):
 def test_input_path_does_not_exist(tmp_path, capsys):
     missing = str(tmp_path / "nowhere" / "data.csv")
     assert run_cli(["screen", missing, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, missing, "no such file")
+    one_error_line(capsys.readouterr().err, missing, "no such file")
     assert no_outputs(tmp_path / "out")
 
 
 def test_one_missing_input_among_good_ones(good_csv, tmp_path, capsys):
     missing = str(tmp_path / "absent.parquet")
     assert run_cli(["screen", good_csv, missing, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, missing)
+    one_error_line(capsys.readouterr().err, missing)
     assert no_outputs(tmp_path / "out")
 
 
@@ -166,20 +149,20 @@ def test_directory_without_data_files(tmp_path, capsys):
     d.mkdir()
     (d / "notes.txt").write_text("nothing here\n")
     assert run_cli(["screen", d, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, str(d))
+    one_error_line(capsys.readouterr().err, str(d))
 
 
 def test_glob_matching_nothing(tmp_path, capsys):
     pattern = str(tmp_path / "*.csv")
     assert run_cli(["screen", pattern, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, pattern)
+    one_error_line(capsys.readouterr().err, pattern)
 
 
 def test_unsupported_extension(tmp_path, capsys):
     txt = tmp_path / "data.txt"
     good_frame(30).to_csv(txt, index=False)
     assert run_cli(["screen", txt, "--out", tmp_path / "out"]) == EXIT_ERROR
-    line = assert_one_error_line(capsys.readouterr().err, str(txt))
+    line = one_error_line(capsys.readouterr().err, str(txt))
     assert "unsupported" in line
 
 
@@ -187,7 +170,7 @@ def test_empty_csv_file(tmp_path, capsys):
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
     assert run_cli(["screen", empty, "--out", tmp_path / "out"]) == EXIT_ERROR
-    line = assert_one_error_line(capsys.readouterr().err, str(empty))
+    line = one_error_line(capsys.readouterr().err, str(empty))
     assert "empty" in line
     assert no_outputs(tmp_path / "out")
 
@@ -198,7 +181,7 @@ def test_header_only_csv_without_feature_columns(tmp_path, capsys):
     csv = tmp_path / "header_only.csv"
     csv.write_text("f1,f2,f3,label\n")
     assert run_cli(["screen", csv, "--out", tmp_path / "out"]) == EXIT_ERROR
-    line = assert_one_error_line(capsys.readouterr().err, str(csv))
+    line = one_error_line(capsys.readouterr().err, str(csv))
     assert "--feature-columns" in line
     assert no_outputs(tmp_path / "out")
 
@@ -222,43 +205,43 @@ def test_missing_label_column(tmp_path, capsys):
     csv = tmp_path / "nolabel.csv"
     good_frame(30).rename(columns={"label": "target"}).to_csv(csv, index=False)
     assert run_cli(["screen", csv, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, str(csv), "'label'", "--label-column")
+    one_error_line(capsys.readouterr().err, str(csv), "'label'", "--label-column")
     assert no_outputs(tmp_path / "out")
 
 
 def test_custom_label_column_missing(good_csv, tmp_path, capsys):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", "--label-column", "klass"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, good_csv, "'klass'")
+    one_error_line(capsys.readouterr().err, good_csv, "'klass'")
 
 
 def test_label_column_missing_from_second_file(good_csv, tmp_path, capsys):
     other = tmp_path / "other.csv"
     good_frame(30).rename(columns={"label": "target"}).to_csv(other, index=False)
     assert run_cli(["screen", good_csv, other, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, str(other), "'label'")
+    one_error_line(capsys.readouterr().err, str(other), "'label'")
 
 
 def test_missing_id_column(good_csv, tmp_path, capsys):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", "--id-column", "uid"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, good_csv, "'uid'")
+    one_error_line(capsys.readouterr().err, good_csv, "'uid'")
 
 
 def test_unknown_feature_column(good_csv, tmp_path, capsys):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", "--feature-columns", "f1,zzz"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, good_csv, "zzz")
+    one_error_line(capsys.readouterr().err, good_csv, "zzz")
     assert no_outputs(tmp_path / "out")
 
 
 def test_feature_column_is_the_label(good_csv, tmp_path, capsys):
     assert run_cli(["screen", good_csv, "--out", tmp_path / "out", "--feature-columns", "f1,label"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "--feature-columns", "'label'")
+    one_error_line(capsys.readouterr().err, "--feature-columns", "'label'")
 
 
 def test_garbage_parquet_file(tmp_path, capsys):
     bad = tmp_path / "garbage.parquet"
     bad.write_bytes(b"this is not a parquet file at all\x00\x01\x02" * 20)
     assert run_cli(["screen", bad, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, str(bad))
+    one_error_line(capsys.readouterr().err, str(bad))
     assert no_outputs(tmp_path / "out")
 
 
@@ -268,7 +251,7 @@ def test_garbage_parquet_in_directory(good_csv, tmp_path, capsys):
     good_frame(30).to_parquet(d / "a.parquet", index=False)
     (d / "b.parquet").write_bytes(b"PAR1 not really")
     assert run_cli(["screen", d, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "b.parquet")
+    one_error_line(capsys.readouterr().err, "b.parquet")
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read files with mode 000")
@@ -278,7 +261,7 @@ def test_unreadable_csv(tmp_path, capsys):
     os.chmod(csv, 0)
     try:
         assert run_cli(["screen", csv, "--out", tmp_path / "out"]) == EXIT_ERROR
-        assert_one_error_line(capsys.readouterr().err, str(csv))
+        one_error_line(capsys.readouterr().err, str(csv))
     finally:
         os.chmod(csv, 0o644)
 
@@ -287,7 +270,7 @@ def test_non_utf8_csv(tmp_path, capsys):
     csv = tmp_path / "latin1.csv"
     csv.write_bytes("f1,f2,f3,label\n1,2,3,caf\xe9\n".encode("latin-1"))
     assert run_cli(["screen", csv, "--out", tmp_path / "out"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, str(csv))
+    one_error_line(capsys.readouterr().err, str(csv))
 
 
 # -- Beam options after '--' -------------------------------------------------------------------
@@ -301,7 +284,7 @@ def test_beam_options_pass_through(good_csv, tmp_path, capsys):
 
 def test_demo_rejects_beam_options(tmp_path, capsys):
     assert run_cli(["demo", "--out", tmp_path / "demo", "--", "--x"]) == EXIT_ERROR
-    assert_one_error_line(capsys.readouterr().err, "demo", "'--'")
+    one_error_line(capsys.readouterr().err, "demo", "'--'")
     assert not os.path.exists(tmp_path / "demo")
 
 

@@ -21,23 +21,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from conftest import one_error_line, run_cli
 from poisonguard.pipelines import read_output
-from poisonguard.pipelines.cli import main
 from poisonguard.pipelines.rows import normalise_labels
 
 
-def run_cli(argv) -> int:
-    return main([str(a) for a in argv])
 
 
-def one_error_line(err: str, *fragments) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("poisonguard: error: "), lines[0]
-    for fragment in fragments:
-        assert str(fragment) in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def frame(n: int = 60, seed: int = 0) -> pd.DataFrame:

@@ -4,7 +4,6 @@ The real tables live in ``../shared/data`` beside the project (CI has them); tes
 need them skip with a message where they are absent.
 """
 
-import os
 
 import numpy as np
 import pandas as pd

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,27 +26,16 @@ import pandas as pd
 import pytest
 
 import publish_fault
+from conftest import one_error_line, run_cli
 from poisonguard.pipelines import read_output
-from poisonguard.pipelines.cli import main
 from poisonguard.pipelines.outdir import CURRENT, LOCK, MARKER, RUNS, OutputDir
 
 HELPER = os.path.join(os.path.dirname(__file__), "publish_fault.py")
-ERROR_LINE = re.compile(r"^poisonguard: error: \S")
 OUTPUTS = ("cleaned", "quarantine", "invalid", "expectations.json", "report.html", "report.json")
 
 
-def run_cli(argv) -> int:
-    return main([str(a) for a in argv])
 
 
-def one_error_line(err: str, *fragments) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got:\n{err}"
-    assert ERROR_LINE.match(lines[0]), lines[0]
-    for fragment in fragments:
-        assert str(fragment) in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def write_csv(path, n: int = 60, seed: int = 0) -> str:
