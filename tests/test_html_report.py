@@ -32,8 +32,10 @@ def screened(tmp_path_factory):
     )))
     trusted = pd.read_parquet(CREDIT).rename(columns={"id": "row_id"}).astype({"row_id": str})  # the batch's id column
     trusted.to_parquet(root / "trusted.parquet", index=False)
+    # the simulated data keeps the table's int64 `id` beside its `row_id`; it is not a feature
+    features = tuple(c for c in trusted.select_dtypes("number").columns)
     result = run_screen(ScreenConfig(inputs=(str(root / "sim" / "data"),), out=str(root / "out"),
-                                     reference=(str(root / "trusted.parquet"),)))
+                                     reference=(str(root / "trusted.parquet"),), feature_columns=features))
     return result
 
 

@@ -205,7 +205,8 @@ def dirty(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dirty_baseline(dirty, reference, tmp_path_factory):
     out = tmp_path_factory.mktemp("dirty_out")
-    return _screen([dirty], out, reference=(str(reference),), batch_rows=65536, policy=QUARANTINE), out
+    return _screen([dirty], out, reference=(str(reference),), batch_rows=65536, policy=QUARANTINE,
+                   allow_duplicate_ids=True), out
 
 
 def test_validation_names_failing_rows_and_dataset_failures(dirty_baseline):
@@ -230,7 +231,8 @@ def test_validation_names_failing_rows_and_dataset_failures(dirty_baseline):
 def test_validation_results_do_not_depend_on_batch_size(dirty, reference, dirty_baseline, tmp_path, monkeypatch, batch_rows, block_rows):
     """Chunks of any size, validated one by one (block_rows 1), a few at a time, or a whole unit at once."""
     monkeypatch.setattr(screen_module, "VALIDATION_BLOCK_ROWS", block_rows)
-    result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=batch_rows, policy=QUARANTINE)
+    result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=batch_rows, policy=QUARANTINE,
+                     allow_duplicate_ids=True)
     assert _validation_json(result.report) == _validation_json(dirty_baseline[0].report)
     assert result.report["counts"] == dirty_baseline[0].report["counts"]
 
@@ -238,7 +240,7 @@ def test_validation_results_do_not_depend_on_batch_size(dirty, reference, dirty_
 @pytest.mark.slow
 def test_validation_results_do_not_depend_on_runner(dirty, reference, dirty_baseline, tmp_path):
     result = _screen([dirty], tmp_path, reference=(str(reference),), batch_rows=500, runner=RunnerConfig(runner="dask", workers=2),
-                     policy=QUARANTINE)
+                     policy=QUARANTINE, allow_duplicate_ids=True)
     assert _validation_json(result.report) == _validation_json(dirty_baseline[0].report)
     assert result.report["counts"] == dirty_baseline[0].report["counts"]
 
@@ -298,7 +300,7 @@ def test_percent_is_never_zero_for_a_nonzero_share(fraction, text):
 def test_written_suite_applied_back_gives_the_same_results(dirty, dirty_baseline, tmp_path):
     """expectations.json is a suite a user can keep and pass back: the same expectations, the same results."""
     result, out = dirty_baseline
-    again = _screen([dirty], tmp_path, expectations=str(out / "expectations.json"))
+    again = _screen([dirty], tmp_path, expectations=str(out / "expectations.json"), allow_duplicate_ids=True)
     assert again.report["validation"]["source"] == f"file {out / 'expectations.json'}"
     assert json.dumps(again.report["validation"]["great_expectations"]["results"], sort_keys=True) == \
         json.dumps(result.report["validation"]["great_expectations"]["results"], sort_keys=True)
