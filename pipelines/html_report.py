@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 
-from .report import percent
+from .report import percent, write_text
 
 #: Classes drawn (one figure each, a panel per detector); the rest are listed with their numbers.
 MAX_CLASS_PLOTS = 24
@@ -262,12 +261,7 @@ def external_references(text: str) -> list[str]:
 
 def write_html_report(report: dict, path: str) -> int:
     """Render ``report`` to ``path`` atomically; returns the size in bytes."""
-    text = render_html(report)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return len(text.encode("utf-8"))
+    return write_text(render_html(report), path)
 
 
 def balance_figure(classes: dict) -> str:
@@ -295,9 +289,4 @@ def render_manifest_html(manifest: dict) -> str:
 
 def write_manifest_html(manifest: dict, path: str) -> int:
     """Render ``manifest`` to ``path`` atomically; returns the size in bytes."""
-    text = render_manifest_html(manifest)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return len(text.encode("utf-8"))
+    return write_text(render_manifest_html(manifest), path)

@@ -69,13 +69,18 @@ def percent(fraction: float | None) -> str:
     return f"{value:.2g}%" if abs(value) >= 1e-4 else f"{value:.1e}%"
 
 
-def write_json(value, path: str) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_text(text: str, path: str) -> int:
+    """Write ``text`` to ``path`` atomically (temporary file, then rename); returns the size in bytes."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_clean(value), fh, indent=2)
-        fh.write("\n")
+        fh.write(text)
     os.replace(tmp, path)
+    return len(text.encode("utf-8"))
+
+
+def write_json(value, path: str) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    write_text(json.dumps(_clean(value), indent=2) + "\n", path)
 
 
 def library_versions() -> dict:
@@ -118,9 +123,5 @@ def write_report(report: dict, path: str, schema: str = "report") -> dict:
     except jsonschema.ValidationError as exc:  # a bug in poisonguard, not in the user's input
         where = "/".join(str(p) for p in exc.absolute_path)
         raise PoisonguardError(f"internal error: the {schema} does not match its schema at '{where}': {exc.message}") from None
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    write_text(json.dumps(report, indent=2) + "\n", path)
     return report
