@@ -73,6 +73,20 @@ def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return (value_hash(X, seed) % np.uint64(n_folds)).astype(np.int64)
 
 
+def fit_fold_models(rows: np.ndarray, target: np.ndarray, n_folds: int, seed: int, **options) -> list:
+    """One ``HistGradientBoostingClassifier`` per hash fold, each fitted on the rows of the other folds
+    (:func:`feature_folds`); None for a fold whose other folds hold a single class. ``options`` go to the model."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    folds = feature_folds(rows, n_folds, seed)
+    models = []
+    for f in range(n_folds):
+        train = folds != f
+        models.append(None if len(np.unique(target[train])) < 2 else
+                      HistGradientBoostingClassifier(random_state=seed, **options).fit(rows[train], target[train]))
+    return models
+
+
 #: Grid of ``-log10 t`` on which a class's share ``F_c(t)`` of p-values at or below ``t`` is kept.
 CALIBRATION_GRID = np.round(np.arange(0.0, 6.05, 0.1), 10)
 
@@ -303,21 +317,11 @@ class ConfidentLabelDetector(BaseDetector):
         return replace(model, calibration=calibration, calibrated_on=tuple(sources))
 
     def _fit_models(self, state, samples: dict) -> LabelModel:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
         classes, rows, codes, counts = stratified_sample(samples, state["n_features"])
         K = len(classes)
         fallback = np.bincount(codes, minlength=K).astype(float) + 1.0
         fallback /= fallback.sum()
-        folds = feature_folds(rows, int(self.n_folds), int(self.seed))
-        models = []
-        for f in range(int(self.n_folds)):
-            train = folds != f
-            if len(np.unique(codes[train])) < 2:
-                models.append(None)
-                continue
-            clf = HistGradientBoostingClassifier(max_iter=int(self.boosting_rounds), random_state=int(self.seed))
-            models.append(clf.fit(rows[train], codes[train]))
+        models = fit_fold_models(rows, codes, int(self.n_folds), int(self.seed), max_iter=int(self.boosting_rounds))
         model = LabelModel(classes, tuple(models), fallback, int(self.n_folds), int(self.seed), float(self.smoothing),
                            counts, np.bincount(codes, minlength=K), np.zeros(K), np.zeros((K, len(CALIBRATION_GRID))),
                            np.zeros((K, K), dtype=np.int64), np.full(K, np.inf))

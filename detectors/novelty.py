@@ -42,7 +42,7 @@ import pandas as pd
 from ..schemas import ConfigError
 from ._sklearn import Interval
 from .base import BaseDetector, PerClassModel, describe_features, group_by_label, label_codes
-from .label import feature_folds
+from .label import feature_folds, fit_fold_models
 from .statistics import ClassSample
 
 _BATCH, _TRUSTED = "__novelty_batch__", "__novelty_trusted__"
@@ -188,7 +188,6 @@ class NoveltyDetector(BaseDetector):
         return self._fit_models(state["batch"], statistics, state["n_features"])
 
     def _fit_models(self, batch: dict, trusted: dict, d: int) -> NoveltyModel:
-        from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.metrics import roc_auc_score
 
         classes = tuple(sorted(label for _, label in batch))
@@ -208,19 +207,10 @@ class NoveltyDetector(BaseDetector):
             rows = np.concatenate([B, R])
             target = np.r_[np.ones(len(B), np.int64), np.zeros(len(R), np.int64)]
             prior[k] = np.log(len(B) / len(R))
-            folds = feature_folds(rows, int(self.n_folds), int(self.seed))
-            fold_models = []
-            for f in range(int(self.n_folds)):
-                train = folds != f
-                if len(np.unique(target[train])) < 2:
-                    fold_models.append(None)
-                    continue
-                # no early stopping (scikit-learn turns it on above 10,000 rows): it stops as soon as the clean
-                # majority stops improving the validation loss, before the trees isolate a small new cluster
-                clf = HistGradientBoostingClassifier(max_iter=int(self.boosting_rounds), early_stopping=False,
-                                                     random_state=int(self.seed))
-                fold_models.append(clf.fit(rows[train], target[train]))
-            models.append(tuple(fold_models))
+            # no early stopping (scikit-learn turns it on above 10,000 rows): it stops as soon as the clean
+            # majority stops improving the validation loss, before the trees isolate a small new cluster
+            models.append(tuple(fit_fold_models(rows, target, int(self.n_folds), int(self.seed),
+                                                max_iter=int(self.boosting_rounds), early_stopping=False)))
             auc[k] = roc_auc_score(target, out_of_fold_log_odds(models[-1], rows, int(self.seed)))
         counts = np.array([batch[(_BATCH, c)].count for c in classes], dtype=np.int64)
         return NoveltyModel(classes, tuple(models), prior, median, int(self.seed), counts, trusted_rows,
