@@ -458,6 +458,32 @@ def _why(facts: dict, summary, mode: str, alpha: float, target_fpr) -> str:
             f"{flagged} of its {rows} rows flagged")
 
 
+#: Classes the report describes one by one: those with the most flagged rows, then the largest. The others are
+#: summed up in ``other_classes``, so report.json stays small (well under 2 MB) whatever the number of classes.
+MAX_REPORT_CLASSES = 200
+
+
+def described_classes(summary: ScreenSummary) -> tuple[list, list]:
+    """``(described, summed up)``: the classes the report details (:data:`MAX_REPORT_CLASSES`) and the rest."""
+    classes = summary.classes
+    order = sorted(classes, key=lambda c: (-classes[c].flagged, -classes[c].rows, str(c)))
+    return order[:MAX_REPORT_CLASSES], order[MAX_REPORT_CLASSES:]
+
+
+def _other_classes(summary: ScreenSummary, rest: list, whys: list[str]) -> dict | None:
+    """What the classes beyond :data:`MAX_REPORT_CLASSES` add up to, and how many were (not) cut."""
+    if not rest:
+        return None
+    verdicts: dict[str, int] = {}
+    for why in whys:
+        verdict = why.split(":", 1)[0]
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    return {"classes": len(rest), "rows": sum(summary.classes[c].rows for c in rest),
+            "flagged": sum(summary.classes[c].flagged for c in rest), "decisions": dict(sorted(verdicts.items())),
+            "why": f"only the {MAX_REPORT_CLASSES} classes with the most flagged rows, then the most rows, are described "
+                   "one by one"}
+
+
 def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary | None = None) -> dict:
     """How the members' scores became one suspicion and one decision, with every class's cut and why."""
     if mode == "auto":
@@ -476,6 +502,23 @@ def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary
         "classes": {c: {**rounded(facts), "why": _why(facts, (summary.classes.get(c) if summary else None), mode, alpha, target_fpr)}
                     for c, facts in model.decision_summary().items()},
     }
+
+
+def _bounded(report: dict, summary: ScreenSummary) -> dict:
+    """Keep the per-class sections to the described classes (:func:`described_classes`); sum up the rest."""
+    described, rest = described_classes(summary)
+    report["other_classes"] = None
+    if not rest:
+        return report
+    dropped = set(rest)
+    decision = report["decision"]
+    whys = [decision["classes"][c]["why"] for c in rest if c in decision["classes"]]
+    decision["classes"] = {c: v for c, v in decision["classes"].items() if c not in dropped}
+    for member in report["detectors"]:
+        member["classes"] = {c: v for c, v in member["classes"].items() if c not in dropped}
+    report["classes"] = {c: v for c, v in report["classes"].items() if c not in dropped}
+    report["other_classes"] = _other_classes(summary, rest, whys)
+    return report
 
 
 def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings,
@@ -519,4 +562,4 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
         "timings": dict(timings),
         "versions": library_versions(),
     }
-    return report
+    return _bounded(report, summary)
