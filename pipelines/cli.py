@@ -40,6 +40,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
 def _columns(text: str) -> tuple[str, ...]:
     cols = tuple(c.strip() for c in text.split(",") if c.strip())
     if not cols:
@@ -104,10 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-fpr", type=_fraction, default=None, metavar="F",
                    help="with --reference: instead of Benjamini-Hochberg, one cut that flags at most this share of "
                         "the reference rows")
-    s.add_argument("--max-flagged-fraction", type=_fraction, default=0.0, metavar="F",
-                   help="policy: breach (exit 1) when more rows than this are flagged (default 0: any flagged row)")
+    s.add_argument("--max-flagged-fraction", type=_fraction, default=0.01, metavar="F",
+                   help="policy: breach (exit 1) when more rows than this are flagged (default 0.01, twice the decision "
+                        "layer's clean-row bound; 0: any flagged row)")
     s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
                    help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
+    s.add_argument("--min-valid-rows", type=_count, default=1, metavar="N",
+                   help="policy: breach (exit 1) when fewer rows than this are valid (default 1: an empty or fully "
+                        "invalid batch breaches; 0: never)")
     _add_input_options(s)
     v = s.add_argument_group("validation (Great Expectations)")
     v.add_argument("--expectations", metavar="SUITE.json",
@@ -353,7 +367,8 @@ def _run(args, beam_args) -> int:
         alpha=args.alpha,
         reference=tuple(args.reference),
         target_fpr=args.target_fpr,
-        policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction, args.on_failed_expectation),
+        policy=Policy(max_flagged_fraction=args.max_flagged_fraction, max_invalid_fraction=args.max_invalid_fraction,
+                      on_failed_expectation=args.on_failed_expectation, min_valid_rows=args.min_valid_rows),
         expectations=args.expectations,
         validate=not args.no_validation,
         batch_rows=args.batch_rows,

@@ -117,6 +117,10 @@ def resolve_contract(
         features = list(dict.fromkeys(feature_columns))
     else:
         features = [n for n in names if n not in reserved | ground_truth and _is_numeric(first.field(n).type)]
+        if not features and all(pa.types.is_null(schema.field(n).type) for _, schema in schemas for n in names):
+            # No file has a data row (header-only CSV): an empty batch, whose every other column may be a feature.
+            # It runs, and the policy breaches it (--min-valid-rows), rather than failing on types no row shows.
+            features = [n for n in names if n not in reserved | ground_truth]
         if not features:
             if all(pa.types.is_null(first.field(n).type) for n in names):
                 raise InputError(f"{first_shard.path}: no data rows to tell which columns are numeric; name them with --feature-columns")

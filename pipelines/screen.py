@@ -53,20 +53,32 @@ DEFAULT_BATCH_ROWS = 65536
 #: Detectors run when ``--detectors`` is not given: backdoor clusters and label issues (the field test's best
 #: pair at the clean-row budget); with ``--reference``, also ``novelty`` against the trusted rows.
 DEFAULT_DETECTORS = ("spectral", "label")
+#: Default flagged budget: twice the decision layer's clean-row bound of about 0.5% (README, "Exit codes").
+DEFAULT_MAX_FLAGGED_FRACTION = 0.01
+#: What a drift alarm does (``--on-drift``).
+ON_DRIFT = ("breach", "report")
 
 
 @dataclass(frozen=True)
 class Policy:
-    """When a batch is rejected (exit code 1): more flagged or invalid rows than allowed.
+    """When a batch is rejected (exit code 1): the policy's knobs, each a CLI option and a job-file key.
 
-    Fractions are of all input rows; the default rejects a batch with any flagged row and
-    tolerates invalid rows (they are reported, and kept in ``invalid/``).
+    Fractions are of all input rows. By default a batch breaches when more than 1% of its
+    rows are flagged (the decision layer keeps clean rows flagged at or under about 0.5%,
+    so a clean batch stays inside with room to spare; README, "Exit codes"), when it has
+    no valid row (an empty or fully invalid batch is never "accepted"), or when a drift
+    alarm rings against the run history (with ``--history``). Invalid rows are tolerated
+    (they are reported, and kept in ``invalid/``).
     """
 
-    max_flagged_fraction: float = 0.0
+    max_flagged_fraction: float = DEFAULT_MAX_FLAGGED_FRACTION
     max_invalid_fraction: float = 1.0
     #: what a failed expectation does (see pipelines.validation.ON_FAILED); by default it is reported only
     on_failed_expectation: str = "report"
+    #: fewer valid rows than this breach the batch (default 1: an empty or fully invalid batch breaches; 0: never)
+    min_valid_rows: int = 1
+    #: what a drift alarm against the run history does: breach (default) or report only
+    on_drift: str = "breach"
 
     def __post_init__(self):
         for name in ("max_flagged_fraction", "max_invalid_fraction"):
@@ -75,11 +87,20 @@ class Policy:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected a fraction in [0, 1], got {value}")
         if self.on_failed_expectation not in ON_FAILED:
             raise ConfigError(f"--on-failed-expectation: expected one of {', '.join(ON_FAILED)}, got {self.on_failed_expectation!r}")
+        if isinstance(self.min_valid_rows, bool) or not isinstance(self.min_valid_rows, int) or self.min_valid_rows < 0:
+            raise ConfigError(f"--min-valid-rows: expected a non-negative integer, got {self.min_valid_rows!r}")
+        if self.on_drift not in ON_DRIFT:
+            raise ConfigError(f"--on-drift: expected one of {', '.join(ON_DRIFT)}, got {self.on_drift!r}")
 
     def verdict(self, summary: ScreenSummary, validation: dict | None = None) -> dict:
         n = max(summary.rows_in, 1)
         flagged, invalid = summary.quarantine / n, summary.invalid / n
+        valid = summary.cleaned + summary.quarantine
         reasons = []
+        if valid < self.min_valid_rows:
+            what = ("the batch has no rows" if summary.rows_in == 0 else
+                    f"all {summary.rows_in:,} rows are invalid" if valid == 0 else f"only {valid:,} valid rows")
+            reasons.append(f"{what}; at least {self.min_valid_rows:,} valid row{'s' if self.min_valid_rows != 1 else ''} required")
         if flagged > self.max_flagged_fraction:
             reasons.append(f"{summary.quarantine:,} quarantined row{'s' if summary.quarantine != 1 else ''} ({percent(flagged)}) "
                            f"exceed{'s' if summary.quarantine == 1 else ''} the allowed {percent(self.max_flagged_fraction)}")
@@ -96,6 +117,8 @@ class Policy:
             "max_flagged_fraction": self.max_flagged_fraction,
             "max_invalid_fraction": self.max_invalid_fraction,
             "on_failed_expectation": self.on_failed_expectation,
+            "min_valid_rows": self.min_valid_rows,
+            "on_drift": self.on_drift,
             "flagged_fraction": flagged,
             "invalid_fraction": invalid,
             "breached": bool(reasons),
