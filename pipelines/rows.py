@@ -78,8 +78,13 @@ def resolve_contract(
     id_column: str | None = None,
     feature_columns: list[str] | None = None,
     keep_feature_types: bool = True,
+    optional_id: bool = False,
 ) -> Contract:
     """Check every input's columns and fix the row contract for this run.
+
+    ``optional_id`` is for trusted rows (``--reference``, a model's fit), whose ids only name rows: a
+    poisonguard output's ``row_id`` (a ``simulate`` output) is their id, else ``id_column`` where the files
+    have it, else ids derived from file and offset, so any table with the batch's label and features serves.
 
     Output types: with only Parquet inputs, every column keeps its type (the id column
     too; ``row_id`` is text); a feature keeps it when it is numeric and the same in every
@@ -89,6 +94,11 @@ def resolve_contract(
     schemas = [(shard, read_schema(shard)) for shard in shards]
     first_shard, first = schemas[0]
     names = list(first.names)
+    if optional_id:
+        if ROW_ID in names:
+            id_column = ROW_ID
+        elif id_column is not None and id_column not in names:
+            id_column = None
     if id_column is None and ROW_ID in names:  # written by poisonguard (simulate): keep its row ids
         id_column = ROW_ID
     for shard, schema in schemas:

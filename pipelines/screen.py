@@ -436,10 +436,11 @@ def _contract_validation(config: ScreenConfig, contract: Contract, reference: Fr
 
 
 def _reference_contract(contract: Contract, ref_shards) -> Contract:
-    """Reference rows are read with the batch's label and feature columns and their own extra columns."""
+    """Reference rows are read with the batch's label and feature columns and their own ids and extra columns
+    (a ``simulate`` output's ``row_id``, the batch's id column where they have it, else derived ids)."""
     ref = resolve_contract(ref_shards, label_column=contract.label_column, id_column=contract.id_column,
-                           feature_columns=list(contract.feature_columns))
-    return Contract(contract.label_column, contract.id_column, contract.feature_columns, contract.label_type, ref.passthrough, ref.columns)
+                           feature_columns=list(contract.feature_columns), optional_id=True)
+    return Contract(contract.label_column, ref.id_column, contract.feature_columns, contract.label_type, ref.passthrough, ref.columns)
 
 
 def _check_conservation(summary: ScreenSummary, model, files, staging: str) -> None:
