@@ -50,6 +50,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _nonnegative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def _columns(text: str) -> tuple[str, ...]:
     cols = tuple(c.strip() for c in text.split(",") if c.strip())
     if not cols:
@@ -114,14 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-fpr", type=_fraction, default=None, metavar="F",
                    help="with --reference: instead of Benjamini-Hochberg, one cut that flags at most this share of "
                         "the reference rows")
-    s.add_argument("--max-flagged-fraction", type=_fraction, default=0.01, metavar="F",
-                   help="policy: breach (exit 1) when more rows than this are flagged (default 0.01, twice the decision "
-                        "layer's clean-row bound; 0: any flagged row)")
-    s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
-                   help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
-    s.add_argument("--min-valid-rows", type=_count, default=1, metavar="N",
-                   help="policy: breach (exit 1) when fewer rows than this are valid (default 1: an empty or fully "
-                        "invalid batch breaches; 0: never)")
+    s.add_argument("--history", metavar="PATH",
+                   help="an SQLite run history (created if new): compare this run with the last runs in it (drift), "
+                        "then append its record; read it with 'poisonguard history' or SQL")
+    pol = s.add_argument_group("policy (exit code 1 when breached)")
+    pol.add_argument("--max-flagged-fraction", type=_fraction, default=0.01, metavar="F",
+                     help="breach when more rows than this are flagged (default 0.01, twice the decision layer's "
+                          "clean-row bound; 0: any flagged row)")
+    pol.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
+                     help="breach when more rows than this are invalid (default 1: never)")
+    pol.add_argument("--min-valid-rows", type=_count, default=1, metavar="N",
+                     help="breach when fewer rows than this are valid (default 1: an empty or fully invalid batch "
+                          "breaches; 0: never)")
+    pol.add_argument("--on-drift", choices=("breach", "report"), default="breach",
+                     help="with --history, what a drift alarm does: breach (default) or report only")
+    pol.add_argument("--drift-window", type=_positive_int, default=20, metavar="N",
+                     help="compare with the last N runs that had the same detectors (default 20)")
+    pol.add_argument("--drift-min-runs", type=_positive_int, default=5, metavar="N",
+                     help="judge drift only with at least N such runs (default 5)")
+    pol.add_argument("--drift-k", type=_nonnegative, default=5.0, metavar="K",
+                     help="a metric rings above the runs' median by more than K robust spreads (default 5)")
+    pol.add_argument("--drift-floor", type=_fraction, default=0.005, metavar="F",
+                     help="... and by at least F for a flagged share (default 0.005: half a percentage point)")
+    pol.add_argument("--drift-score-floor", type=_nonnegative, default=1.0, metavar="S",
+                     help="... and by at least S for the 99th percentile of suspicion (default 1: p-values ten times "
+                          "smaller)")
     _add_input_options(s)
     v = s.add_argument_group("validation (Great Expectations)")
     v.add_argument("--expectations", metavar="SUITE.json",
@@ -154,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
     _add_input_options(m)
     _add_runner_options(m)
+
+    h = sub.add_parser("history", help="print the recent runs of a run history (screen --history)",
+                       description="Print the last runs recorded in a history store (SQLite), oldest first: counts, "
+                                   "flagged share, estimated poison rate, expectation pass rate, suspicion p99, verdict "
+                                   "and drift. The store is plain SQLite: query it with SQL (README, 'History and drift').")
+    h.add_argument("--history", required=True, metavar="PATH", help="the history file")
+    h.add_argument("--last", type=_positive_int, default=20, metavar="N", help="how many runs (default 20)")
+    h.add_argument("--json", action="store_true", help="print the runs as JSON (with their classes and detectors)")
 
     sub.add_parser("attacks", help="list the attack kinds and their parameters",
                    description="Print every attack kind a simulate config can name, with its parameters "
@@ -222,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "attacks":
         print(describe_attacks())
         return EXIT_OK
+    if args.command == "history":
+        return _history(args)
 
     _pin_threads(args.threads)
     _configure_logging(args.quiet, args.debug)
@@ -322,6 +359,21 @@ def describe_attacks() -> str:
     return "\n\n".join(blocks)
 
 
+def _history(args) -> int:
+    import json
+
+    from ..schemas import PoisonguardError
+    from .history import history_table, recent_runs
+
+    try:
+        runs = recent_runs(args.history, args.last)
+    except PoisonguardError as exc:
+        print(f"poisonguard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(runs, indent=2) if args.json else history_table(runs) if runs else f"{args.history}: no runs yet")
+    return EXIT_OK
+
+
 def _simulate(args, beam_args) -> int:
     from .simulate import SimulateConfig, run_simulate
 
@@ -345,6 +397,7 @@ def _simulate(args, beam_args) -> int:
 
 
 def _run(args, beam_args) -> int:
+    from .history import DriftRule
     from .screen import Policy, ScreenConfig, run_screen
 
     if args.command == "simulate":
@@ -368,7 +421,11 @@ def _run(args, beam_args) -> int:
         reference=tuple(args.reference),
         target_fpr=args.target_fpr,
         policy=Policy(max_flagged_fraction=args.max_flagged_fraction, max_invalid_fraction=args.max_invalid_fraction,
-                      on_failed_expectation=args.on_failed_expectation, min_valid_rows=args.min_valid_rows),
+                      on_failed_expectation=args.on_failed_expectation, min_valid_rows=args.min_valid_rows,
+                      on_drift=args.on_drift),
+        history=args.history,
+        drift=DriftRule(window=args.drift_window, min_runs=args.drift_min_runs, k=args.drift_k, floor=args.drift_floor,
+                        score_floor=args.drift_score_floor),
         expectations=args.expectations,
         validate=not args.no_validation,
         batch_rows=args.batch_rows,

@@ -34,6 +34,7 @@ from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
 from .ids import check_duplicate_ids, duplicate_ids_pass
+from .history import DriftRule, append_run, check_store, compare_with_history, run_record
 from .html_report import write_html_report
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, percent, rounded, write_json, write_report
@@ -148,6 +149,8 @@ class ScreenConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
     allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
+    history: str | None = None  # an SQLite run history: compare this run with it, then append it (pipelines.history)
+    drift: DriftRule = field(default_factory=DriftRule)  # when the comparison rings (see Policy.on_drift)
 
     def detector_names(self) -> tuple[str, ...]:
         """The detectors to run: as configured, or the default set (with ``novelty`` when there are trusted rows)."""
@@ -348,6 +351,8 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector = config.make_detector()
     if config.batch_rows < 1:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
+    if config.history:
+        check_store(config.history)
     files = discover_shards(list(config.inputs), na_values=config.na_values)
     contract = resolve_contract(
         files, label_column=config.label_column, id_column=config.id_column,
@@ -397,11 +402,15 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["inputs"]["duplicate_ids"] = duplicates.to_json()
         report["timings"]["total_s"] = time.perf_counter() - t0
+        if config.history:  # this run against the past ones; its own record is appended once it is published
+            report = compare_with_history(report, config.history, config.drift, config.policy.on_drift)
         if validation is not None:  # the suite as applied: a file to edit and pass back with --expectations
             write_json(validation.suite, os.path.join(staging, SUITE_FILE))
         report = write_report(report, os.path.join(staging, "report.json"))
         write_html_report(report, os.path.join(staging, "report.html"))
         outdir.publish()
+        if config.history:
+            append_run(config.history, run_record(report))
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
                  report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
