@@ -1,4 +1,4 @@
-"""The ``poisonguard`` command line: ``screen``, ``simulate``, ``attacks`` and ``demo``.
+"""The ``poisonguard`` command line: ``screen``, ``run`` (a job file), ``history``, ``simulate``, ``attacks`` and ``demo``.
 
 Exit codes: 0 the batch was accepted (or the simulation done), 1 it breached the policy, 2 a usage, config or input error
 (printed as one line naming the file, column or option; ``--debug`` shows the traceback).
@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--last", type=_positive_int, default=20, metavar="N", help="how many runs (default 20)")
     h.add_argument("--json", action="store_true", help="print the runs as JSON (with their classes and detectors)")
 
+    sub.add_parser("run", help="run a screening job file: poisonguard run JOB.yaml [--date D] [--set KEY=VALUE]",
+                   description="see poisonguard run --help", add_help=False)  # handled by pipelines.jobs (see main)
+
     sub.add_parser("attacks", help="list the attack kinds and their parameters",
                    description="Print every attack kind a simulate config can name, with its parameters "
                                "(type, default, meaning).")
@@ -239,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, beam_args = _split_beam_args(argv)
     parser = build_parser()
+    if own[:1] == ["run"]:  # a job file: becomes a screen command line (pipelines.jobs)
+        job = _job_argv(own[1:], parser, beam_args)
+        if isinstance(job, int):
+            return job
+        own, beam_args = job
     try:
         args = parser.parse_args(own)
     except SystemExit as exc:
@@ -282,6 +290,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"poisonguard: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
             return EXIT_ERROR
+
+
+def _job_argv(argv: list[str], parser, beam_args):
+    from ..schemas import PoisonguardError
+    from .jobs import screen_argv_for_job
+
+    try:
+        return screen_argv_for_job(argv, parser, _Parser, beam_args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except PoisonguardError as exc:
+        print(f"poisonguard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
