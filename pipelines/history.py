@@ -241,8 +241,9 @@ def _check_store(con: sqlite3.Connection, path: str) -> None:
                           f"{STORE_VERSION}")
 
 
-def recent_runs(path: str, last: int | None = None, *, create: bool = False) -> list[dict]:
-    """The last ``last`` runs (all with None), oldest first, each with its ``classes`` and ``detectors_flagged``."""
+def recent_runs(path: str, last: int | None = None, *, create: bool = False, detectors: str | None = None) -> list[dict]:
+    """The last ``last`` runs (all with None; only those with these ``detectors``, comma-separated, if given), oldest
+    first, each with its ``classes`` and ``detectors_flagged``."""
     con = _connect(path, create)
     try:
         con.row_factory = sqlite3.Row
@@ -250,7 +251,8 @@ def recent_runs(path: str, last: int | None = None, *, create: bool = False) -> 
         if "runs" not in tables:
             return []
         limit = -1 if last is None else int(last)
-        runs = [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY run_id DESC LIMIT ?", (limit,))][::-1]
+        where, params = ("WHERE detectors = ?", (detectors,)) if detectors is not None else ("", ())
+        runs = [dict(r) for r in con.execute(f"SELECT * FROM runs {where} ORDER BY run_id DESC LIMIT ?", (*params, limit))][::-1]
         if not runs:
             return []
         ids = tuple(r["run_id"] for r in runs)
@@ -375,8 +377,9 @@ def drift_reason(section: dict) -> str:
 
 def compare_with_history(report: dict, path: str, rule: DriftRule, on_drift: str) -> dict:
     """Add the ``history`` section to a report; a drift alarm adds a policy reason (and breaches with ``on_drift='breach'``)."""
-    past = recent_runs(path, None, create=True)
-    section = {"path": path, **check_drift(run_record(report), past, rule)}
+    record = run_record(report)
+    past = recent_runs(path, rule.window, create=True, detectors=record["detectors"])
+    section = {"path": path, **check_drift(record, past, rule)}
     report = {**report, "history": section}
     if section["alarm"] and on_drift == "breach":
         report["policy"] = {**report["policy"], "breached": True, "reasons": [*report["policy"]["reasons"], drift_reason(section)]}
