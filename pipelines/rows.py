@@ -126,7 +126,10 @@ def resolve_contract(
             raise InputError(f"--feature-columns: '{clash[0]}' is the label or id column, not a feature")
         features = list(dict.fromkeys(feature_columns))
     else:
-        features = [n for n in names if n not in reserved | ground_truth and _is_numeric(first.field(n).type)]
+        # A column's type in the first file with values in it: a header-only file (an empty partition) says nothing.
+        seen = {n: next((t for t in (schema.field(n).type for _, schema in schemas) if not pa.types.is_null(t)), pa.null())
+                for n in names}
+        features = [n for n in names if n not in reserved | ground_truth and _is_numeric(seen[n])]
         if not features and all(pa.types.is_null(schema.field(n).type) for _, schema in schemas for n in names):
             # No file has a data row (header-only CSV): an empty batch, whose every other column may be a feature.
             # It runs, and the policy breaches it (--min-valid-rows), rather than failing on types no row shows.

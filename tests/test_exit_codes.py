@@ -80,3 +80,16 @@ def test_default_budget_accepts_a_clean_real_table_and_breaches_above_it(tmp_pat
     assert run_cli([*base, "--contamination", "0.005", "--max-flagged-fraction", "0"]) == EXIT_BREACHED
     assert run_cli([*base, "--contamination", "0.03"]) == EXIT_BREACHED
     assert "exceed the allowed 1%" in _report(tmp_path / "out")["policy"]["reasons"][0]
+
+
+def test_empty_partition_beside_full_ones(tmp_path):
+    """A header-only file among others (an hour with no rows, listed first) adds nothing: the columns' types come from
+    the files with rows, and the batch of the other files is screened as usual."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("f1,f2,f3,label\n")
+    write_frame(tmp_path / "in" / "b.csv", _frame(90))
+    out = tmp_path / "out"
+    assert run_cli(["screen", tmp_path / "in", "--out", out, "-q"]) == EXIT_OK
+    report = _report(out)
+    assert report["counts"]["rows_in"] == 90 and report["inputs"]["feature_columns"] == ["f1", "f2", "f3"]
+    assert len(report["inputs"]["files"]) == 2
