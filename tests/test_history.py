@@ -161,3 +161,50 @@ def test_two_runs_started_at_once_both_land(batches, tmp_path):
         outs = sorted(r[0] for r in con.execute("SELECT out FROM runs"))
         assert outs == sorted(str(tmp_path / f"out{i}") for i in (0, 1))
         assert con.execute("SELECT count(DISTINCT run_id) FROM run_classes").fetchone()[0] == 2
+
+
+# -- the alarm on its own (no pipeline) ---------------------------------------------------------------
+def _record(share, p99=1.6, detectors="spectral", rows=3000, classes=None, run_id=0):
+    classes = classes or {"a": (rows // 2, share), "b": (rows - rows // 2, share)}
+    return {"run_id": run_id, "detectors": detectors, "valid": rows, "flagged_share": share, "suspicion_p99": p99,
+            "classes": {c: {"rows": n, "flagged_share": s, "suspicion_p99": p99} for c, (n, s) in classes.items()},
+            "detectors_flagged": {"spectral": {"flagged": int(share * rows), "flagged_share": share}}}
+
+
+def test_alarm_rule_median_plus_robust_spreads_with_floors():
+    from poisonguard.pipelines.history import DriftRule, check_drift
+
+    rule = DriftRule(window=20, min_runs=5, k=5, floor=0.005, score_floor=1.0)
+    past = [_record(s, run_id=i) for i, s in enumerate([0.002, 0.003, 0.002, 0.004, 0.003])]
+    # median 0.003, MAD 0.001 -> spread 0.0014826; 5 spreads 0.0074 > floor; binomial 5 * sqrt(.005 * .995 / 3000) = 0.0064
+    assert not check_drift(_record(0.010), past, rule)["alarm"]
+    hit = check_drift(_record(0.011), past, rule)
+    assert hit["alarm"] and hit["classes"] == []  # a class of 1,500 rows has a wider binomial band (0.0091) than 0.008
+    assert check_drift(_record(0.013), past, rule)["classes"] == ["a", "b"]
+    overall = next(d for d in hit["drifts"] if d["class"] is None and d["detector"] is None and d["metric"] == "flagged_share")
+    assert overall["median"] == pytest.approx(0.003) and overall["threshold"] == pytest.approx(0.003 + 5 * 1.4826 * 0.001)
+    # history all zero: the floor (plus binomial errors) holds the line instead of a zero spread
+    zeros = [_record(0.0, run_id=i) for i in range(5)]
+    assert not check_drift(_record(0.004), zeros, rule)["alarm"]
+    assert check_drift(_record(0.02), zeros, rule)["alarm"]
+    # fewer flags never ring; too few comparable runs (other detectors do not count) are no judgement
+    assert not check_drift(_record(0.0), past, rule)["alarm"]
+    other = [_record(0.0, detectors="spectral,label", run_id=i) for i in range(10)]
+    section = check_drift(_record(0.5), past[:4] + other, rule)
+    assert section["compared_runs"] == 4 and not section["judged"] and not section["alarm"]
+    # the score: p99 above median + max(k spreads, score floor)
+    assert not check_drift(_record(0.003, p99=2.5), past, rule)["alarm"]
+    assert [d["metric"] for d in check_drift(_record(0.003, p99=2.7), past, rule)["drifts"]][:1] == ["suspicion_p99"]
+
+
+def test_one_class_alone_does_not_ring_but_is_named_when_the_batch_does():
+    from poisonguard.pipelines.history import DriftRule, check_drift
+
+    rule = DriftRule()
+    past = [_record(0.0, classes={"big": (2900, 0.0), "small": (100, 0.0)}, run_id=i) for i in range(5)]
+    small_only = _record(15 / 3000, classes={"big": (2900, 0.0), "small": (100, 0.15)})  # 15 rows of a small class
+    assert not check_drift(small_only, past, rule)["alarm"]
+    both = _record(0.05, classes={"big": (2900, 0.047), "small": (100, 0.15)})
+    section = check_drift(both, past, rule)
+    assert section["alarm"] and section["classes"] == ["big", "small"]
+    assert section["drifts"][0]["class"] is None  # the batch's own metrics first
