@@ -125,6 +125,7 @@ class ScreenConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
     allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
+    model: str | None = None  # a model directory from `poisonguard fit`: score against it, no refit (pipelines.model)
 
     def detector_names(self) -> tuple[str, ...]:
         """The detectors to run: as configured, or the default set (with ``novelty`` when there are trusted rows)."""
@@ -321,6 +322,10 @@ def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, co
 # -- the job ---------------------------------------------------------------------------------
 def run_screen(config: ScreenConfig) -> ScreenResult:
     """Run the screening job end to end; raises PoisonguardError for bad input or options."""
+    if config.model is not None:  # a saved model: one pass, no fit
+        from .model import run_screen_model
+
+        return run_screen_model(config)
     t0 = time.perf_counter()
     detector = config.make_detector()
     if config.batch_rows < 1:
