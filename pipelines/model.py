@@ -128,6 +128,7 @@ def run_fit(config: FitConfig) -> dict:
     """Fit on trusted rows and write the model directory; returns the manifest."""
     from .ids import check_duplicate_ids, duplicate_ids_pass
     from .screen import calibrate_pass, fit_passes, reference_statistics_pass
+    from .staging import remove_staged, stage_pass
     from .validation import contract_suite
 
     t0 = time.perf_counter()
@@ -146,6 +147,9 @@ def run_fit(config: FitConfig) -> dict:
     with OutputDir(config.out, "fit", outputs, inputs=config.inputs, files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
+            t = time.perf_counter()  # read and validate once; every further pass reads the columnar copy
+            units = stage_pass(session, units, contract, config.batch_rows, staging)
+            timings["read_s"] = time.perf_counter() - t
             check_duplicate_ids(duplicate_ids_pass(session, units, contract, config.batch_rows, staging), contract,
                                 config.allow_duplicate_ids)
             t = time.perf_counter()
@@ -160,6 +164,7 @@ def run_fit(config: FitConfig) -> dict:
                 stats = reference_statistics_pass(session, units, contract, config.batch_rows, staging)
                 suite = contract_suite(contract, stats)
                 timings["reference_statistics_s"] = time.perf_counter() - t
+        remove_staged(staging)
         manifest = save_model(staging, model, detector, contract, config, reference, suite, timings, t0)
         outdir.publish()
     log.info("fitted %s on %d trusted rows in %.1f s -> %s", ", ".join(model.names), int(np.sum(model.counts)),
