@@ -31,14 +31,23 @@ class ModelFormatError(ConfigError):
 # -- boosted trees without pickle ------------------------------------------------------------------
 @njit
 def _raw_predict(X, baseline, tree_start, feature, threshold, missing_left, left, right, is_leaf, value, n_per_iter, out):
-    """``out[i, k] = baseline[k] + sum over iterations of tree(it, k)(X[i])``, trees walked as scikit-learn does."""
+    """``out[i, k] = baseline[k] + sum over iterations of tree(it, k)(X[i])``, trees walked as scikit-learn does.
+
+    Rows in blocks that stay in cache, tree by tree within a block; each ``out[i, k]`` still
+    adds its trees in iteration order, as scikit-learn does, so the sums are bit-identical.
+    """
     n_trees = len(tree_start) - 1
-    for i in range(X.shape[0]):
-        for k in range(n_per_iter):
-            acc = baseline[k]
-            for t in range(k, n_trees, n_per_iter):
-                node = tree_start[t]
-                base = node
+    n = X.shape[0]
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        for i in range(start, stop):
+            for k in range(n_per_iter):
+                out[i, k] = baseline[k]
+        for t in range(n_trees):
+            k = t % n_per_iter
+            base = tree_start[t]
+            for i in range(start, stop):
+                node = base
                 while not is_leaf[node]:
                     x = X[i, feature[node]]
                     if np.isnan(x):
@@ -46,10 +55,10 @@ def _raw_predict(X, baseline, tree_start, feature, threshold, missing_left, left
                     else:
                         go_left = x <= threshold[node]
                     node = base + (left[node] if go_left else right[node])
-                acc += value[node]
-            out[i, k] = acc
+                out[i, k] += value[node]
 
 
+_BLOCK = 512
 _TREE_ARRAYS = ("classes", "baseline", "tree_start", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
 
 
@@ -124,7 +133,7 @@ class BoostedTrees:
             raise ConfigError(f"boosted trees: expected a 2-d array, got shape {X.shape}")
         if len(self.feature) and X.shape[1] <= int(self.feature[self.is_leaf == 0].max(initial=-1)):
             raise ConfigError(f"boosted trees: rows have {X.shape[1]} features, the trees use more")
-        out = np.empty((len(X), len(self.baseline)), dtype=np.float64)
+        out = np.empty((len(X), len(self.baseline)), dtype=np.float64, order="F")  # as scikit-learn's (softmax rounds by layout)
         _raw_predict(X, self.baseline, self.tree_start, self.feature, self.threshold, self.missing_left, self.left, self.right,
                      self.is_leaf, self.value, len(self.baseline), out)
         return out

@@ -20,7 +20,7 @@ FAST = {"label": {"sample_size": 8000, "boosting_rounds": 40}}
 
 
 # -- boosted trees without pickle ---------------------------------------------------------------------
-@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("n_classes", [2, 4, 10])
 def test_boosted_trees_predict_exactly_what_the_live_model_predicts(n_classes):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -28,8 +28,8 @@ def test_boosted_trees_predict_exactly_what_the_live_model_predicts(n_classes):
     X = rng.normal(size=(3000, 6))
     X[rng.random(X.shape) < 0.05] = np.nan  # missing values take the side the trees learnt
     y = (np.nan_to_num(X[:, 0]) + rng.normal(size=3000) > 0).astype(int)
-    if n_classes == 4:
-        y += 2 * (np.nan_to_num(X[:, 1]) > 0)
+    if n_classes > 2:
+        y = (y + 2 * (np.nan_to_num(X[:, 1]) > 0) + 4 * rng.integers(0, n_classes // 4 + 1, len(y))) % n_classes
     live = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, y)
     frozen = BoostedTrees.from_sklearn(live)
     rows = rng.normal(size=(2000, 6)) * 3
