@@ -312,7 +312,7 @@ def _check_model(where: str, model, manifest: dict) -> None:
 def run_screen_model(config):
     """``screen --model``: score and decide every batch row against the saved model, in one read."""
     from .html_report import write_html_report
-    from .ids import check_duplicate_ids, duplicate_ids_pass
+    from .ids import check_duplicate_ids
     from .report import write_report
     from .screen import SUITE_FILE, ScreenResult, build_report, screen_pass
     from .staging import count_problems, raise_if_lost
@@ -351,11 +351,12 @@ def run_screen_model(config):
     with OutputDir(config.out, "screen", outputs, inputs=(*config.inputs, config.model), files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
-            duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)  # reads only with --id-column
-            check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
             summary = screen_pass(session, model, detector, units, contract, config.batch_rows, staging, validation)
             timings["screen_s"] = time.perf_counter() - t
+            # with --id-column, repeated ids are counted in what the pass wrote, not by reading the input again
+            duplicates = written_duplicate_ids(session, staging, contract)
+            check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
         raise_if_lost(([] if summary.cleaned + summary.quarantine + summary.invalid == summary.rows_in else
                        [f"{summary.rows_in} rows in, but {summary.cleaned} cleaned + {summary.quarantine} quarantined + "
                         f"{summary.invalid} invalid"]) +
@@ -378,6 +379,45 @@ def run_screen_model(config):
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s", report["timings"]["total_s"],
                  summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
+
+
+def _written_ids(path: str):
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from ..schemas import ROW_ID
+    from .ids import bucketed_ids
+
+    ids = pq.read_table(path, columns=[ROW_ID])
+    yield from bucketed_ids(SimpleNamespace(valid=ids, invalid=ids.slice(0, 0)))
+
+
+def written_duplicate_ids(session, staging: str, contract: Contract):
+    """Repeated ids among the rows a screen pass wrote (every input row, once): the duplicate-id check without a read."""
+    import apache_beam as beam
+
+    from .ids import Duplicates
+    from .staging import load_result, save_result
+    from .transforms import MergeAll
+
+    if contract.id_column is None:
+        return Duplicates()
+    parts = sorted(os.path.join(staging, o, name) for o in OUTPUTS if os.path.isdir(os.path.join(staging, o))
+                   for name in os.listdir(os.path.join(staging, o)) if name.endswith(".parquet"))
+    if not parts:
+        return Duplicates()
+    path = os.path.join(staging, "_written_ids.pkl")
+    session.run(lambda p: (
+        p
+        | "Parts" >> beam.Create(parts, reshuffle=False)
+        | "IdsByBucket" >> beam.FlatMap(_written_ids)
+        | "CountPerBucket" >> beam.CombinePerKey(MergeAll())
+        | "KeepDuplicates" >> beam.Map(lambda kv: Duplicates.of(kv[1]))
+        | "Merge" >> beam.CombineGlobally(MergeAll())
+        | "Save" >> beam.Map(save_result, path)
+    ))
+    return load_result(path, "duplicate id count") or Duplicates()
 
 
 def _check_screen_options(config, saved: SavedModel) -> None:

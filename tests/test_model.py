@@ -267,3 +267,32 @@ def test_the_in_memory_ensemble_and_the_saved_model_agree(diamonds_split, diamon
     screened = det.screen(saved.model, X, y)
     recall, precision = recall_precision(truth, screened.flagged)
     assert recall >= 0.85 and precision >= 0.9
+
+
+def test_repeated_ids_are_found_without_a_second_read(diamonds_split, diamonds_model, monkeypatch, capsys):
+    from poisonguard.pipelines import io, transforms
+
+    root, _, batch, truth = diamonds_split
+    frame = pd.read_parquet(batch).iloc[:2000]
+    frame.insert(0, "id", np.arange(len(frame)))
+    frame.loc[7, "id"] = 3  # id 3 twice
+    path = str(root / "with-ids.parquet")
+    frame.to_parquet(path, index=False)
+    reads = []
+    original = io.read_shard
+
+    def counting(shard, batch_rows):
+        reads.append(shard.path)
+        return original(shard, batch_rows)
+
+    monkeypatch.setattr(transforms, "read_shard", counting)
+    capsys.readouterr()
+    assert run_cli(["screen", path, "--model", diamonds_model, "--id-column", "id", "--out", root / "ids", "-q"]) == 2
+    one_error_line(capsys.readouterr().err, "column 'id'", "2 rows share 1 id")
+    assert reads == [path] and not os.path.exists(root / "ids" / "report.json")
+    reads.clear()
+    assert run_cli(["screen", path, "--model", diamonds_model, "--id-column", "id", "--allow-duplicate-ids", "--out", root / "ids",
+                    "-q", "--max-flagged-fraction", "1"]) == 0
+    assert reads == [path]
+    report = json.load(open(root / "ids" / "report.json"))
+    assert report["inputs"]["duplicate_ids"]["rows"] == 2 and report["counts"]["rows_in"] == 2000
