@@ -296,3 +296,13 @@ def test_repeated_ids_are_found_without_a_second_read(diamonds_split, diamonds_m
     assert reads == [path]
     report = json.load(open(root / "ids" / "report.json"))
     assert report["inputs"]["duplicate_ids"]["rows"] == 2 and report["counts"]["rows_in"] == 2000
+
+
+@pytest.mark.slow
+def test_screen_model_flags_the_same_rows_with_two_worker_processes(diamonds_split, diamonds_model):
+    root, _, batch, truth = diamonds_split
+    for name, extra in (("w1", []), ("w2", ["--workers", "2", "--batch-rows", "4000"])):
+        assert run_cli(["screen", batch, "--model", diamonds_model, "--out", root / name, "--max-flagged-fraction", "1", "-q",
+                        "--no-validation", *extra]) == 0
+    a, b = flagged_rows(str(root / "w1"), len(truth)), flagged_rows(str(root / "w2"), len(truth))
+    assert a.sum() > 0 and np.array_equal(a, b)
