@@ -269,7 +269,8 @@ def test_the_in_memory_ensemble_and_the_saved_model_agree(diamonds_split, diamon
     assert recall >= 0.85 and precision >= 0.9
 
 
-def test_repeated_ids_are_found_without_a_second_read(diamonds_split, diamonds_model, monkeypatch, capsys):
+@pytest.mark.slow
+def test_repeated_ids_are_found_without_a_second_read_and_the_id_type_changes_nothing(diamonds_split, diamonds_model, monkeypatch, capsys):
     from poisonguard.pipelines import io, transforms
 
     root, _, batch, truth = diamonds_split
@@ -296,6 +297,18 @@ def test_repeated_ids_are_found_without_a_second_read(diamonds_split, diamonds_m
     assert reads == [path]
     report = json.load(open(root / "ids" / "report.json"))
     assert report["inputs"]["duplicate_ids"]["rows"] == 2 and report["counts"]["rows_in"] == 2000
+    # the same rows with text ids: the same scores, row by row
+    frame["id"] = "row-" + frame["id"].astype(str)
+    text = str(root / "with-text-ids.parquet")
+    frame.to_parquet(text, index=False)
+    assert run_cli(["screen", text, "--model", diamonds_model, "--id-column", "id", "--allow-duplicate-ids", "--out", root / "ids-text",
+                    "-q", "--max-flagged-fraction", "1"]) == 0
+
+    def scores(out):
+        rows = pd.concat([pd.read_parquet(os.path.join(out, o)) for o in ("cleaned", "quarantine") if os.listdir(os.path.join(out, o))])
+        return rows.sort_values(["carat", "depth", "table", "price", "x", "y", "z", "suspicion"])["suspicion"].to_numpy()
+
+    assert np.array_equal(scores(root / "ids"), scores(root / "ids-text"))
 
 
 @pytest.mark.slow
