@@ -319,3 +319,24 @@ def test_screen_model_flags_the_same_rows_with_two_worker_processes(diamonds_spl
                         "--no-validation", *extra]) == 0
     a, b = flagged_rows(str(root / "w1"), len(truth)), flagged_rows(str(root / "w2"), len(truth))
     assert a.sum() > 0 and np.array_equal(a, b)
+
+
+def test_fit_reads_the_trusted_rows_once(tmp_path, monkeypatch):
+    """fit's passes (the detectors, the nulls, the calibration, the suite's statistics) read the columnar copy."""
+    from poisonguard.pipelines import io, transforms
+
+    df, feats = real_frame("diamonds")
+    path = str(tmp_path / "trusted.csv")
+    df.iloc[:3000][[*feats, "label"]].to_csv(path, index=False)
+    reads = []
+    original = io.read_shard
+
+    def counting(shard, batch_rows):
+        reads.append(shard.path)
+        return original(shard, batch_rows)
+
+    monkeypatch.setattr(transforms, "read_shard", counting)
+    assert run_cli(["fit", path, "--out", tmp_path / "m", "--detectors", "spectral,influence", "-q"]) == 0
+    assert reads == [path]
+    manifest = json.load(open(tmp_path / "m" / "model.json"))
+    assert manifest["trusted_inputs"]["valid_rows"] == 3000 and manifest["timings"]["read_s"] >= 0
