@@ -1,7 +1,8 @@
 """Beam stages, the jobs (screen, simulate, demo) and the command line.
 
 Public surface: the jobs (:func:`run_screen` with :class:`ScreenConfig`,
-:func:`run_simulate` with :class:`SimulateConfig`), the composite
+:func:`run_simulate` with :class:`SimulateConfig`, :func:`run_fit` with :class:`FitConfig` and
+:func:`load_model`), the composite
 stage for your own pipeline (:class:`ScreenBatches` with :class:`ReadChunks`), and the
 pieces they are built from.
 
@@ -15,6 +16,7 @@ _EXPORTS = {
     "Shard": "io", "discover_shards": "io", "read_output": "io",
     "Contract": "rows", "resolve_contract": "rows", "validate_chunk": "rows",
     "RunnerConfig": "runners", "DriftRule": "history",
+    "FitConfig": "model", "SavedModel": "model", "load_model": "model", "run_fit": "model",
     "Policy": "screen", "ScreenConfig": "screen", "ScreenResult": "screen", "run_screen": "screen",
     "SimulateConfig": "simulate", "SimulateResult": "simulate", "run_simulate": "simulate",
     "Chunk": "transforms", "FitDetector": "transforms", "ReadChunks": "transforms", "ScreenBatches": "transforms",

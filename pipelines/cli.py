@@ -1,4 +1,4 @@
-"""The ``poisonguard`` command line: ``screen``, ``run`` (a job file), ``history``, ``simulate``, ``attacks`` and ``demo``.
+"""The ``poisonguard`` command line: ``screen``, ``fit``, ``run`` (a job file), ``history``, ``simulate``, ``attacks`` and ``demo``.
 
 Exit codes: 0 the batch was accepted (or the simulation done), 1 it breached the policy, 2 a usage, config or input error
 (printed as one line naming the file, column or option; ``--debug`` shows the traceback).
@@ -160,7 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "quarantine: valid rows failing a row-level expectation go to quarantine/, a failed "
                         "dataset-level expectation breaches the batch; breach: any failed expectation breaches the batch")
     v.add_argument("--no-validation", action="store_true", help="skip the validation stage")
+    s.add_argument("--model", metavar="MODEL_DIR",
+                   help="a model directory from 'poisonguard fit': score and decide against it in one read of the inputs, "
+                        "no refit (its detectors, cut and validation suite; --expectations still replaces the suite)")
     _add_runner_options(s)
+
+    f = sub.add_parser("fit", help="fit the detectors, the decision layer and the validation suite on trusted rows: write MODEL_DIR",
+                       description="Fit on trusted clean rows and write a model directory (JSON, .npz arrays, the Great "
+                                   "Expectations suite; no pickle) for 'poisonguard screen --model'. Exit code 0: done; 2: "
+                                   "usage or input error. Beam options go after '--'.")
+    f.add_argument("inputs", nargs="+", metavar="REFERENCE", help="trusted CSV or Parquet files, directories or glob patterns")
+    f.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    f.add_argument("--label-column", default="label", metavar="NAME", help="class label column (default: label)")
+    f.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
+    f.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
+    f.add_argument("--detectors", type=_columns, default=None, metavar="A,B",
+                   help="detectors to fit, comma-separated: spectral, robust_spectral, influence, clustering, knn, label "
+                        "(default: spectral,influence,label; novelty needs each batch and cannot be saved)")
+    f.add_argument("--target-fpr", type=_fraction, default=0.001, metavar="F",
+                   help="the saved cut flags at most this share of the trusted rows (default 0.001)")
+    f.add_argument("--no-validation", action="store_true", help="save no validation suite")
+    _add_input_options(f)
+    _add_runner_options(f)
 
     d = sub.add_parser("demo", help="plant a backdoor in bundled real data, screen it, print what was caught",
                        description="Build a poisoned copy of scikit-learn's breast-cancer data, screen it and print a summary.")
@@ -259,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    if beam_args and args.command not in ("screen", "simulate"):
+    if beam_args and args.command not in ("screen", "simulate", "fit"):
         print(f"poisonguard: error: '{args.command}' takes no Beam options after '--'", file=sys.stderr)
         return EXIT_ERROR
     if args.command == "attacks":
@@ -417,12 +438,40 @@ def _simulate(args, beam_args) -> int:
     return EXIT_OK
 
 
+def _fit(args, beam_args) -> int:
+    from .model import FitConfig, run_fit
+
+    manifest = run_fit(FitConfig(
+        inputs=tuple(args.inputs),
+        out=args.out,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        feature_columns=args.feature_columns,
+        detectors=args.detectors,
+        target_fpr=args.target_fpr,
+        validate=not args.no_validation,
+        batch_rows=args.batch_rows,
+        runner=_runner_config(args, beam_args),
+        na_values=args.na_values,
+        allow_duplicate_ids=args.allow_duplicate_ids,
+    ))
+    trusted = manifest["trusted_inputs"]
+    keeps = manifest["keeps_reference_rows"]
+    print(f"fitted {', '.join(d['name'] for d in manifest['detectors'])} on {trusted['valid_rows']:,} trusted rows "
+          f"({trusted['invalid_rows']:,} invalid); cut at suspicion {manifest['decision']['cut']:.3g} "
+          f"(target false-positive rate {manifest['decision']['target_fpr']:g})"
+          + (f"; the model keeps trusted rows ({', '.join(keeps)})" if keeps else "") + f" -> {args.out}")
+    return EXIT_OK
+
+
 def _run(args, beam_args) -> int:
     from .history import DriftRule
     from .screen import Policy, ScreenConfig, run_screen
 
     if args.command == "simulate":
         return _simulate(args, beam_args)
+    if args.command == "fit":
+        return _fit(args, beam_args)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -453,6 +502,7 @@ def _run(args, beam_args) -> int:
         runner=_runner_config(args, beam_args),
         na_values=args.na_values,
         allow_duplicate_ids=args.allow_duplicate_ids,
+        model=args.model,
     )
     result = run_screen(config)
     print(verdict_line(result.report, result.path("report.html")))

@@ -338,7 +338,9 @@ def write_part(table: pa.Table, directory: str, name: str) -> None:
         return
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{name}.tmp")
-    pq.write_table(table, tmp)
+    # pyarrow dictionary-encodes every column by default; for floating-point columns (features, scores) that
+    # made writing 8-10x slower and the files larger (measured: 300,000 x 36 floats, 2.3 s against 0.3 s)
+    pq.write_table(table, tmp, use_dictionary=[f.name for f in table.schema if not pa.types.is_floating(f.type)])
     os.replace(tmp, os.path.join(directory, name))
 
 

@@ -41,7 +41,7 @@ from .report import inputs_section, library_versions, percent, rounded, write_js
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
 from .outdir import OutputDir
-from .staging import count_problems, load_result, raise_if_lost, save_result
+from .staging import count_problems, load_result, raise_if_lost, remove_staged, save_result, stage_pass
 from .summary import ScreenSummary
 from .transforms import (
     MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
@@ -151,6 +151,7 @@ class ScreenConfig:
     allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
     history: str | None = None  # an SQLite run history: compare this run with it, then append it (pipelines.history)
     drift: DriftRule = field(default_factory=DriftRule)  # when the comparison rings (see Policy.on_drift)
+    model: str | None = None  # a model directory from `poisonguard fit`: score against it, no refit (pipelines.model)
 
     def detector_names(self) -> tuple[str, ...]:
         """The detectors to run: as configured, or the default set (with ``novelty`` when there are trusted rows)."""
@@ -347,6 +348,10 @@ def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, co
 # -- the job ---------------------------------------------------------------------------------
 def run_screen(config: ScreenConfig) -> ScreenResult:
     """Run the screening job end to end; raises PoisonguardError for bad input or options."""
+    if config.model is not None:  # a saved model: one pass, no fit
+        from .model import run_screen_model
+
+        return run_screen_model(config)
     t0 = time.perf_counter()
     detector = config.make_detector()
     if config.batch_rows < 1:
@@ -377,6 +382,11 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                    files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
+            t = time.perf_counter()  # read and validate once; every further pass reads the columnar copy
+            units = stage_pass(session, units, contract, config.batch_rows, staging)
+            if ref_units:
+                ref_units = stage_pass(session, ref_units, ref_contract, config.batch_rows, staging, "reference")
+            timings["read_s"] = time.perf_counter() - t
             duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)
             check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
@@ -395,6 +405,7 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
             t = time.perf_counter()
             summary = screen_pass(session, model, detector, units, contract, config.batch_rows, staging, validation)
             timings["screen_s"] = time.perf_counter() - t
+        remove_staged(staging)
         _check_conservation(summary, model, files, staging)
         report = build_report(config, detector, contract, files, summary, model,
                               {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings, validation)

@@ -32,6 +32,7 @@ from ..detectors.thresholds import SUSPICION_EDGES
 from ..schemas import ATTACK, FLAGGED, POISONED, REASON, ROW_ID, SUSPICION, InputError, score_column
 from .io import Shard, read_shard
 from .rows import Contract, validate_chunk
+from .staging import StagedUnit
 from .summary import ClassSummary, ScreenSummary
 
 
@@ -59,6 +60,10 @@ class ScreenedChunk:
 
 
 def read_and_validate(shard: Shard, contract: Contract, batch_rows: int):
+    """The shard's chunks, read and validated; a unit staged by :func:`~.staging.stage_pass` is read from its copy."""
+    if isinstance(shard, StagedUnit):
+        yield from shard.read()
+        return
     for raw in read_shard(shard, batch_rows):
         valid, invalid = validate_chunk(raw, contract)
         yield Chunk(shard.index, raw.number, valid, invalid)

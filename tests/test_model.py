@@ -1,0 +1,342 @@
+"""Saved models: ``poisonguard fit`` on trusted rows, then ``screen --model`` in one read, with no pickle anywhere."""
+
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import one_error_line, plant_field_backdoor, real_frame, recall_precision, run_cli
+
+from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector
+from poisonguard.detectors.persist import BoostedTrees, decode, encode
+
+# Smaller label samples than the default keep the fit to seconds; the field backdoor is found by influence.
+FAST = {"label": {"sample_size": 8000, "boosting_rounds": 40}}
+
+
+# -- boosted trees without pickle ---------------------------------------------------------------------
+@pytest.mark.parametrize("n_classes", [2, 4, 10])
+def test_boosted_trees_predict_exactly_what_the_live_model_predicts(n_classes):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(n_classes)
+    X = rng.normal(size=(3000, 6))
+    X[rng.random(X.shape) < 0.05] = np.nan  # missing values take the side the trees learnt
+    y = (np.nan_to_num(X[:, 0]) + rng.normal(size=3000) > 0).astype(int)
+    if n_classes > 2:
+        y = (y + 2 * (np.nan_to_num(X[:, 1]) > 0) + 4 * rng.integers(0, n_classes // 4 + 1, len(y))) % n_classes
+    live = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, y)
+    frozen = BoostedTrees.from_sklearn(live)
+    rows = rng.normal(size=(2000, 6)) * 3
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    rows[:3, 0], rows[3:6, 1] = np.inf, -np.inf
+    assert np.array_equal(frozen.predict_proba(rows), live.predict_proba(rows))  # bit for bit
+    assert np.array_equal(frozen.predict_proba(rows.astype(np.float32)), live.predict_proba(rows.astype(np.float32)))
+    assert list(frozen.classes_) == list(live.classes_)
+
+
+def test_a_fitted_label_model_round_trips_through_json_and_arrays(cancer, tmp_path):
+    X, y = cancer
+    det = ConfidentLabelDetector(sample_size=400, boosting_rounds=20).fit(X, y)
+    arrays = {}
+    spec = json.loads(json.dumps(encode(det.model_, arrays)))
+    np.savez(tmp_path / "a.npz", **arrays)
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as npz:
+        model = decode(spec, {k: npz[k] for k in npz.files})
+    assert all(isinstance(m, BoostedTrees) for m in model.models if m is not None)
+    live, saved = det.model_.scores_and_pvalues(X, y), model.scores_and_pvalues(X, y)
+    assert np.array_equal(live[0], saved[0]) and np.array_equal(live[1], saved[1])
+
+
+# -- fit, then screen --model on a real table -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def diamonds_split(tmp_path_factory):
+    """diamonds: 70% trusted rows (a Parquet file), and the other 30% with the field test's 3% backdoor planted."""
+    df, feats = real_frame("diamonds")
+    held = np.random.default_rng(0).random(len(df)) < 0.3
+    root = tmp_path_factory.mktemp("diamonds")
+    trusted = str(root / "trusted.parquet")
+    df[~held][[*feats, "label"]].to_parquet(trusted, index=False)
+    batch = df[held]
+    X, y, truth = plant_field_backdoor(batch[feats].to_numpy(float), batch["label"].astype(str).to_numpy(object), 0.03, seed=3)
+    frame = pd.DataFrame(X, columns=feats)
+    frame["label"] = y
+    path = str(root / "batch.parquet")
+    frame.to_parquet(path, index=False)
+    return root, trusted, path, truth
+
+
+@pytest.fixture(scope="module")
+def diamonds_model(diamonds_split):
+    from poisonguard.pipelines.model import FitConfig, run_fit
+
+    root, trusted, _, _ = diamonds_split
+    out = str(root / "model")
+    run_fit(FitConfig(inputs=(trusted,), out=out, detector_params=FAST))
+    return out
+
+
+def flagged_rows(out: str, n: int) -> np.ndarray:
+    """Which batch rows (by their derived id's offset) went to quarantine/."""
+    ids = pq.read_table(os.path.join(out, "quarantine")).column("row_id").to_pylist() if os.listdir(os.path.join(out, "quarantine")) else []
+    flagged = np.zeros(n, bool)
+    flagged[[int(i.rsplit(":", 1)[1]) for i in ids]] = True
+    return flagged
+
+
+@pytest.mark.slow
+def test_a_model_fitted_on_clean_rows_screens_poisoned_batches_as_well_as_or_better_than_a_refit(diamonds_split, diamonds_model,
+                                                                                                  capsys):
+    """The refit learns the batch's poison as normal; the frozen model fitted on the clean rows does not."""
+    root, _, batch, truth = diamonds_split
+    assert run_cli(["screen", batch, "--model", diamonds_model, "--out", root / "frozen", "--max-flagged-fraction", "1", "-q"]) == 0
+    assert run_cli(["screen", batch, "--out", root / "refit", "--max-flagged-fraction", "1", "-q"]) == 0
+    frozen = recall_precision(truth, flagged_rows(str(root / "frozen"), len(truth)))
+    refit = recall_precision(truth, flagged_rows(str(root / "refit"), len(truth)))
+    assert frozen[0] >= refit[0] and frozen[1] >= refit[1], (frozen, refit)
+    assert frozen[0] >= 0.85 and frozen[1] >= 0.9, frozen
+    clean_loss = (flagged_rows(str(root / "frozen"), len(truth)) & ~truth).mean()
+    assert clean_loss <= 0.005
+    report = json.load(open(root / "frozen" / "report.json"))
+    assert report["decision"]["threshold_mode"] == "reference" and report["reference"]["paths"] == [diamonds_model]
+
+
+def test_the_batch_is_read_once_with_a_model_and_once_with_a_refit(diamonds_split, diamonds_model, monkeypatch):
+    """screen --model reads and validates the batch in its one pass; a refit (fit passes, calibration, the screen
+    pass) reads it once too, into a columnar copy that every further pass reads."""
+    from poisonguard.pipelines import io, transforms
+
+    root, _, batch, truth = diamonds_split
+    reads = []
+    original = io.read_shard
+
+    def counting(shard, batch_rows):
+        if shard.path == batch:
+            reads.append(shard.index)
+        return original(shard, batch_rows)
+
+    monkeypatch.setattr(transforms, "read_shard", counting)
+    assert run_cli(["screen", batch, "--model", diamonds_model, "--out", root / "once", "--max-flagged-fraction", "1", "-q"]) == 0
+    assert reads == [0]  # validation included: one read of the one work unit
+    report = json.load(open(root / "once" / "report.json"))
+    assert report["validation"]["evaluated"] > 0 and report["counts"]["rows_in"] == len(truth)
+    reads.clear()
+    assert run_cli(["screen", batch, "--out", root / "refit-reads", "--detectors", "spectral", "-q",
+                    "--max-flagged-fraction", "1"]) == 0
+    assert reads == [0]
+    assert json.load(open(root / "refit-reads" / "report.json"))["counts"]["rows_in"] == len(truth)
+    assert not [n for n in os.listdir(os.path.realpath(root / "refit-reads" / ".current")) if n.startswith("_")]  # copy removed
+
+
+def test_screen_model_flags_the_same_rows_whatever_the_batch_size(diamonds_split, diamonds_model):
+    root, _, batch, truth = diamonds_split
+    for name, rows in (("b-default", None), ("b-small", "1500")):
+        extra = [] if rows is None else ["--batch-rows", rows]
+        assert run_cli(["screen", batch, "--model", diamonds_model, "--out", root / name, "--max-flagged-fraction", "1", "-q",
+                        "--no-validation", *extra]) == 0
+    a, b = flagged_rows(str(root / "b-default"), len(truth)), flagged_rows(str(root / "b-small"), len(truth))
+    assert a.sum() > 0 and np.array_equal(a, b)
+    sa = pq.read_table(root / "b-default" / "cleaned").sort_by("row_id").column("suspicion").to_numpy()
+    sb = pq.read_table(root / "b-small" / "cleaned").sort_by("row_id").column("suspicion").to_numpy()
+    assert np.array_equal(sa, sb)
+
+
+# -- what is in the model directory -----------------------------------------------------------------------
+PICKLE_MAGIC = tuple(bytes([0x80, proto]) for proto in range(2, 6))
+
+
+def _files(root):
+    for folder, _, names in os.walk(root):
+        for name in names:
+            yield os.path.join(folder, name)
+
+
+def test_the_model_directory_holds_no_pickle(diamonds_model):
+    files = list(_files(diamonds_model))
+    assert files and not [f for f in files if f.endswith((".pkl", ".pickle"))]
+    manifest = json.load(open(os.path.join(diamonds_model, "model.json")))
+    assert manifest["format_version"] == 1 and manifest["versions"]["scikit_learn"]
+    assert manifest["keeps_reference_rows"] == []
+    for path in files:
+        data = open(path, "rb").read()
+        assert not data.startswith(PICKLE_MAGIC), path
+        if path.endswith(".npz"):
+            with zipfile.ZipFile(path) as zf:
+                for member in zf.namelist():
+                    body = zf.read(member)
+                    assert body.startswith(b"\x93NUMPY") and b"'O'" not in body[:200] and b"pickle" not in body, member
+            with np.load(path, allow_pickle=False) as npz:
+                assert all(npz[name].dtype != object for name in npz.files)
+        else:
+            json.loads(data)  # the manifest, the suite and poisonguard's own marker: all JSON
+
+
+def _copy(model, tmp_path, name):
+    target = tmp_path / name
+    shutil.copytree(os.path.realpath(os.path.join(model, "model.json")).rsplit("/", 1)[0], target)
+    return target
+
+
+def _screen_error(capsys, model, batch, out):
+    capsys.readouterr()
+    assert run_cli(["screen", batch, "--model", model, "--out", out, "-q"]) == 2
+    return capsys.readouterr().err
+
+
+def test_a_tampered_or_wrong_version_model_is_refused_in_one_line(diamonds_split, diamonds_model, tmp_path, capsys):
+    _, _, batch, _ = diamonds_split
+    # a shape edited in the manifest
+    shape = _copy(diamonds_model, tmp_path, "shape")
+    manifest = json.load(open(shape / "model.json"))
+    thresholds = manifest["model"]["fields"]["thresholds"]
+    thresholds["shape"] = [thresholds["shape"][0] + 1]
+    json.dump(manifest, open(shape / "model.json", "w"))
+    one_error_line(_screen_error(capsys, shape, batch, tmp_path / "o1"), "--model", "thresholds", "the manifest says")
+    # an array replaced by one of another shape
+    arrays = _copy(diamonds_model, tmp_path, "arrays")
+    with np.load(arrays / "arrays.npz", allow_pickle=False) as npz:
+        content = {k: npz[k] for k in npz.files}
+    name = manifest["model"]["fields"]["thresholds"]["array"]
+    content[name] = np.zeros(len(content[name]) + 2)
+    np.savez(arrays / "arrays.npz", **content)
+    one_error_line(_screen_error(capsys, arrays, batch, tmp_path / "o2"), "--model", name)
+    # another format version
+    version = _copy(diamonds_model, tmp_path, "version")
+    manifest = json.load(open(version / "model.json"))
+    manifest["format_version"] = 99
+    json.dump(manifest, open(version / "model.json", "w"))
+    one_error_line(_screen_error(capsys, version, batch, tmp_path / "o3"), "format version 99", "reads version 1")
+    # a missing file
+    missing = _copy(diamonds_model, tmp_path, "missing")
+    os.remove(missing / "arrays.npz")
+    one_error_line(_screen_error(capsys, missing, batch, tmp_path / "o4"), "arrays.npz is missing")
+    # an object array (pickle) in the arrays file
+    objects = _copy(diamonds_model, tmp_path, "objects")
+    content[name] = np.array([{"a": 1}, None], dtype=object)
+    np.savez(objects / "arrays.npz", **content)
+    one_error_line(_screen_error(capsys, objects, batch, tmp_path / "o5"), "without pickle")
+    # not a model at all
+    one_error_line(_screen_error(capsys, tmp_path, batch, tmp_path / "o6"), "no model.json")
+    assert not any(os.path.exists(tmp_path / f"o{i}" / "report.json") for i in range(1, 7))
+
+
+def test_fit_refuses_a_detector_it_cannot_save_and_a_directory_it_did_not_write(diamonds_split, tmp_path, capsys):
+    _, trusted, _, _ = diamonds_split
+    assert run_cli(["fit", trusted, "--out", tmp_path / "m", "--detectors", "spectral,novelty"]) == 2
+    one_error_line(capsys.readouterr().err, "novelty", "cannot be saved")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    assert run_cli(["fit", trusted, "--out", tmp_path / "theirs", "--detectors", "spectral"]) == 2
+    one_error_line(capsys.readouterr().err, "theirs")
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine"
+
+
+def test_a_knn_model_says_it_keeps_trusted_rows(tmp_path, capsys):
+    df, feats = real_frame("diamonds")
+    path = str(tmp_path / "small.parquet")
+    df.iloc[:3000][[*feats, "label"]].to_parquet(path, index=False)
+    assert run_cli(["fit", path, "--out", tmp_path / "knn", "--detectors", "knn", "-q"]) == 0
+    assert "keeps trusted rows (knn)" in capsys.readouterr().out
+    manifest = json.load(open(tmp_path / "knn" / "model.json"))
+    assert manifest["keeps_reference_rows"] == ["knn"] and "trusted rows" in manifest["note"]
+    assert run_cli(["screen", path, "--model", tmp_path / "knn", "--out", tmp_path / "s", "-q", "--max-flagged-fraction", "1"]) == 0
+
+
+def test_options_the_model_fixes_cannot_be_given_again(diamonds_split, diamonds_model, tmp_path, capsys):
+    _, trusted, batch, _ = diamonds_split
+    assert run_cli(["screen", batch, "--model", diamonds_model, "--detectors", "spectral", "--out", tmp_path / "o"]) == 2
+    one_error_line(capsys.readouterr().err, "--detectors", "--model")
+    assert run_cli(["screen", batch, "--model", diamonds_model, "--reference", trusted, "--out", tmp_path / "o"]) == 2
+    one_error_line(capsys.readouterr().err, "--reference", "--model")
+
+
+def test_the_in_memory_ensemble_and_the_saved_model_agree(diamonds_split, diamonds_model):
+    """What screen --model decides is what the estimator decides with the loaded model."""
+    from poisonguard.pipelines.model import load_model
+
+    _, _, batch, truth = diamonds_split
+    saved = load_model(diamonds_model)
+    frame = pd.read_parquet(batch)
+    X, y = frame[list(saved.feature_columns)].to_numpy(float), frame["label"].to_numpy(object)
+    det: EnsembleDetector = saved.make_detector()
+    screened = det.screen(saved.model, X, y)
+    recall, precision = recall_precision(truth, screened.flagged)
+    assert recall >= 0.85 and precision >= 0.9
+
+
+@pytest.mark.slow
+def test_repeated_ids_are_found_without_a_second_read_and_the_id_type_changes_nothing(diamonds_split, diamonds_model, monkeypatch, capsys):
+    from poisonguard.pipelines import io, transforms
+
+    root, _, batch, truth = diamonds_split
+    frame = pd.read_parquet(batch).iloc[:2000]
+    frame.insert(0, "id", np.arange(len(frame)))
+    frame.loc[7, "id"] = 3  # id 3 twice
+    path = str(root / "with-ids.parquet")
+    frame.to_parquet(path, index=False)
+    reads = []
+    original = io.read_shard
+
+    def counting(shard, batch_rows):
+        reads.append(shard.path)
+        return original(shard, batch_rows)
+
+    monkeypatch.setattr(transforms, "read_shard", counting)
+    capsys.readouterr()
+    assert run_cli(["screen", path, "--model", diamonds_model, "--id-column", "id", "--out", root / "ids", "-q"]) == 2
+    one_error_line(capsys.readouterr().err, "column 'id'", "2 rows share 1 id")
+    assert reads == [path] and not os.path.exists(root / "ids" / "report.json")
+    reads.clear()
+    assert run_cli(["screen", path, "--model", diamonds_model, "--id-column", "id", "--allow-duplicate-ids", "--out", root / "ids",
+                    "-q", "--max-flagged-fraction", "1"]) == 0
+    assert reads == [path]
+    report = json.load(open(root / "ids" / "report.json"))
+    assert report["inputs"]["duplicate_ids"]["rows"] == 2 and report["counts"]["rows_in"] == 2000
+    # the same rows with text ids: the same scores, row by row
+    frame["id"] = "row-" + frame["id"].astype(str)
+    text = str(root / "with-text-ids.parquet")
+    frame.to_parquet(text, index=False)
+    assert run_cli(["screen", text, "--model", diamonds_model, "--id-column", "id", "--allow-duplicate-ids", "--out", root / "ids-text",
+                    "-q", "--max-flagged-fraction", "1"]) == 0
+
+    def scores(out):
+        rows = pd.concat([pd.read_parquet(os.path.join(out, o)) for o in ("cleaned", "quarantine") if os.listdir(os.path.join(out, o))])
+        return rows.sort_values(["carat", "depth", "table", "price", "x", "y", "z", "suspicion"])["suspicion"].to_numpy()
+
+    assert np.array_equal(scores(root / "ids"), scores(root / "ids-text"))
+
+
+@pytest.mark.slow
+def test_screen_model_flags_the_same_rows_with_two_worker_processes(diamonds_split, diamonds_model):
+    root, _, batch, truth = diamonds_split
+    for name, extra in (("w1", []), ("w2", ["--workers", "2", "--batch-rows", "4000"])):
+        assert run_cli(["screen", batch, "--model", diamonds_model, "--out", root / name, "--max-flagged-fraction", "1", "-q",
+                        "--no-validation", *extra]) == 0
+    a, b = flagged_rows(str(root / "w1"), len(truth)), flagged_rows(str(root / "w2"), len(truth))
+    assert a.sum() > 0 and np.array_equal(a, b)
+
+
+def test_fit_reads_the_trusted_rows_once(tmp_path, monkeypatch):
+    """fit's passes (the detectors, the nulls, the calibration, the suite's statistics) read the columnar copy."""
+    from poisonguard.pipelines import io, transforms
+
+    df, feats = real_frame("diamonds")
+    path = str(tmp_path / "trusted.csv")
+    df.iloc[:3000][[*feats, "label"]].to_csv(path, index=False)
+    reads = []
+    original = io.read_shard
+
+    def counting(shard, batch_rows):
+        reads.append(shard.path)
+        return original(shard, batch_rows)
+
+    monkeypatch.setattr(transforms, "read_shard", counting)
+    assert run_cli(["fit", path, "--out", tmp_path / "m", "--detectors", "spectral,influence", "-q"]) == 0
+    assert reads == [path]
+    manifest = json.load(open(tmp_path / "m" / "model.json"))
+    assert manifest["trusted_inputs"]["valid_rows"] == 3000 and manifest["timings"]["read_s"] >= 0
