@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
                    help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
     _add_input_options(s)
+    from .images import add_image_options
+
+    add_image_options(s)
     v = s.add_argument_group("validation (Great Expectations)")
     v.add_argument("--expectations", metavar="SUITE.json",
                    help="a Great Expectations suite (its own JSON) to validate the rows against, applied as written "
@@ -331,6 +334,7 @@ def _simulate(args, beam_args) -> int:
 
 
 def _run(args, beam_args) -> int:
+    from .images import image_options
     from .screen import Policy, ScreenConfig, run_screen
 
     if args.command == "simulate":
@@ -360,6 +364,7 @@ def _run(args, beam_args) -> int:
         runner=_runner_config(args, beam_args),
         na_values=args.na_values,
         allow_duplicate_ids=args.allow_duplicate_ids,
+        images=image_options(args),
     )
     result = run_screen(config)
     print(verdict_line(result.report, result.path("report.html")))

@@ -33,6 +33,7 @@ from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
+from .images import ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract
 from .ids import check_duplicate_ids, duplicate_ids_pass
 from .html_report import write_html_report
 from .io import discover_shards, part_name, split_units, write_part
@@ -125,6 +126,7 @@ class ScreenConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
     allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
+    images: ImageOptions = field(default_factory=ImageOptions)  # image inputs: column, size, representation (pipelines.images)
 
     def detector_names(self) -> tuple[str, ...]:
         """The detectors to run: as configured, or the default set (with ``novelty`` when there are trusted rows)."""
@@ -326,17 +328,22 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     if config.batch_rows < 1:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
     files = discover_shards(list(config.inputs), na_values=config.na_values)
-    contract = resolve_contract(
-        files, label_column=config.label_column, id_column=config.id_column,
-        feature_columns=list(config.feature_columns) if config.feature_columns else None,
-    )
+    if is_image_input(files, config.images):  # decoded and represented inside the pipeline (pipelines.images)
+        if config.reference:
+            raise ConfigError("--reference: trusted reference rows are not supported for image inputs yet")
+        contract = resolve_image_contract(files, config.images, label_column=config.label_column, id_column=config.id_column)
+    else:
+        contract = resolve_contract(
+            files, label_column=config.label_column, id_column=config.id_column,
+            feature_columns=list(config.feature_columns) if config.feature_columns else None,
+        )
     detector.set_params(feature_names=tuple(contract.feature_columns))  # for the reasons of flagged rows
     ref_units, ref_contract = [], None
     if config.reference:
         ref_files = discover_shards(list(config.reference), na_values=config.na_values)
         ref_contract = _reference_contract(contract, ref_files)
         ref_units = split_units(ref_files)
-    validation = _validation(config, contract)
+    validation = None if isinstance(contract, ImageContract) else _validation(config, contract)
     units = split_units(files)
     total_bytes = sum(os.path.getsize(f.path) for f in files)
     log.info("screening %d file(s) in %d work unit(s), %.1f MB: label '%s', %d feature column(s), detector(s) %s, runner %s x%d",
@@ -349,6 +356,9 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                    files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
+            if isinstance(contract, ImageContract):
+                contract = representation_pass(session, units, contract, config.batch_rows, staging, files)
+                detector.set_params(feature_names=tuple(contract.feature_columns))
             duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)
             check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
@@ -373,6 +383,9 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
         for output in OUTPUTS:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["inputs"]["duplicate_ids"] = duplicates.to_json()
+        if isinstance(contract, ImageContract):
+            report["inputs"]["image_column"] = contract.image_column
+            report["representation"] = contract.representation.describe()
         report["timings"]["total_s"] = time.perf_counter() - t0
         if validation is not None:  # the suite as applied: a file to edit and pass back with --expectations
             write_json(validation.suite, os.path.join(staging, SUITE_FILE))
