@@ -1,0 +1,194 @@
+"""Image inputs end to end: ImageFolder trees, .npz and Parquet image columns, bad images, detection on MNIST.
+
+MNIST is ../shared/data/mnist_test.parquet (10,000 test images, PNG bytes in the Hugging
+Face layout struct<bytes, path>); tests that need it skip where it is absent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import DATA, one_error_line, recall_precision, run_cli
+from poisonguard.detectors import DETECTORS, EnsembleDetector
+from poisonguard.pipelines.images import ImageOptions, decode, encode_png, image_bytes
+from poisonguard.pipelines.io import read_output
+from poisonguard.pipelines.representation import fit_representation
+from poisonguard.pipelines.screen import ScreenConfig, run_screen
+from poisonguard.schemas import REASON, ROW_ID
+
+MNIST = os.path.join(DATA, "mnist_test.parquet")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """``(images (N, 28, 28, 1) uint8, labels int64, table)`` of MNIST's test split."""
+    if not os.path.exists(MNIST):
+        pytest.skip(f"real table {MNIST} is absent (the project expects ../shared/data beside it)")
+    table = pq.read_table(MNIST)
+    images = np.stack([decode(b, (28, 28, 1), False)[0] for b in image_bytes(table.column("image"))])
+    return images, table.column("label").to_numpy(), table
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    return encode_png(pixels if pixels.ndim == 3 else pixels[..., None])
+
+
+def write_imagefolder(root, images, labels) -> None:
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        os.makedirs(os.path.join(root, str(lab)), exist_ok=True)
+        with open(os.path.join(root, str(lab), f"{i:05d}.png"), "wb") as fh:
+            fh.write(_png(img))
+
+
+def bomb_png(side: int = 50_000) -> bytes:
+    """A tiny PNG whose header declares ``side`` x ``side`` pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def plant_patch(images, labels, rate, *, source=7, target=1, seed=0):
+    """BadNets: a 3x3 white patch one pixel in from the bottom-right corner on ``rate`` of the source class, relabelled."""
+    X, y = images.copy(), labels.copy()
+    src = np.flatnonzero(labels == source)
+    pick = np.random.default_rng(seed).choice(src, int(round(rate * len(src))), replace=False)
+    X[pick, -4:-1, -4:-1] = 255
+    y[pick] = target
+    truth = np.zeros(len(y), dtype=bool)
+    truth[pick] = True
+    return X, y, truth
+
+
+def screen(inputs, out, **kw):
+    return run_screen(ScreenConfig(inputs=tuple(str(p) for p in inputs), out=str(out), validate=False, **kw))
+
+
+# -- readers ------------------------------------------------------------------------------------
+def test_parquet_image_column_is_recognised_and_kept(mnist, tmp_path):
+    """The HF-layout column is found without flags; cleaned/ holds the same image bytes, every row conserved."""
+    _, _, table = mnist
+    path = tmp_path / "part.parquet"
+    pq.write_table(table.slice(0, 800), path)
+    result = screen([path], tmp_path / "out", detectors=("spectral",))
+    report = result.report
+    assert report["counts"]["rows_in"] == 800 and report["counts"]["invalid"] == 0
+    assert report["representation"]["kind"] == "pixels" and report["representation"]["n_features"] == 196
+    assert report["inputs"]["image_column"] == "image"
+    cleaned = read_output(result.path("cleaned"))
+    quarantine = read_output(result.path("quarantine"))
+    rows = pa.concat_tables([t for t in (cleaned, quarantine) if t is not None], promote_options="default")
+    assert rows.num_rows == 800 and rows.schema.field("image").type == table.schema.field("image").type
+    kept = dict(zip(rows.column("id").to_pylist(), image_bytes(rows.column("image"))))
+    original = dict(zip(table.column("id").to_pylist()[:800], image_bytes(table.column("image"))[:800]))
+    assert kept == original
+
+
+def test_binary_png_column_and_image_column_flag(mnist, tmp_path):
+    """Raw PNG bytes are recognised by their signature; --image-column names a column explicitly."""
+    _, labels, table = mnist
+    raw = pa.table({"png": pa.array(image_bytes(table.column("image"))[:300], pa.binary()), "label": labels[:300]})
+    pq.write_table(raw, tmp_path / "raw.parquet")
+    code = run_cli(["screen", tmp_path / "raw.parquet", "--out", tmp_path / "a", "--detectors", "spectral", "-q",
+                    "--image-column", "png"])
+    assert code in (0, 1)
+    assert read_output(str(tmp_path / "a" / "cleaned")).schema.field("png").type == pa.binary()
+    result = screen([tmp_path / "raw.parquet"], tmp_path / "b", detectors=("spectral",))
+    assert result.report["inputs"]["image_column"] == "png"
+
+
+def test_imagefolder_and_npz_read_the_same_rows(mnist, tmp_path):
+    """An ImageFolder tree (row id = relative path, label = directory) and an .npz of the same images."""
+    images, labels, _ = mnist
+    write_imagefolder(tmp_path / "tree", images[:400], labels[:400])
+    folder = screen([tmp_path / "tree"], tmp_path / "out_tree", detectors=("spectral",), batch_rows=150)
+    np.savez(tmp_path / "mnist.npz", x=images[:400, ..., 0], y=labels[:400])
+    code = run_cli(["screen", tmp_path / "mnist.npz", "--out", tmp_path / "out_npz", "--detectors", "spectral",
+                    "--no-validation", "-q", "--npz-arrays", "x,y"])
+    assert code in (0, 1)
+    tree_rows = pa.concat_tables([t for t in (read_output(folder.path("cleaned")), read_output(folder.path("quarantine"))) if t])
+    assert folder.report["counts"]["rows_in"] == 400 and tree_rows.num_rows == 400
+    ids = sorted(tree_rows.column(ROW_ID).to_pylist())
+    assert ids == sorted(f"{lab}/{i:05d}.png" for i, lab in enumerate(labels[:400]))
+    assert set(tree_rows.column("label").to_pylist()) == {str(v) for v in labels[:400]}
+    npz_rows = read_output(str(tmp_path / "out_npz" / "cleaned"))
+    back = np.stack([decode(b, (28, 28, 1), False)[0] for b in image_bytes(npz_rows.column("image"))])
+    order = [int(r.split(":")[1]) for r in npz_rows.column(ROW_ID).to_pylist()]
+    np.testing.assert_array_equal(back, images[order])  # PNG is lossless: the images as they came
+
+
+def test_npz_errors_are_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "a.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(4))
+    assert run_cli(["screen", tmp_path / "a.npz", "--out", tmp_path / "o", "--npz-arrays", "x,y"]) == 2
+    one_error_line(capsys.readouterr().err, "a.npz", "no array 'x'", "--npz-arrays")
+    np.savez(tmp_path / "b.npz", images=np.array([{"a": 1}] * 4, dtype=object), labels=np.arange(4))
+    assert run_cli(["screen", tmp_path / "b.npz", "--out", tmp_path / "o"]) == 2
+    one_error_line(capsys.readouterr().err, "b.npz", "without pickle")
+
+
+# -- bad images -----------------------------------------------------------------------------------
+def test_bad_images_go_to_invalid_with_their_reason(mnist, tmp_path):
+    """A corrupted PNG, a non-image file, a decompression bomb and a wrong-size image: invalid rows, none lost."""
+    images, labels, _ = mnist
+    root = tmp_path / "tree"
+    write_imagefolder(root, images[:200], labels[:200])
+    good = _png(images[0])
+    (root / "7" / "zz_corrupt.png").write_bytes(good[: len(good) // 2])
+    (root / "7" / "zz_notes.txt").write_text("not an image\n")
+    (root / "7" / "zz_bomb.png").write_bytes(bomb_png())
+    (root / "7" / "zz_big.png").write_bytes(_png(np.zeros((32, 32, 1), np.uint8)))
+    (root / "stray.png").write_bytes(good)  # not inside a label directory
+    result = screen([root], tmp_path / "out", detectors=("spectral",))
+    counts = result.report["counts"]
+    assert counts["rows_in"] == 205 and counts["invalid"] == 5 and counts["cleaned"] + counts["quarantine"] == 200
+    invalid = read_output(result.path("invalid"))
+    reasons = dict(zip(invalid.column(ROW_ID).to_pylist(), invalid.column(REASON).to_pylist()))
+    assert set(reasons) == {"7/zz_corrupt.png", "7/zz_notes.txt", "7/zz_bomb.png", "7/zz_big.png", "stray.png"}
+    assert "unreadable image" in reasons["7/zz_corrupt.png"] or "truncated" in reasons["7/zz_corrupt.png"]
+    assert "not an image Pillow can read" in reasons["7/zz_notes.txt"]
+    assert "decompression-bomb limit" in reasons["7/zz_bomb.png"]
+    assert "image is 32x32, expected 28x28" in reasons["7/zz_big.png"]
+    assert "not inside a <label>/ directory" in reasons["stray.png"]
+
+
+def test_resize_policy(mnist, tmp_path):
+    """Mixed sizes: with --image-size and --resize every image is resized to the declared shape."""
+    images, labels, _ = mnist
+    root = tmp_path / "tree"
+    write_imagefolder(root, images[:100], labels[:100])
+    (root / "7" / "zz_big.png").write_bytes(_png(np.full((32, 32, 1), 255, np.uint8)))
+    result = screen([root], tmp_path / "out", detectors=("spectral",), images=ImageOptions(image_size=(28, 28), resize=True))
+    assert result.report["counts"]["invalid"] == 0 and result.report["counts"]["rows_in"] == 101
+
+
+# -- detection on MNIST (the representation and decision layer the screen job uses) ----------------
+def _screen_in_memory(images, labels, detectors=("spectral",)):
+    F = fit_representation("pixels", images.shape[1:]).transform(images)
+    det = EnsembleDetector(detectors=[DETECTORS[d]() for d in detectors]).fit(F, labels)
+    return det.screen(det.model_, F, labels).flagged
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.10])
+def test_mnist_patch_floor(mnist, rate):
+    """BadNets 3x3 patch, 7 -> 1, no rate or target given: recall >= 0.98, precision >= 0.95, clean loss <= 0.5%."""
+    images, labels, _ = mnist
+    X, y, truth = plant_patch(images, labels, rate)
+    flagged = _screen_in_memory(X, y)
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.98 and precision >= 0.95, (recall, precision)
+    assert (flagged & ~truth).sum() <= 0.005 * (~truth).sum()
+
+
+def test_mnist_clean_loses_at_most_half_a_percent(mnist):
+    images, labels, _ = mnist
+    flagged = _screen_in_memory(images, labels)
+    assert flagged.sum() <= 0.005 * len(labels)
