@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     m.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
     _add_input_options(m)
+    from .images import add_image_options
+
+    add_image_options(m, representation=False)
     _add_runner_options(m)
 
     sub.add_parser("attacks", help="list the attack kinds and their parameters",
@@ -312,6 +315,7 @@ def describe_attacks() -> str:
 
 
 def _simulate(args, beam_args) -> int:
+    from .images import image_options
     from .simulate import SimulateConfig, run_simulate
 
     result = run_simulate(SimulateConfig(
@@ -326,6 +330,7 @@ def _simulate(args, beam_args) -> int:
         runner=_runner_config(args, beam_args),
         na_values=args.na_values,
         allow_duplicate_ids=args.allow_duplicate_ids,
+        images=image_options(args),
     ))
     counts = result.manifest["counts"]
     print(f"{counts['rows_in']} rows: {counts['valid']} valid, {counts['invalid']} invalid; {counts['touched']} touched, "

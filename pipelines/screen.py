@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -54,6 +54,9 @@ DEFAULT_BATCH_ROWS = 65536
 #: Detectors run when ``--detectors`` is not given: backdoor clusters and label issues (the field test's best
 #: pair at the clean-row budget); with ``--reference``, also ``novelty`` against the trusted rows.
 DEFAULT_DETECTORS = ("spectral", "label")
+#: ... and for image inputs: spectral signatures on the pooled pixels (benchmarks/README.md, Images: the label
+#: detector added nothing there and costs most of the time).
+IMAGE_DEFAULT_DETECTORS = ("spectral",)
 
 
 @dataclass(frozen=True)
@@ -331,6 +334,9 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     if is_image_input(files, config.images):  # decoded and represented inside the pipeline (pipelines.images)
         if config.reference:
             raise ConfigError("--reference: trusted reference rows are not supported for image inputs yet")
+        if config.detectors is None:
+            config = replace(config, detectors=IMAGE_DEFAULT_DETECTORS)
+            detector = config.make_detector()
         contract = resolve_image_contract(files, config.images, label_column=config.label_column, id_column=config.id_column)
     else:
         contract = resolve_contract(

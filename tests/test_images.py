@@ -192,3 +192,37 @@ def test_mnist_clean_loses_at_most_half_a_percent(mnist):
     images, labels, _ = mnist
     flagged = _screen_in_memory(images, labels)
     assert flagged.sum() <= 0.005 * len(labels)
+
+
+# -- simulation on images ---------------------------------------------------------------------------
+def test_simulate_then_screen_imagefolder_round_trips(mnist, tmp_path):
+    """simulate stamps a patch on the images of an ImageFolder and writes a tree the same reader reads, with the
+    ground truth alongside; screening it finds the poisoned images by their paths."""
+    images, labels, _ = mnist
+    n = 3000
+    write_imagefolder(tmp_path / "tree", images[:n], labels[:n])
+    (tmp_path / "attack.yaml").write_text(
+        "seed: 3\nattacks:\n  - kind: backdoor\n    name: patch\n    rate: 0.1\n    source: 7\n    target: 1\n"
+        "    trigger: {patch: {pattern: solid, size: 3, position: [24, 24], value: 255}, image_shape: [28, 28]}\n")
+    assert run_cli(["simulate", tmp_path / "tree", "--config", tmp_path / "attack.yaml", "--out", tmp_path / "sim", "-q"]) == 0
+    truth = pq.read_table(tmp_path / "sim" / "ground_truth.parquet")
+    assert truth.num_rows == n
+    poisoned = truth.filter(truth.column("poisoned"))
+    assert 0.05 * (labels[:n] == 7).sum() < poisoned.num_rows < 0.15 * (labels[:n] == 7).sum()
+    assert set(poisoned.column("original_label").to_pylist()) == {"7"} and set(poisoned.column("label").to_pylist()) == {"1"}
+    # the stamped files are lossless PNGs under their new label, with the patch on them
+    for rid in poisoned.column("row_id").to_pylist()[:5]:
+        with Image.open(tmp_path / "sim" / "data" / rid) as im:
+            assert (np.asarray(im)[24:27, 24:27] == 255).all()
+    # clean images are unchanged
+    clean = truth.filter(pa.compute.invert(truth.column("poisoned")))
+    rid, src = clean.column("row_id")[0].as_py(), clean.column("source_id")[0].as_py()
+    with Image.open(tmp_path / "sim" / "data" / rid) as a, Image.open(tmp_path / "tree" / src) as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    result = screen([tmp_path / "sim" / "data"], tmp_path / "screened")
+    assert result.report["counts"]["rows_in"] == n and result.report["counts"]["invalid"] == 0
+    quarantine = read_output(result.path("quarantine"))
+    flagged_ids = set(quarantine.column(ROW_ID).to_pylist()) if quarantine is not None else set()
+    truth_ids = set(poisoned.column("row_id").to_pylist())
+    assert len(flagged_ids & truth_ids) >= 0.98 * len(truth_ids)
+    assert len(flagged_ids - truth_ids) <= 0.05 * max(len(flagged_ids), 1)
