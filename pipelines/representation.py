@@ -7,8 +7,8 @@ Kinds (``--representation``):
 ``pixels`` (the default for images without an ``embedding`` column)
     the pixels scaled to [0, 1], average-pooled by the smallest integer factor that
     brings the image to at most ``max_features`` values (28x28 grey: factor 2, 14x14 =
-    196 features; 224x224 RGB: factor 16, 14x14x3 = 588 is too many, so factor 19 after
-    cropping to a multiple: 11x11x3). Nothing is fitted. A BadNets patch of a few pixels
+    196 features; 224x224 grey: factor 14, 16x16; 224x224 RGB: factor 23, 9x9x3 = 243,
+    the edges that do not fill a block cropped). Nothing is fitted. A BadNets patch of a few pixels
     survives the pooling as a few strongly changed features, which is what the spectral
     and clustering detectors whiten and find. Chosen by measurement on MNIST
     (benchmarks/bench_images.py): a PCA of the pixels fitted on the batch keeps the
