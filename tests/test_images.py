@@ -194,7 +194,29 @@ def test_mnist_clean_loses_at_most_half_a_percent(mnist):
     assert flagged.sum() <= 0.005 * len(labels)
 
 
+@pytest.mark.slow
+def test_screen_at_defaults_finds_a_10_percent_patch_in_parquet(mnist, tmp_path):
+    """The whole job at defaults on the 10,000-image Parquet with a 10% patch (7 -> 1) and a ground-truth column."""
+    images, labels, table = mnist
+    X, y, truth = plant_patch(images, labels, 0.10)
+    png = [{"bytes": _png(img), "path": p} for img, p in zip(X, pa.compute.struct_field(table.column("image").combine_chunks(), "path").to_pylist())]
+    poisoned = pa.table({"id": table.column("id"), "image": pa.array(png, table.schema.field("image").type), "label": y,
+                         "poisoned": truth})
+    pq.write_table(poisoned, tmp_path / "poisoned.parquet")
+    assert run_cli(["screen", tmp_path / "poisoned.parquet", "--out", tmp_path / "out", "-q"]) == 1  # flagged rows breach
+    import json
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["representation"]["kind"] == "pixels" and report["decision"]["members"] == ["spectral"]
+    quarantine = read_output(str(tmp_path / "out" / "quarantine"))
+    flagged = np.isin(table.column("id").to_numpy(), quarantine.column("id").to_numpy())
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.98 and precision >= 0.95, (recall, precision)
+    assert (flagged & ~truth).sum() <= 0.005 * (~truth).sum()
+
+
 # -- simulation on images ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_simulate_then_screen_imagefolder_round_trips(mnist, tmp_path):
     """simulate stamps a patch on the images of an ImageFolder and writes a tree the same reader reads, with the
     ground truth alongside; screening it finds the poisoned images by their paths."""
