@@ -248,3 +248,38 @@ def test_simulate_then_screen_imagefolder_round_trips(mnist, tmp_path):
     truth_ids = set(poisoned.column("row_id").to_pylist())
     assert len(flagged_ids & truth_ids) >= 0.98 * len(truth_ids)
     assert len(flagged_ids - truth_ids) <= 0.05 * max(len(flagged_ids), 1)
+
+
+def test_clean_label_on_npz_keeps_the_format_and_labels(mnist, tmp_path):
+    """clean_label stamps a blend on target-class images only, labels untouched; the output is an .npz like the input."""
+    images, labels, _ = mnist
+    np.savez(tmp_path / "in.npz", images=images[:500, ..., 0], labels=labels[:500])
+    (tmp_path / "attack.yaml").write_text(
+        "seed: 1\nattacks:\n  - kind: clean_label\n    name: blend\n    rate: 0.5\n    target: 1\n"
+        "    trigger: {blend: {alpha: 0.15, pattern: random}, image_shape: [28, 28]}\n")
+    assert run_cli(["simulate", tmp_path / "in.npz", "--config", tmp_path / "attack.yaml", "--out", tmp_path / "sim", "-q"]) == 0
+    with np.load(tmp_path / "sim" / "data.npz", allow_pickle=False) as z:
+        out, out_labels, poisoned, original = z["images"], z["labels"], z["poisoned"], z["original_labels"]
+    assert out.shape == (500, 28, 28) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out_labels, labels[:500])
+    np.testing.assert_array_equal(original, labels[:500])
+    assert poisoned.any() and (labels[:500][poisoned] == 1).all()
+    np.testing.assert_array_equal(out[~poisoned], images[:500, ..., 0][~poisoned])
+    changed = (out[poisoned].astype(int) != images[:500, ..., 0][poisoned]).any(axis=(1, 2))
+    assert changed.all()
+
+
+def test_embedding_column_is_used_as_given(mnist, tmp_path):
+    """A user's embedding column is the representation (no pixels), and a row with a bad embedding is invalid."""
+    _, labels, table = mnist
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 8))
+    emb_list = [list(map(float, e)) for e in emb]
+    emb_list[5] = [1.0, 2.0]  # wrong length
+    t = table.slice(0, 300).append_column("embedding", pa.array(emb_list, pa.list_(pa.float64())))
+    pq.write_table(t, tmp_path / "emb.parquet")
+    result = screen([tmp_path / "emb.parquet"], tmp_path / "out", detectors=("spectral",))
+    assert result.report["representation"]["kind"] == "embedding" and result.report["representation"]["n_features"] == 8
+    assert result.report["counts"]["invalid"] == 1
+    invalid = read_output(result.path("invalid"))
+    assert "embedding of length 2, expected 8" in invalid.column(REASON)[0].as_py()
