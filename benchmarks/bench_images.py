@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from poisonguard.detectors import DETECTORS, EnsembleDetector
-from poisonguard.pipelines.images import decode, image_bytes
+from poisonguard.pipelines.images import IMAGE_DETECTOR_PARAMS, decode, image_bytes
 from poisonguard.pipelines.representation import fit_representation
 
 MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist_test.parquet")
@@ -70,7 +70,8 @@ def features(kind, X, y, sample_size=4096, seed=0):
 
 
 def screen(F, y, detectors):
-    det = EnsembleDetector(detectors=[DETECTORS[d]() for d in detectors]).fit(F, y)
+    """The decision as ``screen`` takes it on an image batch (with the image batches' detector parameters)."""
+    det = EnsembleDetector(detectors=[DETECTORS[d](**IMAGE_DETECTOR_PARAMS.get(d, {})) for d in detectors]).fit(F, y)
     return det.screen(det.model_, F, y).flagged
 
 
@@ -106,8 +107,8 @@ def throughput_child(side: int, n: int, detectors):
     t0 = time.perf_counter()
     rep = fit_representation("pixels", (side, side, 1))
     feats = []
-    for start in range(0, n, 4096):  # chunk by chunk, as the pipeline does
-        block = np.stack([decode(d, (side, side, 1), False)[0] for d in pngs[start: start + 4096]])
+    for start in range(0, n, 512):  # block by block, as the pipeline does (images.DECODE_BLOCK)
+        block = np.stack([decode(d, (side, side, 1), False)[0] for d in pngs[start: start + 512]])
         feats.append(rep.transform(block))
     t1 = time.perf_counter()
     flagged = screen(np.concatenate(feats), y, detectors)

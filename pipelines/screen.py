@@ -33,7 +33,9 @@ from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
-from .images import ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract
+from .images import (
+    IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract,
+)
 from .ids import check_duplicate_ids, duplicate_ids_pass
 from .html_report import write_html_report
 from .io import discover_shards, part_name, split_units, write_part
@@ -54,9 +56,6 @@ DEFAULT_BATCH_ROWS = 65536
 #: Detectors run when ``--detectors`` is not given: backdoor clusters and label issues (the field test's best
 #: pair at the clean-row budget); with ``--reference``, also ``novelty`` against the trusted rows.
 DEFAULT_DETECTORS = ("spectral", "label")
-#: ... and for image inputs: spectral signatures on the pooled pixels (benchmarks/README.md, Images: the label
-#: detector added nothing there and costs most of the time).
-IMAGE_DEFAULT_DETECTORS = ("spectral",)
 
 
 @dataclass(frozen=True)
@@ -334,9 +333,10 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     if is_image_input(files, config.images):  # decoded and represented inside the pipeline (pipelines.images)
         if config.reference:
             raise ConfigError("--reference: trusted reference rows are not supported for image inputs yet")
-        if config.detectors is None:
-            config = replace(config, detectors=IMAGE_DEFAULT_DETECTORS)
-            detector = config.make_detector()
+        params = {name: {**extra, **config.detector_params.get(name, {})} for name, extra in IMAGE_DETECTOR_PARAMS.items()}
+        config = replace(config, detectors=config.detectors or IMAGE_DEFAULT_DETECTORS,
+                         detector_params={**config.detector_params, **params})
+        detector = config.make_detector()
         contract = resolve_image_contract(files, config.images, label_column=config.label_column, id_column=config.id_column)
     else:
         contract = resolve_contract(
