@@ -51,6 +51,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 #: An ImageFolder tree is read in work units of this many files.
 UNIT_FILES = 8192
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+#: Most image rows in one chunk (``--batch-rows`` may ask for fewer): encoded images are large rows.
+CHUNK_ROWS = 8192
 #: Images decoded at once when computing features (a chunk of 65,536 224x224 RGB images would be 10 GB decoded).
 DECODE_BLOCK = 512
 #: Name of the image column of ImageFolder and .npz inputs.
@@ -297,6 +299,7 @@ class ImageContract(Contract):
         return validate_image_chunk(raw, self)
 
     def read(self, shard: Shard, batch_rows: int):
+        batch_rows = min(batch_rows, CHUNK_ROWS)
         if shard.format == "parquet":
             return read_shard(shard, batch_rows)
         return read_image_shard(shard, batch_rows, self.options)

@@ -19,8 +19,8 @@ from PIL import Image
 
 from conftest import DATA, one_error_line, recall_precision, run_cli
 from poisonguard.detectors import DETECTORS, EnsembleDetector
-from poisonguard.pipelines.images import ImageOptions, decode, encode_png, image_bytes
-from poisonguard.pipelines.io import read_output
+from poisonguard.pipelines.images import IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageOptions, decode, is_image_input, resolve_image_contract, encode_png, image_bytes
+from poisonguard.pipelines.io import discover_shards, read_output
 from poisonguard.pipelines.representation import fit_representation
 from poisonguard.pipelines.screen import ScreenConfig, run_screen
 from poisonguard.schemas import REASON, ROW_ID
@@ -57,12 +57,17 @@ def bomb_png(side: int = 50_000) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
-def plant_patch(images, labels, rate, *, source=7, target=1, seed=0):
-    """BadNets: a 3x3 white patch one pixel in from the bottom-right corner on ``rate`` of the source class, relabelled."""
+def plant_patch(images, labels, rate, *, source=7, target=1, seed=0, blend=None):
+    """BadNets: a 3x3 white patch one pixel in from the bottom-right corner on ``rate`` of the source class, relabelled
+    (``blend``: instead, a random pattern blended over the whole image with that alpha)."""
     X, y = images.copy(), labels.copy()
     src = np.flatnonzero(labels == source)
     pick = np.random.default_rng(seed).choice(src, int(round(rate * len(src))), replace=False)
-    X[pick, -4:-1, -4:-1] = 255
+    if blend is None:
+        X[pick, -4:-1, -4:-1] = 255
+    else:
+        pattern = np.random.default_rng(seed + 1).integers(0, 256, X.shape[1:])
+        X[pick] = np.round((1 - blend) * X[pick] + blend * pattern).astype(np.uint8)
     y[pick] = target
     truth = np.zeros(len(y), dtype=bool)
     truth[pick] = True
@@ -102,8 +107,9 @@ def test_binary_png_column_and_image_column_flag(mnist, tmp_path):
                     "--image-column", "png"])
     assert code in (0, 1)
     assert read_output(str(tmp_path / "a" / "cleaned")).schema.field("png").type == pa.binary()
-    result = screen([tmp_path / "raw.parquet"], tmp_path / "b", detectors=("spectral",))
-    assert result.report["inputs"]["image_column"] == "png"
+    shards = discover_shards([str(tmp_path / "raw.parquet")])
+    assert is_image_input(shards, ImageOptions())  # found by the PNG signature, without the flag
+    assert resolve_image_contract(shards, ImageOptions()).image_column == "png"
 
 
 def test_imagefolder_and_npz_read_the_same_rows(mnist, tmp_path):
@@ -171,17 +177,19 @@ def test_resize_policy(mnist, tmp_path):
 
 
 # -- detection on MNIST (the representation and decision layer the screen job uses) ----------------
-def _screen_in_memory(images, labels, detectors=("spectral",)):
+def _screen_in_memory(images, labels, detectors=IMAGE_DEFAULT_DETECTORS):
+    """What ``screen`` does with an image batch at defaults, in memory: pooled pixels, the image detectors and parameters."""
     F = fit_representation("pixels", images.shape[1:]).transform(images)
-    det = EnsembleDetector(detectors=[DETECTORS[d]() for d in detectors]).fit(F, labels)
+    det = EnsembleDetector(detectors=[DETECTORS[d](**IMAGE_DETECTOR_PARAMS.get(d, {})) for d in detectors]).fit(F, labels)
     return det.screen(det.model_, F, labels).flagged
 
 
-@pytest.mark.parametrize("rate", [0.05, 0.10])
-def test_mnist_patch_floor(mnist, rate):
-    """BadNets 3x3 patch, 7 -> 1, no rate or target given: recall >= 0.98, precision >= 0.95, clean loss <= 0.5%."""
+@pytest.mark.parametrize("rate, blend", [(0.05, None), (0.10, None), (0.05, 0.15), (0.10, 0.15), (0.33, 0.15)])
+def test_mnist_backdoor_floor(mnist, rate, blend):
+    """BadNets 3x3 patch or a blend at alpha 0.15, 7 -> 1, no rate or target given: recall >= 0.98, precision >= 0.95,
+    clean loss <= 0.5%. (Not reached, so not tested: the patch on 33% of the 7s, precision 0.80; benchmarks/README.md.)"""
     images, labels, _ = mnist
-    X, y, truth = plant_patch(images, labels, rate)
+    X, y, truth = plant_patch(images, labels, rate, blend=blend)
     flagged = _screen_in_memory(X, y)
     recall, precision = recall_precision(truth, flagged)
     assert recall >= 0.98 and precision >= 0.95, (recall, precision)
