@@ -86,7 +86,9 @@ def quality(args):
                 t = time.perf_counter()
                 flagged = screen(features(rep, Xp, yp), yp, args.detectors)
                 tp = int((flagged & mask).sum())
-                print(f"{rate:5.2f} {trigger:>7} {rep:>14} {mask.sum():6d} {tp / mask.sum():6.3f} {tp / max(flagged.sum(), 1):9.3f} "
+                recall = f"{tp / mask.sum():6.3f}" if mask.any() else f"{'-':>6}"
+                precision = f"{tp / flagged.sum():9.3f}" if flagged.any() else f"{'-':>9}"
+                print(f"{rate:5.2f} {trigger:>7} {rep:>14} {mask.sum():6d} {recall} {precision} "
                       f"{(flagged & ~mask).sum() / (~mask).sum():10.4f} {time.perf_counter() - t:6.1f}", flush=True)
 
 

@@ -128,7 +128,12 @@ def is_image_input(shards: list[Shard], options: ImageOptions) -> bool:
 
 
 def _parquet_image_column(shard: Shard, options: ImageOptions) -> str | None:
-    schema = pq.read_schema(shard.path)
+    try:
+        schema = pq.read_schema(shard.path)
+    except (OSError, pa.ArrowException) as exc:
+        if options.image_column is not None:
+            raise InputError(f"{shard.path}: cannot read the file as PARQUET: {_first_line(exc)}") from None
+        return None  # the table reader says what is wrong with it
     if options.image_column is not None:
         if options.image_column not in schema.names:
             raise InputError(f"{shard.path}: --image-column: no column '{options.image_column}' (columns: {', '.join(schema.names)})")

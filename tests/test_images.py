@@ -19,7 +19,9 @@ from PIL import Image
 
 from conftest import DATA, one_error_line, recall_precision, run_cli
 from poisonguard.detectors import DETECTORS, EnsembleDetector
-from poisonguard.pipelines.images import IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageOptions, decode, is_image_input, resolve_image_contract, encode_png, image_bytes
+from poisonguard.pipelines.images import (
+    IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageOptions, decode, encode_png, image_bytes, is_image_input, resolve_image_contract,
+)
 from poisonguard.pipelines.io import discover_shards, read_output
 from poisonguard.pipelines.representation import fit_representation
 from poisonguard.pipelines.screen import ScreenConfig, run_screen
