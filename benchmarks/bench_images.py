@@ -15,6 +15,7 @@ peak resident memory of a fresh process per N.
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_images.py
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_images.py --throughput
+    python benchmarks/bench_images.py --pipeline 10000,40000     # the whole job: wall time and peak memory
 """
 
 from __future__ import annotations
@@ -128,6 +129,33 @@ def throughput(args):
             subprocess.run([sys.executable, __file__, "--child", str(side), str(n), "--detectors", ",".join(args.detectors)], check=True)
 
 
+def pipeline(args):
+    """The whole ``poisonguard screen`` job at defaults on MNIST repeated to N images: wall time and peak RSS of the process."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pq.read_table(MNIST)
+    print("poisonguard screen at defaults (Beam FnApiRunner, 1 worker, 1 thread); MNIST repeated to N images, new ids")
+    print(f"{'N':>7} {'wall s':>8} {'images/s':>9} {'peak RSS MB':>11} {'flagged':>7}")
+    for n in args.pipeline:
+        with tempfile.TemporaryDirectory() as tmp:
+            reps = (n + table.num_rows - 1) // table.num_rows
+            parts = [table.set_column(0, "id", pc.add(table.column("id"), k * 1_000_000)) for k in range(reps)]
+            path = os.path.join(tmp, "mnist.parquet")
+            pq.write_table(pa.concat_tables(parts).slice(0, n), path, row_group_size=10000)
+            t = time.perf_counter()
+            code = subprocess.run([sys.executable, "-m", "poisonguard.pipelines.cli", "screen", path, "--out", os.path.join(tmp, "out"),
+                                   "-q"], env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}).returncode
+            wall = time.perf_counter() - t
+            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
+            import json
+
+            report = json.load(open(os.path.join(tmp, "out", "report.json")))
+            print(f"{n:7d} {wall:8.1f} {n / wall:9.0f} {rss:11.0f} {report['counts']['quarantine']:7d}  (exit {code})", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--detectors", type=lambda s: s.split(","), default=["spectral"])
@@ -136,10 +164,14 @@ def main():
     p.add_argument("--rates", type=lambda s: [float(v) for v in s.split(",")], default=[0.05, 0.10, 0.33])
     p.add_argument("--n", type=int, default=None, help="first N test images (default: all 10,000)")
     p.add_argument("--throughput", action="store_true")
+    p.add_argument("--pipeline", type=lambda s: [int(v) for v in s.split(",")], default=None, metavar="N,N",
+                   help="run the screen job at defaults on N images (MNIST repeated): wall time and peak memory")
     p.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         throughput_child(args.child[0], args.child[1], args.detectors)
+    elif args.pipeline:
+        pipeline(args)
     elif args.throughput:
         throughput(args)
     else:
