@@ -225,6 +225,21 @@ def test_screen_at_defaults_finds_a_10_percent_patch_in_parquet(mnist, tmp_path)
     assert (flagged & ~truth).sum() <= 0.005 * (~truth).sum()
 
 
+@pytest.mark.slow
+def test_screen_at_defaults_finds_a_blend_in_npz(mnist, tmp_path):
+    """The same images as .npz, a blended pattern (alpha 0.15) on 10% of the 7s, screened at defaults."""
+    images, labels, _ = mnist
+    X, y, truth = plant_patch(images, labels, 0.10, blend=0.15)
+    np.savez(tmp_path / "mnist.npz", images=X[..., 0], labels=y)
+    assert run_cli(["screen", tmp_path / "mnist.npz", "--out", tmp_path / "out", "-q"]) == 1
+    quarantine = read_output(str(tmp_path / "out" / "quarantine"))
+    flagged = np.zeros(len(y), dtype=bool)
+    flagged[[int(r.split(":")[1]) for r in quarantine.column(ROW_ID).to_pylist()]] = True
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.98 and precision >= 0.95, (recall, precision)
+    assert (flagged & ~truth).sum() <= 0.005 * (~truth).sum()
+
+
 # -- simulation on images ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_simulate_then_screen_imagefolder_round_trips(mnist, tmp_path):
