@@ -37,7 +37,7 @@ from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ROW_ID, ConfigError
 from ..schemas.hashing import row_hash
 from ..simulators.backdoor import Backdoor, CleanLabel
 from ..simulators.triggers import ImageTrigger
-from .images import IMAGE_STRUCT, ImageContract, decode, encode_png, image_bytes, load_npz
+from .images import ImageContract, decode, encode_png, image_bytes
 from .io import part_name, write_part
 from .outdir import OutputDir
 from .transforms import read_and_validate

@@ -6,7 +6,6 @@ Face layout struct<bytes, path>); tests that need it skip where it is absent.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import zlib
