@@ -307,3 +307,22 @@ def test_embedding_column_is_used_as_given(mnist, tmp_path):
     assert result.report["counts"]["invalid"] == 1
     invalid = read_output(result.path("invalid"))
     assert "embedding of length 2, expected 8" in invalid.column(REASON)[0].as_py()
+
+
+def test_simulate_on_parquet_keeps_the_column_and_adds_ground_truth(mnist, tmp_path):
+    """Parquet in, Parquet out: the image column keeps its type, the ground truth is in columns, and screening the
+    output reads that ground truth into the report."""
+    _, _, table = mnist
+    pq.write_table(table.slice(0, 1000), tmp_path / "in.parquet")
+    (tmp_path / "attack.yaml").write_text(
+        "seed: 2\nattacks:\n  - kind: backdoor\n    name: patch\n    rate: 0.5\n    source: 7\n    target: 1\n"
+        "    trigger: {patch: {pattern: solid, size: 3, value: 255}, image_shape: [28, 28]}\n")
+    assert run_cli(["simulate", tmp_path / "in.parquet", "--config", tmp_path / "attack.yaml", "--out", tmp_path / "sim", "-q"]) == 0
+    out = read_output(str(tmp_path / "sim" / "data"))
+    assert out.num_rows == 1000 and out.schema.field("image").type == table.schema.field("image").type
+    assert {"poisoned", "attack", "original_label"} <= set(out.column_names)
+    poisoned = out.filter(out.column("poisoned"))
+    assert poisoned.num_rows > 0 and set(poisoned.column("original_label").to_pylist()) == {7}
+    assert set(poisoned.column("label").to_pylist()) == {1}
+    result = screen([tmp_path / "sim" / "data"], tmp_path / "screened")
+    assert result.report["detection"] is not None and result.report["counts"]["rows_in"] == 1000
