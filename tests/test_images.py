@@ -113,6 +113,7 @@ def test_binary_png_column_and_image_column_flag(mnist, tmp_path):
     assert resolve_image_contract(shards, ImageOptions()).image_column == "png"
 
 
+@pytest.mark.slow
 def test_imagefolder_and_npz_read_the_same_rows(mnist, tmp_path):
     """An ImageFolder tree (row id = relative path, label = directory) and an .npz of the same images."""
     images, labels, _ = mnist
@@ -309,6 +310,7 @@ def test_embedding_column_is_used_as_given(mnist, tmp_path):
     assert "embedding of length 2, expected 8" in invalid.column(REASON)[0].as_py()
 
 
+@pytest.mark.slow
 def test_simulate_on_parquet_keeps_the_column_and_adds_ground_truth(mnist, tmp_path):
     """Parquet in, Parquet out: the image column keeps its type, the ground truth is in columns, and screening the
     output reads that ground truth into the report."""
