@@ -78,12 +78,12 @@ def screen(F, y, detectors):
 
 def quality(args):
     X, y = load_mnist(args.n)
-    print(f"MNIST test, {len(X)} images; detectors {','.join(args.detectors)}; source 7 -> target 1")
+    print(f"MNIST test, {len(X)} images; detectors {','.join(args.detectors)}; source 7 -> target 1; seed {args.seed}")
     print(f"{'rate':>5} {'trigger':>7} {'representation':>14} {'poison':>6} {'recall':>6} {'precision':>9} {'clean loss':>10} {'s':>6}")
     for rep in args.representations:
         for trigger in args.triggers:
             for rate in args.rates:
-                Xp, yp, mask = plant(X, y, rate, trigger)
+                Xp, yp, mask = plant(X, y, rate, trigger, seed=args.seed)
                 t = time.perf_counter()
                 flagged = screen(features(rep, Xp, yp), yp, args.detectors)
                 tp = int((flagged & mask).sum())
@@ -162,6 +162,7 @@ def main():
     p.add_argument("--representations", type=lambda s: s.split(","), default=["pixels", "pca", "surrogate"])
     p.add_argument("--triggers", type=lambda s: s.split(","), default=["patch", "blend"])
     p.add_argument("--rates", type=lambda s: [float(v) for v in s.split(",")], default=[0.05, 0.10, 0.33])
+    p.add_argument("--seed", type=int, default=0, help="seed of the poisoned rows and the blend pattern (default 0)")
     p.add_argument("--n", type=int, default=None, help="first N test images (default: all 10,000)")
     p.add_argument("--throughput", action="store_true")
     p.add_argument("--pipeline", type=lambda s: [int(v) for v in s.split(",")], default=None, metavar="N,N",
