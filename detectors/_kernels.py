@@ -91,25 +91,25 @@ def standardize_grouped(X, codes, starts, median, inv_scale, clip, shift, out):
 
 
 @njit
-def projection_histogram(X, codes, median, inv_scale, clip, mean, direction, inv_unit, low, inv_width, counts):
-    """Count each row's projection, in units of its class (times ``inv_unit[c]``), on a uniform grid.
+def projection_bins(X, codes, median, inv_scale, clip, mean, direction, inv_unit, low, inv_width, n_bins, out):
+    """Bin of each row's projection, in units of its class (times ``inv_unit[c]``), on a uniform grid.
 
-    ``counts`` has shape (K, n_bins + 2): column 0 is underflow (below ``low``), column
-    n_bins + 1 overflow. Rows with a negative code are skipped. A NaN projection counts as
-    overflow (where ``np.searchsorted`` sorts NaN); it must never reach ``int()``, whose
-    result for NaN is an arbitrary index.
+    Bin 0 is underflow (below ``low``), bins 1..n_bins the grid, n_bins + 1 overflow; -1 for
+    a row with a negative code. A NaN projection goes to overflow (where ``np.searchsorted``
+    sorts NaN); it must never reach ``int()``, whose result for NaN is an arbitrary index.
+    The caller counts the bins per class (:class:`~.statistics.Histogram`), so no (classes x
+    bins) array is ever allocated.
     """
-    n_bins = counts.shape[1] - 2
     for i in range(X.shape[0]):
         c = codes[i]
         if c < 0:
+            out[i] = -1
             continue
         t = (_row_projection(X, i, c, median, inv_scale, clip, mean, direction) * inv_unit[c] - low) * inv_width
         if t < 0.0:
-            b = 0
+            out[i] = 0
         elif t < n_bins:  # False for NaN as well as for t >= n_bins
-            b = int(t) + 1
+            out[i] = int(t) + 1
         else:
-            b = n_bins + 1
-        counts[c, b] += 1
-    return counts
+            out[i] = n_bins + 1
+    return out

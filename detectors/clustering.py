@@ -83,14 +83,14 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
 from ._config import njit
-from ._kernels import _row_projection, projection_histogram, standardize_clip
+from ._kernels import _row_projection, projection_bins, standardize_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
-from .statistics import Histogram
+from .statistics import add_class_bins, uniform_grid
 from .thresholds import SUSPICION_EDGES, robust_location_scale, upper_quantile_threshold
 
 #: Grid of the projection histograms, in units of the class's robust spread on the sample.
-PROJECTION_EDGES = np.linspace(-128.0, 128.0, 12801)
+PROJECTION_EDGES = uniform_grid(-128.0, 128.0, 12801)
 
 
 # -- numba kernels: arithmetic only (numpy twins in tests/test_clustering.py) --------------
@@ -298,15 +298,11 @@ class ActivationClusteringDetector(BaseDetector):
         model: ClusteringModel = state["partial"]
         classes = model.classes
         codes = label_codes(classes, labels)
-        counts = np.zeros((len(classes), len(PROJECTION_EDGES) + 1), dtype=np.int64)
-        width = PROJECTION_EDGES[1] - PROJECTION_EDGES[0]
-        projection_histogram(np.ascontiguousarray(X), codes, model.median, model.inv_scale, model.clip, model.mean,
-                          model.axis, 1.0 / state["unit"], PROJECTION_EDGES[0], 1.0 / width, counts)
-        for k in np.flatnonzero(counts.sum(axis=1)):
-            if classes[k] not in stats:
-                stats[classes[k]] = Histogram(PROJECTION_EDGES)
-            stats[classes[k]].counts += counts[k]
-        return stats
+        bins = projection_bins(np.ascontiguousarray(X), codes, model.median, model.inv_scale, model.clip, model.mean,
+                               model.axis, 1.0 / state["unit"], PROJECTION_EDGES[0],
+                               1.0 / (PROJECTION_EDGES[1] - PROJECTION_EDGES[0]), len(PROJECTION_EDGES) - 1,
+                               np.empty(len(X), dtype=np.int64))
+        return add_class_bins(stats, classes, codes, bins, PROJECTION_EDGES)
 
     def advance(self, stage, state, statistics):
         if stage == 0:

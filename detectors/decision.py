@@ -50,10 +50,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .statistics import uniform_grid
 from .thresholds import counts_at_or_above
 
 #: Grid of the ``L = -log10 p`` histograms: 0 to 60 in steps of 0.01 (p down to 1e-60; beyond, the overflow bin).
-LOGP_EDGES = np.linspace(0.0, 60.0, 6001)
+LOGP_EDGES = uniform_grid(0.0, 60.0, 6001)
 #: Default false-discovery level of the "auto" rule.
 DEFAULT_ALPHA = 0.01
 #: Smallest tail scale of a fitted null, in score units: a class whose scores barely vary
@@ -62,7 +63,7 @@ MIN_TAIL_SCALE = 0.25
 #: Heaviest tail a fitted null may have (generalised Pareto shape; 1 is a Cauchy-like 1/s tail).
 MAX_SHAPE = 1.0
 #: Grid on which a score's class distribution is summarised to fit its null: -20 to 180, steps of 0.05.
-SCORE_EDGES = np.linspace(-20.0, 180.0, 4001)
+SCORE_EDGES = uniform_grid(-20.0, 180.0, 4001)
 
 
 def to_log_p(p: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ from .decision import (
     combine_pvalues,
     to_log_p,
 )
-from .statistics import Histogram
+from .statistics import Histogram, group_rows
 from .thresholds import upper_quantile_threshold
 
 #: Pseudo-member indices of the decision layer's own passes.
@@ -259,14 +259,14 @@ class EnsembleDetector(BaseDetector):
                         # trusted rows all do
                         bulk = scores <= m.thresholds_for(labels) if i == _NULL else np.ones(len(scores), bool)
                         source = "null" if i == _NULL else "reference null"
-                        for k in np.unique(codes[codes >= 0]):
+                        for k, rows in group_rows(np.where(bulk, codes, -1)):
                             key = (self.name, (source, j, model.classes[k]))
-                            out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[(codes == k) & bulk])
+                            out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[rows])
                 else:
                     L = model.suspicion(X, labels)
-                    for k in np.unique(codes[codes >= 0]):
+                    for k, rows in group_rows(codes):
                         key = (self.name, ("cut", model.classes[k]))
-                        out.setdefault(key, Histogram(LOGP_EDGES)).add_batch(L[codes == k])
+                        out.setdefault(key, Histogram(LOGP_EDGES)).add_batch(L[rows])
                 continue
             member = state["members"][i]
             part = None if into is None else {k: v for (owner, k), v in into.items() if owner == member.name}

@@ -113,11 +113,11 @@ from ._config import njit
 from ._kernels import soft_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
-from .statistics import Histogram
+from .statistics import add_class_values, uniform_grid
 from .thresholds import SUSPICION_EDGES, cluster_threshold, robust_location_scale, upper_quantile_threshold
 
 #: Grid of the raw-score histograms, in pilot robust standard deviations around the pilot median.
-PILOT_EDGES = np.linspace(-64.0, 64.0, 6401)
+PILOT_EDGES = uniform_grid(-64.0, 64.0, 6401)
 #: Rows per BLAS product when scoring self-influence (bounds temporary memory).
 _SCORE_CHUNK = 4096
 #: Statistic keys of the fit passes (one statistic each; not class labels).
@@ -509,12 +509,7 @@ class InfluenceDetector(BaseDetector):
         model: InfluenceModel = state["partial"]
         safe = np.maximum(codes, 0)
         z = (model.raw_scores(X, labels) - state["pilot_location"][safe]) / state["pilot_scale"][safe]
-        for k in np.unique(codes[codes >= 0]):
-            c = model.classes[k]
-            if c not in stats:
-                stats[c] = Histogram(PILOT_EDGES)
-            stats[c].add_batch(z[codes == k])
-        return stats
+        return add_class_values(stats, model.classes, codes, z, PILOT_EDGES)
 
     def advance(self, stage, state, statistics):
         if stage == 0:

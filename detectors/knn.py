@@ -104,11 +104,11 @@ from ._config import njit
 from ._kernels import standardize_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, add_stratified_sample, label_codes, robust_feature_scale, stratified_sample
-from .statistics import Histogram
+from .statistics import Histogram, add_class_values, uniform_grid
 from .thresholds import SUSPICION_EDGES, robust_location_scale, upper_quantile_threshold
 
 #: Grid of the raw-score histograms: r = log((n_alt + 1) / (n_own + 1)), |r| <= log(1001) < 8.
-RAW_EDGES = np.linspace(-8.0, 8.0, 1601)
+RAW_EDGES = uniform_grid(-8.0, 8.0, 1601)
 #: Query rows per BLAS block (temporary memory ~ BLOCK_ROWS x S float32).
 BLOCK_ROWS = 256
 #: Extra candidates kept per row from the float32 preselection before the exact re-ranking.
@@ -404,12 +404,7 @@ class KNNLabelDetector(BaseDetector):
         model: KNNLabelModel = state["partial"]
         raw = model.raw_scores(X, labels)
         codes = label_codes(model.classes, labels)
-        for k in np.unique(codes[codes >= 0]):
-            c = model.classes[k]
-            if c not in stats:
-                stats[c] = Histogram(RAW_EDGES)
-            stats[c].add_batch(raw[codes == k])
-        return stats
+        return add_class_values(stats, model.classes, codes, raw, RAW_EDGES)
 
     def advance(self, stage, state, statistics):
         if stage == 0:

@@ -48,8 +48,17 @@ probabilities of every row, held in memory in one process. Here:
    with ``pi_j >= t_j``), and both combine across workers; the joint is calibrated to the
    class counts as in cleanlab's ``calibrate_confident_joint``.
 
-Memory: the sample (at most ``sample_size + K min_class_sample`` rows) and K fold models,
-independent of N. Passes: 2 (sample; confident joint), and a third over trusted reference rows
+6. **Many classes.** A gradient-boosting model grows one tree per class per round, so its
+   cost is linear in K, and a class with a handful of rows cannot be learnt at all. The
+   fold models therefore learn at most ``max_classes`` *groups*: every class with at least
+   ``min_class_rows`` sample rows (the largest ``max_classes - 1`` of them where there are more)
+   is its own group, and the remaining classes share one group, "other classes". Everything
+   above is per group: a row of a small class is scored by how likely the model finds
+   "one of the small classes" for it, so a small-class row that looks like a large class is
+   still suspicious, and 5,000 classes of 2 rows cost one group and no model.
+
+Memory: the sample (at most ``sample_size + K min_class_sample`` rows) and the fold models
+(at most ``max_classes`` groups each), independent of N; per class, only its row count and group. Passes: 2 (sample; confident joint), and a third over trusted reference rows
 when given (their p-values, for the calibration).
 """
 
@@ -64,13 +73,26 @@ from ..schemas.hashing import value_hash
 from ._sklearn import Interval
 from .base import BaseDetector, add_stratified_sample, label_codes, stratified_sample
 from .decision import LOGP_EDGES, to_log_p
-from .statistics import Histogram
+from .statistics import Histogram, group_rows
 from .thresholds import counts_at_or_above
 
 
 def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Fold of each row from a hash of its feature values (:func:`~poisonguard.schemas.hashing.value_hash`)."""
     return (value_hash(X, seed) % np.uint64(n_folds)).astype(np.int64)
+
+
+def class_groups(sample_rows: np.ndarray, max_classes: int, min_class_rows: int) -> np.ndarray:
+    """Group of each class (module docstring, point 6): the classes with at least ``min_class_rows`` sample rows,
+    at most ``max_classes - 1`` of them (the largest; ties to the earlier class) where others are left, in class
+    order, each its own group; every other class in one last group."""
+    eligible = np.flatnonzero(sample_rows >= min_class_rows)
+    if len(eligible) > max_classes or (len(eligible) == max_classes and len(eligible) < len(sample_rows)):
+        by_size = eligible[np.lexsort((eligible, -sample_rows[eligible]))]
+        eligible = np.sort(by_size[: max_classes - 1])
+    group_of = np.full(len(sample_rows), len(eligible), dtype=np.int64)
+    group_of[eligible] = np.arange(len(eligible))
+    return group_of
 
 
 def fit_fold_models(rows: np.ndarray, target: np.ndarray, n_folds: int, seed: int, **options) -> list:
@@ -125,22 +147,39 @@ class LabelModel:
     """Fitted state of :class:`ConfidentLabelDetector`: the fold models and the confident-learning facts."""
 
     classes: tuple
-    models: tuple  # n_folds fitted classifiers (None where a fold had one class or no rows)
-    fallback: np.ndarray  # (K,) class shares of the sample: a fold without a model predicts these
+    group_of: np.ndarray  # (K,) each class's group: its own for modelled classes, the shared last one for the rest
+    models: tuple  # n_folds fitted classifiers (None where a fold had one group or no rows)
+    fallback: np.ndarray  # (G,) group shares of the sample: a fold without a model predicts these
     n_folds: int
     seed: int
     smoothing: float
     counts: np.ndarray  # (K,) rows per class seen by the fit
-    sample_rows: np.ndarray  # (K,) sample rows per class
-    self_confidence: np.ndarray  # (K,) t_j: mean out-of-fold self-confidence of class j on the sample
-    calibration: np.ndarray  # (K, G): F_c(t) on CALIBRATION_GRID, from the sample or trusted rows (see the module docstring)
-    joint: np.ndarray  # (K, K) confident joint C[given, true], counted over every row
+    sample_rows: np.ndarray  # (G,) sample rows per group
+    self_confidence: np.ndarray  # (G,) t_j: mean out-of-fold self-confidence of group j on the sample
+    calibration: np.ndarray  # (G, len(CALIBRATION_GRID)): F_g(t), from the sample or trusted rows (module docstring)
+    joint: np.ndarray  # (G, G) confident joint C[given, true], counted over every row
     thresholds: np.ndarray  # (K,) legacy per-detector cut (inf); decisions are the decision layer's
-    calibrated_on: tuple = ()  # per class: "sample" or "reference" (trusted rows)
+    calibrated_on: tuple = ()  # per group: "sample" or "reference" (trusted rows)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.fallback)
+
+    def group_names(self) -> list[str]:
+        """The modelled classes' names, then "other classes" where some classes share the last group."""
+        names = [""] * self.n_groups
+        for k, g in enumerate(self.group_of):
+            names[g] = str(self.classes[k]) if np.count_nonzero(self.group_of == g) == 1 else ""
+        return [n or f"other classes ({np.count_nonzero(self.group_of == g)})" for g, n in enumerate(names)]
+
+    def groups(self, labels: np.ndarray) -> np.ndarray:
+        """Each label's group; -1 for a label the model has not seen."""
+        codes = label_codes(self.classes, labels)
+        return np.where(codes >= 0, self.group_of[np.maximum(codes, 0)], -1)
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
-        """Out-of-fold class probabilities (N, K), each row from its own fold's model, smoothed."""
-        K = len(self.classes)
+        """Out-of-fold group probabilities (N, G), each row from its own fold's model, smoothed."""
+        G = self.n_groups
         X = np.asarray(X, dtype=np.float64)
         P = np.tile(self.fallback, (len(X), 1))
         folds = feature_folds(X, self.n_folds, self.seed)
@@ -151,7 +190,7 @@ class LabelModel:
             proba = model.predict_proba(X[rows])
             P[rows] = 0.0
             P[np.ix_(rows, model.classes_)] = proba
-        return (1.0 - self.smoothing) * P + self.smoothing / max(K, 1)
+        return (1.0 - self.smoothing) * P + self.smoothing / max(G, 1)
 
     def self_confidence_scores(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """cleanlab's self-confidence label-quality score ``pi_c`` (higher = more likely correct); NaN for unseen classes."""
@@ -171,11 +210,11 @@ class LabelModel:
 
     def _evaluate(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Self-confidence ``pi_c`` and calibrated p-value per row, from one ``probabilities`` call."""
-        codes = label_codes(self.classes, labels)
+        codes = self.groups(labels)
         P = self.probabilities(X)
         own = np.where(codes >= 0, P[np.arange(len(P)), np.maximum(codes, 0)], np.nan)
         p = pvalue_from_probabilities(P, codes)
-        return own, (calibrate_pvalues(p, self.calibration[np.maximum(codes, 0)]) if len(self.classes) else p)
+        return own, (calibrate_pvalues(p, self.calibration[np.maximum(codes, 0)]) if self.n_groups else p)
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         return np.full(len(labels), np.inf)
@@ -187,27 +226,31 @@ class LabelModel:
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
 
     def noise_matrix(self) -> np.ndarray:
-        """Estimated ``P(given = i, true = j)``: the confident joint calibrated to the class counts, normalised."""
+        """Estimated ``P(given = i, true = j)`` over groups: the confident joint calibrated to the group counts, normalised."""
         C = self.joint.astype(float)
         row = C.sum(axis=1, keepdims=True)
-        C = np.divide(C, row, out=np.zeros_like(C), where=row > 0) * self.counts[:, None]
+        counts = np.bincount(self.group_of, weights=self.counts, minlength=self.n_groups)
+        C = np.divide(C, row, out=np.zeros_like(C), where=row > 0) * counts[:, None]
         return C / max(C.sum(), 1.0)
 
     def summary(self) -> dict:
+        """Per group (a modelled class, or the small classes together): rows, self-confidence, estimated noise."""
         joint = self.noise_matrix()
-        names = [str(c) for c in self.classes]
+        names = self.group_names()
+        counts = np.bincount(self.group_of, weights=self.counts, minlength=self.n_groups)
         return {
-            str(c): {
-                "rows": int(self.counts[k]),
-                "sample_rows": int(self.sample_rows[k]),
-                "mean_self_confidence": float(self.self_confidence[k]),
-                "rows_at_p_below_0.001": float(self.calibration[k][int(np.flatnonzero(CALIBRATION_GRID == 3.0)[0])]),
-                "calibrated_on": self.calibrated_on[k] if self.calibrated_on else "sample",
-                "estimated_label_noise": float(1.0 - joint[k, k] / joint[k].sum()) if joint[k].sum() > 0 else None,
-                "estimated_true_classes": {names[j]: round(float(joint[k, j] / joint[k].sum()), 4)
-                                           for j in range(len(names)) if joint[k].sum() > 0 and joint[k, j] > 0},
+            name: {
+                "rows": int(counts[g]),
+                "sample_rows": int(self.sample_rows[g]),
+                "modelled": self.models != (None,) * len(self.models),
+                "mean_self_confidence": round(float(self.self_confidence[g]), 4),
+                "rows_at_p_below_0.001": round(float(self.calibration[g][int(np.flatnonzero(CALIBRATION_GRID == 3.0)[0])]), 4),
+                "calibrated_on": self.calibrated_on[g] if self.calibrated_on else "sample",
+                "estimated_label_noise": round(float(1.0 - joint[g, g] / joint[g].sum()), 4) if joint[g].sum() > 0 else None,
+                "estimated_true_classes": {names[j]: round(float(joint[g, j] / joint[g].sum()), 4)
+                                           for j in range(len(names)) if joint[g].sum() > 0 and joint[g, j] > 0},
             }
-            for k, c in enumerate(self.classes)
+            for g, name in enumerate(names)
         }
 
 
@@ -244,7 +287,12 @@ class ConfidentLabelDetector(BaseDetector):
         Boosting iterations of each ``HistGradientBoostingClassifier``.
     smoothing : float in [0, 0.5), default 0.001
         Probabilities are mixed with the uniform distribution by this weight before the
-        p-value, which bounds each row's p-value below by ``smoothing / K``.
+        p-value, which bounds each row's p-value below by ``smoothing / G`` (G groups).
+    max_classes : int, default 100
+        Most groups the fold models learn: the largest classes get their own group, the
+        others share one (the module docstring, point 6).
+    min_class_rows : int, default 20
+        Fewest sample rows for a class to get its own group.
     seed : int, default 0
         Key of the row-id hash (the sample), the fold hash and the models' random state.
     """
@@ -262,14 +310,19 @@ class ConfidentLabelDetector(BaseDetector):
         "n_folds": [Interval(Integral, 2, None, closed="left")],
         "boosting_rounds": [Interval(Integral, 1, None, closed="left")],
         "smoothing": [Interval(Real, 0.0, 0.5, closed="left")],
+        "max_classes": [Interval(Integral, 2, None, closed="left")],
+        "min_class_rows": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=3, boosting_rounds=100, smoothing=0.001, seed=0):
+    def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=3, boosting_rounds=100, smoothing=0.001,
+                 max_classes=100, min_class_rows=20, seed=0):
         self.sample_size = sample_size
         self.min_class_sample = min_class_sample
         self.n_folds = n_folds
         self.boosting_rounds = boosting_rounds
         self.smoothing = smoothing
+        self.max_classes = max_classes
+        self.min_class_rows = min_class_rows
         self.seed = seed
 
     # -- pass 0: the pooled and per-class samples, row counts -> fold models, thresholds
@@ -279,20 +332,20 @@ class ConfidentLabelDetector(BaseDetector):
         stats = {} if into is None else into
         if stage == 2:
             model: LabelModel = state
-            codes = label_codes(model.classes, labels)
+            codes = model.groups(labels)
             L = to_log_p(pvalue_from_probabilities(model.probabilities(X), codes))
-            for k in np.unique(codes[codes >= 0]):
-                stats.setdefault((_TRUSTED, model.classes[k]), Histogram(LOGP_EDGES)).add_batch(L[codes == k])
+            for g, rows in group_rows(codes):
+                stats.setdefault((_TRUSTED, g), Histogram(LOGP_EDGES)).add_batch(L[rows])
             return stats
         if stage == 0:
             return add_stratified_sample(stats, X, self.row_hashes(row_ids), labels, self.sample_size, self.min_class_sample)
         model: LabelModel = state["partial"]
-        codes = label_codes(model.classes, labels)
+        codes = model.groups(labels)
         P = model.probabilities(X)
         confident = np.where(P >= model.self_confidence[None, :], P, -1.0)
         true = np.argmax(confident, axis=1)
         ok = (codes >= 0) & (confident.max(axis=1) >= 0)
-        joint = stats.setdefault(_JOINT, _Joint(len(model.classes)))
+        joint = stats.setdefault(_JOINT, _Joint(model.n_groups))
         np.add.at(joint.counts, (codes[ok], true[ok]), 1)
         return stats
 
@@ -306,25 +359,29 @@ class ConfidentLabelDetector(BaseDetector):
         return replace(model, joint=joint.counts if joint is not None else np.zeros_like(model.joint))
 
     def _calibrate_on_trusted_rows(self, model: LabelModel, statistics: dict) -> LabelModel:
-        """A class with enough trusted rows takes its calibration from them: rows no fold model
+        """A group with enough trusted rows takes its calibration from them: rows no fold model
         trained on, and free of the batch's label noise, which the sample's calibration has to absorb."""
         calibration = model.calibration.copy()
         sources = list(model.calibrated_on)
-        for k, c in enumerate(model.classes):
-            hist = statistics.get((_TRUSTED, c))
+        for g in range(model.n_groups):
+            hist = statistics.get((_TRUSTED, g))
             if hist is not None and hist.total >= MIN_TRUSTED_ROWS:
-                calibration[k], sources[k] = calibration_curve(hist.counts), "reference"
+                calibration[g], sources[g] = calibration_curve(hist.counts), "reference"
         return replace(model, calibration=calibration, calibrated_on=tuple(sources))
 
     def _fit_models(self, state, samples: dict) -> LabelModel:
-        classes, rows, codes, counts = stratified_sample(samples, state["n_features"])
-        K = len(classes)
+        classes, rows, class_codes, counts = stratified_sample(samples, state["n_features"])
+        group_of = class_groups(np.bincount(class_codes, minlength=len(classes)), int(self.max_classes),
+                                int(self.min_class_rows))
+        codes = group_of[class_codes]
+        K = int(group_of.max()) + 1 if len(group_of) else 0  # groups
         fallback = np.bincount(codes, minlength=K).astype(float) + 1.0
         fallback /= fallback.sum()
         models = fit_fold_models(rows, codes, int(self.n_folds), int(self.seed), max_iter=int(self.boosting_rounds))
-        model = LabelModel(classes, tuple(models), fallback, int(self.n_folds), int(self.seed), float(self.smoothing),
-                           counts, np.bincount(codes, minlength=K), np.zeros(K), np.zeros((K, len(CALIBRATION_GRID))),
-                           np.zeros((K, K), dtype=np.int64), np.full(K, np.inf))
+        model = LabelModel(classes, group_of, tuple(models), fallback, int(self.n_folds), int(self.seed),
+                           float(self.smoothing), counts, np.bincount(codes, minlength=K), np.zeros(K),
+                           np.zeros((K, len(CALIBRATION_GRID))), np.zeros((K, K), dtype=np.int64),
+                           np.full(len(classes), np.inf))
         P = model.probabilities(rows)
         own = P[np.arange(len(P)), codes]
         sums = np.bincount(codes, weights=own, minlength=K)

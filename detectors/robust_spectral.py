@@ -106,7 +106,7 @@ from ._config import njit
 from ._kernels import soft_clip, standardize_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, add_class_moments, label_codes, robust_feature_scale
-from .statistics import Histogram
+from .statistics import add_class_values, uniform_grid
 from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
     MIN_TAIL_GAP,
@@ -118,7 +118,7 @@ from .thresholds import (
 )
 
 #: Grid of the QUE-norm histograms, in units of the class's root-mean-square norm.
-NORM_EDGES = np.linspace(0.0, 64.0, 6401)
+NORM_EDGES = uniform_grid(0.0, 64.0, 6401)
 #: Sample rows per kept dimension: fewer make the robust covariance too noisy to whiten with.
 MIN_ROWS_PER_DIMENSION = 10
 #: "auto": a widest gap with more than this many times its rows between it and the innermost gap splits a cluster.
@@ -339,11 +339,7 @@ class RobustSpectralDetector(BaseDetector):
                                      state["center"])
         model: RobustSpectralModel = state["partial"]
         norms = model.norms(X, labels)
-        for k in np.unique(codes[codes >= 0]):
-            if classes[k] not in stats:
-                stats[classes[k]] = Histogram(NORM_EDGES)
-            stats[classes[k]].add_batch(norms[codes == k])
-        return stats
+        return add_class_values(stats, classes, codes, norms, NORM_EDGES)
 
     def advance(self, stage, state, statistics):
         if stage == 0:

@@ -57,10 +57,10 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ._kernels import project_standardized, projection_histogram, robust_z, standardize_clip
+from ._kernels import project_standardized, projection_bins, robust_z, standardize_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, add_class_moments, describe_features, label_codes, robust_feature_scale
-from .statistics import Histogram
+from .statistics import add_class_bins, uniform_grid
 from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
     MIN_TAIL_GAP,
@@ -71,7 +71,7 @@ from .thresholds import (
 )
 
 #: Grid of the projection histograms, in units of the class's standard deviation along its direction.
-PROJECTION_EDGES = np.linspace(-64.0, 64.0, 6401)
+PROJECTION_EDGES = uniform_grid(-64.0, 64.0, 6401)
 
 
 @dataclass(frozen=True)
@@ -267,15 +267,10 @@ class SpectralSignatureDetector(BaseDetector):
         model: SpectralModel = state["partial"]
         sd = np.sqrt(model.top_eigenvalue)
         inv_unit = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 0)
-        counts = np.zeros((len(classes), len(PROJECTION_EDGES) + 1), dtype=np.int64)
-        width = PROJECTION_EDGES[1] - PROJECTION_EDGES[0]
-        projection_histogram(X, codes, st.median, st.inv_scale, st.clip, model.mean, model.direction, inv_unit,
-                             PROJECTION_EDGES[0], 1.0 / width, counts)
-        for k in np.flatnonzero(counts.sum(axis=1)):
-            if classes[k] not in stats:
-                stats[classes[k]] = Histogram(PROJECTION_EDGES)
-            stats[classes[k]].counts += counts[k]
-        return stats
+        bins = projection_bins(X, codes, st.median, st.inv_scale, st.clip, model.mean, model.direction, inv_unit,
+                               PROJECTION_EDGES[0], 1.0 / (PROJECTION_EDGES[1] - PROJECTION_EDGES[0]),
+                               len(PROJECTION_EDGES) - 1, np.empty(len(X), dtype=np.int64))
+        return add_class_bins(stats, classes, codes, bins, PROJECTION_EDGES)
 
     def advance(self, stage, state, statistics):
         if stage == 0:

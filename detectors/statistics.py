@@ -198,29 +198,111 @@ class ClassSample(HashSample):
         return self
 
 
+#: Uniform grids by ``(low, high, points)``: each built once, read-only and shared (see :func:`uniform_grid`).
+_GRIDS: dict = {}
+_GRID_KEYS: dict = {}
+
+
+def uniform_grid(low: float, high: float, points: int) -> np.ndarray:
+    """``np.linspace(low, high, points)``, built once per process and shared, read-only.
+
+    Histograms on such a grid pickle the grid's three numbers instead of its points (a
+    20,001-point grid is 160 KB, and a fit holds a histogram per class), and unpickle onto
+    the one shared array.
+    """
+    key = (float(low), float(high), int(points))
+    grid = _GRIDS.get(key)
+    if grid is None:
+        grid = np.linspace(*key)
+        grid.flags.writeable = False
+        _GRIDS[key], _GRID_KEYS[id(grid)] = grid, key
+    return grid
+
+
+def group_rows(codes: np.ndarray):
+    """Yield ``(code, row indices)`` per distinct non-negative code, in code order (one sort, not one scan per code)."""
+    valid = np.flatnonzero(codes >= 0)
+    order = valid[np.argsort(codes[valid], kind="stable")]
+    if len(order) == 0:
+        return
+    sorted_codes = codes[order]
+    for rows in np.split(order, np.flatnonzero(np.diff(sorted_codes)) + 1):
+        yield int(codes[rows[0]]), rows
+
+
+def add_class_bins(stats: dict, classes, codes: np.ndarray, bins: np.ndarray, edges: np.ndarray) -> dict:
+    """Count each row's bin (:meth:`Histogram.add_bins`) into ``stats[classes[code]]``, rows of code < 0 left out."""
+    for k, rows in group_rows(codes):
+        stats.setdefault(classes[k], Histogram(edges)).add_bins(bins[rows])
+    return stats
+
+
+def add_class_values(stats: dict, classes, codes: np.ndarray, values: np.ndarray, edges: np.ndarray) -> dict:
+    """Count each row's value (:meth:`Histogram.add_batch`) into ``stats[classes[code]]``, rows of code < 0 left out."""
+    for k, rows in group_rows(codes):
+        stats.setdefault(classes[k], Histogram(edges)).add_batch(values[rows])
+    return stats
+
+
 class Histogram:
     """Counts of values on a fixed grid ``edges`` plus an underflow and an overflow bin.
 
     ``counts[0]`` holds values below ``edges[0]``, ``counts[-1]`` values at or above
-    ``edges[-1]``; NaN values are not counted.
+    ``edges[-1]``; NaN values are not counted. Only the non-empty bins are stored (their
+    indices and counts), so a histogram costs memory by the bins its values reach, not by
+    the grid: a class of 2 rows on a 20,001-point grid holds 2 bins, not 20,002.
+    ``counts`` builds the dense array on demand.
     """
 
-    __slots__ = ("edges", "counts")
+    __slots__ = ("edges", "bins", "bin_counts")
 
     def __init__(self, edges: np.ndarray):
         self.edges = edges
-        self.counts = np.zeros(len(edges) + 1, dtype=np.int64)
+        self.bins = np.empty(0, dtype=np.int64)  # sorted indices of the non-empty bins (0: underflow)
+        self.bin_counts = np.empty(0, dtype=np.int64)
 
     def add_batch(self, values: np.ndarray) -> Histogram:
         values = values[~np.isnan(values)]
-        idx = np.searchsorted(self.edges, values, side="right")
-        self.counts += np.bincount(idx, minlength=len(self.counts))
+        return self.add_bins(np.searchsorted(self.edges, values, side="right"))
+
+    def add_bins(self, bins: np.ndarray) -> Histogram:
+        """Count values by their bin index (0 underflow, ``len(edges)`` overflow), e.g. from a kernel."""
+        if len(bins):
+            self._add(*np.unique(bins, return_counts=True))
         return self
 
     def merge(self, other: Histogram) -> Histogram:
-        self.counts += other.counts
+        if len(other.edges) != len(self.edges):
+            raise ValueError("cannot merge histograms on different grids")
+        self._add(other.bins, other.bin_counts)
         return self
+
+    def _add(self, bins: np.ndarray, counts: np.ndarray) -> None:
+        if len(self.bins) == 0:
+            self.bins, self.bin_counts = bins.astype(np.int64), counts.astype(np.int64)
+            return
+        self.bins, where = np.unique(np.concatenate([self.bins, bins]), return_inverse=True)
+        merged = np.zeros(len(self.bins), dtype=np.int64)
+        np.add.at(merged, where, np.concatenate([self.bin_counts, counts]))
+        self.bin_counts = merged
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The dense counts, ``len(edges) + 1`` of them (a new array)."""
+        dense = np.zeros(len(self.edges) + 1, dtype=np.int64)
+        dense[self.bins] = self.bin_counts
+        return dense
 
     @property
     def total(self) -> int:
-        return int(self.counts.sum())
+        return int(self.bin_counts.sum())
+
+    def __reduce__(self):
+        key = _GRID_KEYS.get(id(self.edges))
+        return (_rebuild_histogram, (key if key is not None else self.edges, self.bins, self.bin_counts))
+
+
+def _rebuild_histogram(grid, bins, counts) -> Histogram:
+    hist = Histogram(uniform_grid(*grid) if isinstance(grid, tuple) else grid)
+    hist.bins, hist.bin_counts = bins, counts
+    return hist

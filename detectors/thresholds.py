@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .statistics import uniform_grid
+
 #: Grid of the suspicion histograms used for calibration: |z| in [0, 200), steps of 0.01.
-SUSPICION_EDGES = np.linspace(0.0, 200.0, 20001)
+SUSPICION_EDGES = uniform_grid(0.0, 200.0, 20001)
 #: "auto" cuts a class only with at least this many rows per dimension of its feature space: below it, a
 #: direction or robust covariance fitted to the class singles out genuine small subgroups (digits: 180
 #: rows a class in 61 dimensions) as readily as planted ones, and a gap along it is no evidence of poison.

@@ -14,7 +14,7 @@ import importlib
 _EXPORTS = {
     "Shard": "io", "discover_shards": "io", "read_output": "io",
     "Contract": "rows", "resolve_contract": "rows", "validate_chunk": "rows",
-    "RunnerConfig": "runners",
+    "RunnerConfig": "runners", "DriftRule": "history",
     "Policy": "screen", "ScreenConfig": "screen", "ScreenResult": "screen", "run_screen": "screen",
     "SimulateConfig": "simulate", "SimulateResult": "simulate", "run_simulate": "simulate",
     "Chunk": "transforms", "FitDetector": "transforms", "ReadChunks": "transforms", "ScreenBatches": "transforms",

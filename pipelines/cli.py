@@ -1,4 +1,4 @@
-"""The ``poisonguard`` command line: ``screen``, ``simulate``, ``attacks`` and ``demo``.
+"""The ``poisonguard`` command line: ``screen``, ``run`` (a job file), ``history``, ``simulate``, ``attacks`` and ``demo``.
 
 Exit codes: 0 the batch was accepted (or the simulation done), 1 it breached the policy, 2 a usage, config or input error
 (printed as one line naming the file, column or option; ``--debug`` shows the traceback).
@@ -37,6 +37,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def _nonnegative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
@@ -104,10 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-fpr", type=_fraction, default=None, metavar="F",
                    help="with --reference: instead of Benjamini-Hochberg, one cut that flags at most this share of "
                         "the reference rows")
-    s.add_argument("--max-flagged-fraction", type=_fraction, default=0.0, metavar="F",
-                   help="policy: breach (exit 1) when more rows than this are flagged (default 0: any flagged row)")
-    s.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
-                   help="policy: breach (exit 1) when more rows than this are invalid (default 1: never)")
+    s.add_argument("--history", metavar="PATH",
+                   help="an SQLite run history (created if new): compare this run with the last runs in it (drift), "
+                        "then append its record; read it with 'poisonguard history' or SQL")
+    pol = s.add_argument_group("policy (exit code 1 when breached)")
+    pol.add_argument("--max-flagged-fraction", type=_fraction, default=0.01, metavar="F",
+                     help="breach when more rows than this are flagged (default 0.01, twice the decision layer's "
+                          "clean-row bound; 0: any flagged row)")
+    pol.add_argument("--max-invalid-fraction", type=_fraction, default=1.0, metavar="F",
+                     help="breach when more rows than this are invalid (default 1: never)")
+    pol.add_argument("--min-valid-rows", type=_count, default=1, metavar="N",
+                     help="breach when fewer rows than this are valid (default 1: an empty or fully invalid batch "
+                          "breaches; 0: never)")
+    pol.add_argument("--on-drift", choices=("breach", "report"), default="breach",
+                     help="with --history, what a drift alarm does: breach (default) or report only")
+    pol.add_argument("--drift-window", type=_positive_int, default=20, metavar="N",
+                     help="compare with the last N runs that had the same detectors (default 20)")
+    pol.add_argument("--drift-min-runs", type=_positive_int, default=5, metavar="N",
+                     help="judge drift only with at least N such runs (default 5)")
+    pol.add_argument("--drift-k", type=_nonnegative, default=5.0, metavar="K",
+                     help="a metric rings above the runs' median by more than K robust spreads (default 5)")
+    pol.add_argument("--drift-floor", type=_fraction, default=0.005, metavar="F",
+                     help="... and by at least F for a flagged share (default 0.005: half a percentage point)")
+    pol.add_argument("--drift-score-floor", type=_nonnegative, default=1.0, metavar="S",
+                     help="... and by at least S for the 99th percentile of suspicion (default 1: p-values ten times "
+                          "smaller)")
     _add_input_options(s)
     from .images import add_image_options
 
@@ -146,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_image_options(m, representation=False)
     _add_runner_options(m)
+
+    h = sub.add_parser("history", help="print the recent runs of a run history (screen --history)",
+                       description="Print the last runs recorded in a history store (SQLite), oldest first: counts, "
+                                   "flagged share, estimated poison rate, expectation pass rate, suspicion p99, verdict "
+                                   "and drift. The store is plain SQLite: query it with SQL (README, 'History and drift').")
+    h.add_argument("--history", required=True, metavar="PATH", help="the history file")
+    h.add_argument("--last", type=_positive_int, default=20, metavar="N", help="how many runs (default 20)")
+    h.add_argument("--json", action="store_true", help="print the runs as JSON (with their classes and detectors)")
+
+    sub.add_parser("run", help="run a screening job file: poisonguard run JOB.yaml [--date D] [--set KEY=VALUE]",
+                   description="see poisonguard run --help", add_help=False)  # handled by pipelines.jobs (see main)
 
     sub.add_parser("attacks", help="list the attack kinds and their parameters",
                    description="Print every attack kind a simulate config can name, with its parameters "
@@ -196,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, beam_args = _split_beam_args(argv)
     parser = build_parser()
+    if own[:1] == ["run"]:  # a job file: becomes a screen command line (pipelines.jobs)
+        job = _job_argv(own[1:], parser, beam_args)
+        if isinstance(job, int):
+            return job
+        own, beam_args = job
     try:
         args = parser.parse_args(own)
     except SystemExit as exc:
@@ -214,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "attacks":
         print(describe_attacks())
         return EXIT_OK
+    if args.command == "history":
+        return _history(args)
 
     _pin_threads(args.threads)
     _configure_logging(args.quiet, args.debug)
@@ -237,6 +296,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"poisonguard: error: {_one_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
             return EXIT_ERROR
+
+
+def _job_argv(argv: list[str], parser, beam_args):
+    from ..schemas import PoisonguardError
+    from .jobs import screen_argv_for_job
+
+    try:
+        return screen_argv_for_job(argv, parser, _Parser, beam_args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except PoisonguardError as exc:
+        print(f"poisonguard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -314,6 +386,21 @@ def describe_attacks() -> str:
     return "\n\n".join(blocks)
 
 
+def _history(args) -> int:
+    import json
+
+    from ..schemas import PoisonguardError
+    from .history import history_table, recent_runs
+
+    try:
+        runs = recent_runs(args.history, args.last)
+    except PoisonguardError as exc:
+        print(f"poisonguard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(runs, indent=2) if args.json else history_table(runs) if runs else f"{args.history}: no runs yet")
+    return EXIT_OK
+
+
 def _simulate(args, beam_args) -> int:
     from .images import image_options
     from .simulate import SimulateConfig, run_simulate
@@ -340,6 +427,7 @@ def _simulate(args, beam_args) -> int:
 
 def _run(args, beam_args) -> int:
     from .images import image_options
+    from .history import DriftRule
     from .screen import Policy, ScreenConfig, run_screen
 
     if args.command == "simulate":
@@ -362,7 +450,12 @@ def _run(args, beam_args) -> int:
         alpha=args.alpha,
         reference=tuple(args.reference),
         target_fpr=args.target_fpr,
-        policy=Policy(args.max_flagged_fraction, args.max_invalid_fraction, args.on_failed_expectation),
+        policy=Policy(max_flagged_fraction=args.max_flagged_fraction, max_invalid_fraction=args.max_invalid_fraction,
+                      on_failed_expectation=args.on_failed_expectation, min_valid_rows=args.min_valid_rows,
+                      on_drift=args.on_drift),
+        history=args.history,
+        drift=DriftRule(window=args.drift_window, min_runs=args.drift_min_runs, k=args.drift_k, floor=args.drift_floor,
+                        score_floor=args.drift_score_floor),
         expectations=args.expectations,
         validate=not args.no_validation,
         batch_rows=args.batch_rows,

@@ -243,7 +243,7 @@ def render_html(report: dict) -> str:
     counts = report["counts"]
     n = max(counts["rows_in"], 1)
     text = env.get_template(_TEMPLATE).render(
-        report=report, counts=counts, n=n, figures=figures, others=others, curves=curves, detection=detection,
+        report=report, counts=counts, n=n, figures=figures, others=others, other_classes=report.get("other_classes"), curves=curves, detection=detection,
         expectations=expectation_rows(report.get("validation")), validation=report.get("validation"),
         policy=report["policy"], members=members, max_class_plots=MAX_CLASS_PLOTS,
     )

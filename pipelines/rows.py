@@ -86,8 +86,13 @@ def resolve_contract(
     id_column: str | None = None,
     feature_columns: list[str] | None = None,
     keep_feature_types: bool = True,
+    optional_id: bool = False,
 ) -> Contract:
     """Check every input's columns and fix the row contract for this run.
+
+    ``optional_id`` is for trusted rows (``--reference``, a model's fit), whose ids only name rows: a
+    poisonguard output's ``row_id`` (a ``simulate`` output) is their id, else ``id_column`` where the files
+    have it, else ids derived from file and offset, so any table with the batch's label and features serves.
 
     Output types: with only Parquet inputs, every column keeps its type (the id column
     too; ``row_id`` is text); a feature keeps it when it is numeric and the same in every
@@ -97,6 +102,11 @@ def resolve_contract(
     schemas = [(shard, read_schema(shard)) for shard in shards]
     first_shard, first = schemas[0]
     names = list(first.names)
+    if optional_id:
+        if ROW_ID in names:
+            id_column = ROW_ID
+        elif id_column is not None and id_column not in names:
+            id_column = None
     if id_column is None and ROW_ID in names:  # written by poisonguard (simulate): keep its row ids
         id_column = ROW_ID
     for shard, schema in schemas:
@@ -124,7 +134,14 @@ def resolve_contract(
             raise InputError(f"--feature-columns: '{clash[0]}' is the label or id column, not a feature")
         features = list(dict.fromkeys(feature_columns))
     else:
-        features = [n for n in names if n not in reserved | ground_truth and _is_numeric(first.field(n).type)]
+        # A column's type in the first file with values in it: a header-only file (an empty partition) says nothing.
+        seen = {n: next((t for t in (schema.field(n).type for _, schema in schemas) if not pa.types.is_null(t)), pa.null())
+                for n in names}
+        features = [n for n in names if n not in reserved | ground_truth and _is_numeric(seen[n])]
+        if not features and all(pa.types.is_null(schema.field(n).type) for _, schema in schemas for n in names):
+            # No file has a data row (header-only CSV): an empty batch, whose every other column may be a feature.
+            # It runs, and the policy breaches it (--min-valid-rows), rather than failing on types no row shows.
+            features = [n for n in names if n not in reserved | ground_truth]
         if not features:
             if all(pa.types.is_null(first.field(n).type) for n in names):
                 raise InputError(f"{first_shard.path}: no data rows to tell which columns are numeric; name them with --feature-columns")

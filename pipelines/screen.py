@@ -37,6 +37,7 @@ from .images import (
     IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract,
 )
 from .ids import check_duplicate_ids, duplicate_ids_pass
+from .history import DriftRule, append_run, check_store, compare_with_history, run_record
 from .html_report import write_html_report
 from .io import discover_shards, part_name, split_units, write_part
 from .report import inputs_section, library_versions, percent, rounded, write_json, write_report
@@ -56,20 +57,32 @@ DEFAULT_BATCH_ROWS = 65536
 #: Detectors run when ``--detectors`` is not given: backdoor clusters and label issues (the field test's best
 #: pair at the clean-row budget); with ``--reference``, also ``novelty`` against the trusted rows.
 DEFAULT_DETECTORS = ("spectral", "label")
+#: Default flagged budget: twice the decision layer's clean-row bound of about 0.5% (README, "Exit codes").
+DEFAULT_MAX_FLAGGED_FRACTION = 0.01
+#: What a drift alarm does (``--on-drift``).
+ON_DRIFT = ("breach", "report")
 
 
 @dataclass(frozen=True)
 class Policy:
-    """When a batch is rejected (exit code 1): more flagged or invalid rows than allowed.
+    """When a batch is rejected (exit code 1): the policy's knobs, each a CLI option and a job-file key.
 
-    Fractions are of all input rows; the default rejects a batch with any flagged row and
-    tolerates invalid rows (they are reported, and kept in ``invalid/``).
+    Fractions are of all input rows. By default a batch breaches when more than 1% of its
+    rows are flagged (the decision layer keeps clean rows flagged at or under about 0.5%,
+    so a clean batch stays inside with room to spare; README, "Exit codes"), when it has
+    no valid row (an empty or fully invalid batch is never "accepted"), or when a drift
+    alarm rings against the run history (with ``--history``). Invalid rows are tolerated
+    (they are reported, and kept in ``invalid/``).
     """
 
-    max_flagged_fraction: float = 0.0
+    max_flagged_fraction: float = DEFAULT_MAX_FLAGGED_FRACTION
     max_invalid_fraction: float = 1.0
     #: what a failed expectation does (see pipelines.validation.ON_FAILED); by default it is reported only
     on_failed_expectation: str = "report"
+    #: fewer valid rows than this breach the batch (default 1: an empty or fully invalid batch breaches; 0: never)
+    min_valid_rows: int = 1
+    #: what a drift alarm against the run history does: breach (default) or report only
+    on_drift: str = "breach"
 
     def __post_init__(self):
         for name in ("max_flagged_fraction", "max_invalid_fraction"):
@@ -78,11 +91,20 @@ class Policy:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected a fraction in [0, 1], got {value}")
         if self.on_failed_expectation not in ON_FAILED:
             raise ConfigError(f"--on-failed-expectation: expected one of {', '.join(ON_FAILED)}, got {self.on_failed_expectation!r}")
+        if isinstance(self.min_valid_rows, bool) or not isinstance(self.min_valid_rows, int) or self.min_valid_rows < 0:
+            raise ConfigError(f"--min-valid-rows: expected a non-negative integer, got {self.min_valid_rows!r}")
+        if self.on_drift not in ON_DRIFT:
+            raise ConfigError(f"--on-drift: expected one of {', '.join(ON_DRIFT)}, got {self.on_drift!r}")
 
     def verdict(self, summary: ScreenSummary, validation: dict | None = None) -> dict:
         n = max(summary.rows_in, 1)
         flagged, invalid = summary.quarantine / n, summary.invalid / n
+        valid = summary.cleaned + summary.quarantine
         reasons = []
+        if valid < self.min_valid_rows:
+            what = ("the batch has no rows" if summary.rows_in == 0 else
+                    f"all {summary.rows_in:,} rows are invalid" if valid == 0 else f"only {valid:,} valid rows")
+            reasons.append(f"{what}; at least {self.min_valid_rows:,} valid row{'s' if self.min_valid_rows != 1 else ''} required")
         if flagged > self.max_flagged_fraction:
             reasons.append(f"{summary.quarantine:,} quarantined row{'s' if summary.quarantine != 1 else ''} ({percent(flagged)}) "
                            f"exceed{'s' if summary.quarantine == 1 else ''} the allowed {percent(self.max_flagged_fraction)}")
@@ -99,6 +121,8 @@ class Policy:
             "max_flagged_fraction": self.max_flagged_fraction,
             "max_invalid_fraction": self.max_invalid_fraction,
             "on_failed_expectation": self.on_failed_expectation,
+            "min_valid_rows": self.min_valid_rows,
+            "on_drift": self.on_drift,
             "flagged_fraction": flagged,
             "invalid_fraction": invalid,
             "breached": bool(reasons),
@@ -129,6 +153,8 @@ class ScreenConfig:
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
     allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
     images: ImageOptions = field(default_factory=ImageOptions)  # image inputs: column, size, representation (pipelines.images)
+    history: str | None = None  # an SQLite run history: compare this run with it, then append it (pipelines.history)
+    drift: DriftRule = field(default_factory=DriftRule)  # when the comparison rings (see Policy.on_drift)
 
     def detector_names(self) -> tuple[str, ...]:
         """The detectors to run: as configured, or the default set (with ``novelty`` when there are trusted rows)."""
@@ -329,6 +355,8 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector = config.make_detector()
     if config.batch_rows < 1:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
+    if config.history:
+        check_store(config.history)
     files = discover_shards(list(config.inputs), na_values=config.na_values)
     if is_image_input(files, config.images):  # decoded and represented inside the pipeline (pipelines.images)
         if config.reference:
@@ -393,11 +421,15 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
             report["inputs"]["image_column"] = contract.image_column
             report["representation"] = contract.representation.describe()
         report["timings"]["total_s"] = time.perf_counter() - t0
+        if config.history:  # this run against the past ones; its own record is appended once it is published
+            report = compare_with_history(report, config.history, config.drift, config.policy.on_drift)
         if validation is not None:  # the suite as applied: a file to edit and pass back with --expectations
             write_json(validation.suite, os.path.join(staging, SUITE_FILE))
         report = write_report(report, os.path.join(staging, "report.json"))
         write_html_report(report, os.path.join(staging, "report.html"))
         outdir.publish()
+        if config.history:
+            append_run(config.history, run_record(report))
         log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
                  report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
         return ScreenResult(report, config.out)
@@ -432,10 +464,11 @@ def _contract_validation(config: ScreenConfig, contract: Contract, reference: Fr
 
 
 def _reference_contract(contract: Contract, ref_shards) -> Contract:
-    """Reference rows are read with the batch's label and feature columns and their own extra columns."""
+    """Reference rows are read with the batch's label and feature columns and their own ids and extra columns
+    (a ``simulate`` output's ``row_id``, the batch's id column where they have it, else derived ids)."""
     ref = resolve_contract(ref_shards, label_column=contract.label_column, id_column=contract.id_column,
-                           feature_columns=list(contract.feature_columns))
-    return Contract(contract.label_column, contract.id_column, contract.feature_columns, contract.label_type, ref.passthrough, ref.columns)
+                           feature_columns=list(contract.feature_columns), optional_id=True)
+    return Contract(contract.label_column, ref.id_column, contract.feature_columns, contract.label_type, ref.passthrough, ref.columns)
 
 
 def _check_conservation(summary: ScreenSummary, model, files, staging: str) -> None:
@@ -477,6 +510,32 @@ def _why(facts: dict, summary, mode: str, alpha: float, target_fpr) -> str:
             f"{flagged} of its {rows} rows flagged")
 
 
+#: Classes the report describes one by one: those with the most flagged rows, then the largest. The others are
+#: summed up in ``other_classes``, so report.json stays small (well under 2 MB) whatever the number of classes.
+MAX_REPORT_CLASSES = 200
+
+
+def described_classes(summary: ScreenSummary) -> tuple[list, list]:
+    """``(described, summed up)``: the classes the report details (:data:`MAX_REPORT_CLASSES`) and the rest."""
+    classes = summary.classes
+    order = sorted(classes, key=lambda c: (-classes[c].flagged, -classes[c].rows, str(c)))
+    return order[:MAX_REPORT_CLASSES], order[MAX_REPORT_CLASSES:]
+
+
+def _other_classes(summary: ScreenSummary, rest: list, whys: list[str]) -> dict | None:
+    """What the classes beyond :data:`MAX_REPORT_CLASSES` add up to, and how many were (not) cut."""
+    if not rest:
+        return None
+    verdicts: dict[str, int] = {}
+    for why in whys:
+        verdict = why.split(":", 1)[0]
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    return {"classes": len(rest), "rows": sum(summary.classes[c].rows for c in rest),
+            "flagged": sum(summary.classes[c].flagged for c in rest), "decisions": dict(sorted(verdicts.items())),
+            "why": f"only the {MAX_REPORT_CLASSES} classes with the most flagged rows, then the most rows, are described "
+                   "one by one"}
+
+
 def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary | None = None) -> dict:
     """How the members' scores became one suspicion and one decision, with every class's cut and why."""
     if mode == "auto":
@@ -495,6 +554,23 @@ def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary
         "classes": {c: {**rounded(facts), "why": _why(facts, (summary.classes.get(c) if summary else None), mode, alpha, target_fpr)}
                     for c, facts in model.decision_summary().items()},
     }
+
+
+def _bounded(report: dict, summary: ScreenSummary) -> dict:
+    """Keep the per-class sections to the described classes (:func:`described_classes`); sum up the rest."""
+    described, rest = described_classes(summary)
+    report["other_classes"] = None
+    if not rest:
+        return report
+    dropped = set(rest)
+    decision = report["decision"]
+    whys = [decision["classes"][c]["why"] for c in rest if c in decision["classes"]]
+    decision["classes"] = {c: v for c, v in decision["classes"].items() if c not in dropped}
+    for member in report["detectors"]:
+        member["classes"] = {c: v for c, v in member["classes"].items() if c not in dropped}
+    report["classes"] = {c: v for c, v in report["classes"].items() if c not in dropped}
+    report["other_classes"] = _other_classes(summary, rest, whys)
+    return report
 
 
 def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings,
@@ -538,4 +614,4 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
         "timings": dict(timings),
         "versions": library_versions(),
     }
-    return report
+    return _bounded(report, summary)

@@ -276,23 +276,35 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_VALUES = 100_000
 
 
-def _read_bytes(path: str) -> bytes:
+def _read_bytes(path: str, what: str = "attack config") -> bytes:
     if not os.path.exists(path):
-        raise ConfigError(f"{path}: no such attack config file")
+        raise ConfigError(f"{path}: no such {what} file")
     if os.path.isdir(path):
-        raise ConfigError(f"{path}: is a directory; expected an attack config file (YAML)")
+        raise ConfigError(f"{path}: is a directory; expected {_a(what)} file (YAML)")
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the attack config: {exc.strerror or exc}") from None
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {os.path.getsize(path) / 1e6:.1f} MB; an attack config is at most "
+        raise ConfigError(f"{path}: {os.path.getsize(path) / 1e6:.1f} MB; {_a(what)} is at most "
                           f"{MAX_CONFIG_BYTES >> 20} MB")
     return data
 
 
-def _expanded_values(node, path: str, memo: dict, active: set) -> int:
+def _a(what: str) -> str:
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
+
+
+def load_yaml_file(path: str, what: str):
+    """A small YAML file (a config, a job) as plain data: the size limits and the safe loader of attack configs.
+
+    ``what`` names the kind of file in error messages (one line, naming ``path``).
+    """
+    return _parse_yaml(_read_bytes(path, what), path, what)
+
+
+def _expanded_values(node, path: str, memo: dict, active: set, what: str = "attack config") -> int:
     """Values under ``node`` with every alias expanded, counted without expanding them."""
     key = id(node)
     if key in memo:
@@ -303,18 +315,19 @@ def _expanded_values(node, path: str, memo: dict, active: set) -> int:
     active.add(key)
     total = 1
     if isinstance(node, yaml.SequenceNode):
-        total += sum(_expanded_values(child, path, memo, active) for child in node.value)
+        total += sum(_expanded_values(child, path, memo, active, what) for child in node.value)
     elif isinstance(node, yaml.MappingNode):
-        total += sum(_expanded_values(k, path, memo, active) + _expanded_values(v, path, memo, active) for k, v in node.value)
+        total += sum(_expanded_values(k, path, memo, active, what) + _expanded_values(v, path, memo, active, what)
+                     for k, v in node.value)
     active.discard(key)
     memo[key] = total
     if total > MAX_CONFIG_VALUES:
         raise ConfigError(f"{path}: the YAML holds more than {MAX_CONFIG_VALUES} values once its aliases (*name) are "
-                          "expanded; expected a small attack config")
+                          f"expanded; expected a small {what}")
     return total
 
 
-def _parse_yaml(data: bytes, path: str):
+def _parse_yaml(data: bytes, path: str, what: str = "attack config"):
     """Parse the config: compose the node graph (aliases stay shared), bound its expanded size, then build it."""
     try:
         loader = _UniqueKeyLoader(data.decode("utf-8"))  # a SafeLoader: plain data only, never Python objects
@@ -322,12 +335,12 @@ def _parse_yaml(data: bytes, path: str):
             node = loader.get_single_node()
             if node is None:
                 return None
-            _expanded_values(node, path, {}, set())
+            _expanded_values(node, path, {}, set(), what)
             return loader.construct_document(node)
         finally:
             loader.dispose()
     except RecursionError:
-        raise ConfigError(f"{path}: the YAML is nested too deeply; expected a small attack config") from None
+        raise ConfigError(f"{path}: the YAML is nested too deeply; expected a small {what}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except yaml.YAMLError as exc:

@@ -154,7 +154,7 @@ def plant_field_backdoor(X, y, rate, seed, columns=(0, 3)):
 
 # -- the command line ---------------------------------------------------------------------------
 #: The one line a usage or input error prints on stderr (argparse's usage errors name the subcommand).
-ERROR_LINE = re.compile(r"^poisonguard(?: screen| demo| simulate)?: error: \S")
+ERROR_LINE = re.compile(r"^poisonguard(?: screen| demo| simulate| run| history)?: error: \S")
 
 
 def run_cli(argv) -> int:

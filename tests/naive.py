@@ -44,3 +44,11 @@ def robust_z(X, codes, median, inv_scale, clip, mean, direction, location, inv_s
     p = project_standardized(X, codes, median, inv_scale, clip, mean, direction)
     safe = np.maximum(codes, 0)
     return np.where(codes >= 0, np.abs(p - location[safe]) * inv_spread[safe], np.nan)
+
+
+def histogram_from_bins(bins, codes, n_bins, n_classes):
+    """The (classes x bins) counts of the per-row bins ``_kernels.projection_bins`` gives (rows of code < 0 left out)."""
+    counts = np.zeros((n_classes, n_bins + 2), dtype=np.int64)
+    known = codes >= 0
+    np.add.at(counts, (codes[known], bins[known]), 1)
+    return counts

@@ -175,30 +175,26 @@ def test_empty_csv_file(tmp_path, capsys):
     assert no_outputs(tmp_path / "out")
 
 
-def test_header_only_csv_without_feature_columns(tmp_path, capsys):
-    """Observed: with no data rows no column can be inferred as numeric, so this is a
-    usage error (exit 2) naming the file and pointing at --feature-columns."""
-    csv = tmp_path / "header_only.csv"
-    csv.write_text("f1,f2,f3,label\n")
-    assert run_cli(["screen", csv, "--out", tmp_path / "out"]) == EXIT_ERROR
-    line = one_error_line(capsys.readouterr().err, str(csv))
-    assert "--feature-columns" in line
-    assert no_outputs(tmp_path / "out")
-
-
-def test_header_only_csv_with_feature_columns(tmp_path, capsys):
-    """Observed: with the features named, a header-only file is an empty batch, accepted
-    (exit 0) with zero counts and empty outputs."""
+@pytest.mark.parametrize("named", [False, True], ids=["inferred", "named"])
+def test_header_only_csv_is_an_empty_batch_that_breaches(tmp_path, capsys, named):
+    """A header-only file is an empty batch: it runs, with zero counts and empty outputs, and breaches the policy
+    (exit 1, --min-valid-rows 1): an empty batch is never "accepted". With no data row no column type can be
+    inferred, so every column but the label is a feature."""
     csv = tmp_path / "header_only.csv"
     csv.write_text("f1,f2,f3,label\n")
     out = tmp_path / "out"
-    assert run_cli(["screen", csv, "--out", out, "--feature-columns", "f1,f2,f3", "-q"]) == EXIT_OK
-    assert "Traceback" not in capsys.readouterr().err
-    counts = read_report(out)["counts"]
-    assert counts == {"rows_in": 0, "valid": 0, "cleaned": 0, "quarantine": 0, "invalid": 0}
+    assert run_cli(["screen", csv, "--out", out, "-q", *(["--feature-columns", "f1,f2,f3"] if named else [])]) == EXIT_BREACHED
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.out.startswith("BREACHED (the batch has no rows")
+    report = read_report(out)
+    assert report["counts"] == {"rows_in": 0, "valid": 0, "cleaned": 0, "quarantine": 0, "invalid": 0}
+    assert report["inputs"]["feature_columns"] == list(FEATURES)
+    assert report["policy"]["breached"] and "no rows" in report["policy"]["reasons"][0]
     for name in ("cleaned", "quarantine", "invalid"):
         assert os.path.isdir(out / name)
         assert read_dir(out, name) is None
+    # the knob: --min-valid-rows 0 accepts an empty batch
+    assert run_cli(["screen", csv, "--out", out, "-q", "--min-valid-rows", "0"]) == EXIT_OK
 
 
 def test_missing_label_column(tmp_path, capsys):

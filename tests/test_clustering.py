@@ -12,7 +12,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from conftest import heavy_tailed_table, plant_backdoor, recall_precision
-from poisonguard.detectors._kernels import projection_histogram
+from naive import histogram_from_bins
+from poisonguard.detectors._kernels import projection_bins
 from poisonguard.detectors.clustering import PROJECTION_EDGES, ActivationClusteringDetector, cluster_suspicion
 
 
@@ -72,8 +73,9 @@ def test_histogram_kernel_matches_numpy_twin(n, d, K):
     rng = np.random.default_rng(10 + n + d)
     X, codes, median, inv_scale, clip, mean, axis = _kernel_inputs(rng, n, d, K)
     inv_unit, low, width, n_bins = rng.uniform(0.5, 2.0, K), -3.0, 0.25, 24  # some rows fall off both ends
-    got = projection_histogram(X, codes, median, inv_scale, clip, mean, axis, inv_unit, low, 1.0 / width,
-                            np.zeros((K, n_bins + 2), dtype=np.int64))
+    bins = projection_bins(X, codes, median, inv_scale, clip, mean, axis, inv_unit, low, 1.0 / width, n_bins,
+                           np.empty(n, dtype=np.int64))
+    got = histogram_from_bins(bins, codes, n_bins, K)
     want = naive_histogram(X, codes, median, inv_scale, clip, mean, axis, inv_unit, low, width, n_bins, K)
     np.testing.assert_array_equal(got, want)
     assert got.sum() == (codes >= 0).sum()

@@ -172,6 +172,34 @@ def test_label_detector_ranks_flipped_labels_of_a_real_table():
     assert (flagged & ~flip).mean() <= 0.005
 
 
+def test_label_detector_models_the_large_classes_and_groups_the_small_ones():
+    """credit's two classes plus 300 classes of 3 rows: the fold models learn 3 groups (not 302 classes), the flips
+    between the large classes are still ranked, and the small classes' rows stay within the clean-row budget."""
+    from sklearn.metrics import roc_auc_score
+
+    from poisonguard.detectors.label import class_groups
+
+    assert class_groups(np.array([50, 3, 40, 19, 20]), max_classes=100, min_class_rows=20).tolist() == [0, 3, 1, 3, 2]
+    assert class_groups(np.array([50, 30, 40, 60]), max_classes=3, min_class_rows=20).tolist() == [0, 2, 2, 1]
+    assert class_groups(np.array([50, 30]), max_classes=2, min_class_rows=20).tolist() == [0, 1]  # no class left over
+
+    X, y, ids = real_table("credit")
+    rng = np.random.default_rng(6)
+    flip = rng.random(len(y)) < 0.1
+    y = np.where(flip, np.where(y == "good", "bad", "good"), y).astype(object)
+    small = rng.choice(len(y), 900, replace=False)
+    y[small] = [f"tiny{i // 3}" for i in range(900)]
+    flip[small] = False
+    det = EnsembleDetector(detectors=[ConfidentLabelDetector()]).fit(X, y, row_ids=ids)
+    model = det.model_.models[0]
+    assert model.n_groups == 3 and model.group_names()[-1] == "other classes (300)"
+    large = ~np.isin(np.arange(len(y)), small)
+    assert roc_auc_score(flip[large], model.suspicion(X[large], y[large])) >= 0.8
+    assert len(model.summary()) == 3
+    flagged = det.predict(X, y) < 0
+    assert flagged[small].mean() <= 0.005 and flagged[large & ~flip].mean() <= 0.005
+
+
 def test_label_detector_scores_each_row_out_of_fold_and_independently_of_the_batch():
     X, y, ids = real_table("cells")
     det = ConfidentLabelDetector(sample_size=5000).fit(X, y, row_ids=ids)

@@ -65,7 +65,7 @@ def test_constant_feature_projects_to_zero():
 
 
 @pytest.mark.parametrize("n,d,k", [(0, 3, 2), (1, 2, 1), (300, 6, 3)])
-def test_grouped_standardisation_and_projection_histogram_match_numpy(n, d, k):
+def test_grouped_standardisation_and_projection_bins_match_numpy(n, d, k):
     X, median, inv_scale, codes, mean, direction = _inputs(n, d, k, seed=7 + n)
     codes = np.abs(codes) % k  # every row of a known class here
     starts = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=k))]).astype(np.int64)
@@ -74,19 +74,19 @@ def test_grouped_standardisation_and_projection_histogram_match_numpy(n, d, k):
     np.testing.assert_allclose(got, naive.standardize_grouped(X, codes, median, inv_scale, 5.0, shift), rtol=1e-12, atol=1e-12)
 
     inv_unit = np.linspace(0.5, 2.0, k)
-    counts = np.zeros((k, 40 + 2), dtype=np.int64)
-    _kernels.projection_histogram(X, codes, median, inv_scale, 5.0, mean, direction, inv_unit, -20.0, 1.0, counts)
+    bins = _kernels.projection_bins(X, codes, median, inv_scale, 5.0, mean, direction, inv_unit, -20.0, 1.0, 40, np.empty(n, np.int64))
+    counts = naive.histogram_from_bins(bins, codes, 40, k)
     want = naive.projection_histogram(X, codes, median, inv_scale, 5.0, mean, direction, inv_unit, -20.0, 1.0, 40, k)
     np.testing.assert_array_equal(counts, want)
     assert counts.sum() == n
 
 
-def test_projection_histogram_skips_unknown_classes():
+def test_projection_bins_skip_unknown_classes():
     X = np.ones((4, 2))
     codes = np.array([-1, 0, -1, 0], dtype=np.int64)
-    counts = np.zeros((1, 12), dtype=np.int64)
-    _kernels.projection_histogram(X, codes, np.zeros(2), np.ones(2), 6.0, np.zeros((1, 2)), np.ones((1, 2)), np.ones(1), -5.0, 1.0, counts)
-    assert counts.sum() == 2 and counts[0, 8] == 2  # projection 2.0 -> bin [2, 3)
+    bins = _kernels.projection_bins(X, codes, np.zeros(2), np.ones(2), 6.0, np.zeros((1, 2)), np.ones((1, 2)), np.ones(1),
+                                    -5.0, 1.0, 10, np.empty(4, np.int64))
+    assert bins.tolist() == [-1, 8, -1, 8]  # projection 2.0 -> bin [2, 3); unknown classes get no bin
 
 
 def _special_rows(d: int = 3) -> np.ndarray:
@@ -102,15 +102,16 @@ def _special_rows(d: int = 3) -> np.ndarray:
 
 
 @pytest.mark.parametrize("empty", [False, True])
-def test_projection_histogram_puts_nan_and_inf_where_numpy_does(empty):
+def test_projection_bins_put_nan_and_inf_where_numpy_does(empty):
     """A NaN projection once made int(NaN) an index and corrupted the heap; NaN now counts as overflow."""
     X = _special_rows()[:0] if empty else _special_rows()
     n, d, k, n_bins = len(X), X.shape[1], 2, 20
     codes = (np.arange(n) % k).astype(np.int64)
     median, inv_scale = np.zeros(d), np.ones(d)
     mean, direction, inv_unit = np.zeros((k, d)), np.ones((k, d)), np.array([1.0, 0.5])
-    counts = np.zeros((k, n_bins + 2), dtype=np.int64)
-    _kernels.projection_histogram(X, codes, median, inv_scale, 6.0, mean, direction, inv_unit, -10.0, 1.0, counts)
+    bins = _kernels.projection_bins(X, codes, median, inv_scale, 6.0, mean, direction, inv_unit, -10.0, 1.0, n_bins,
+                                    np.empty(n, np.int64))
+    counts = naive.histogram_from_bins(bins, codes, n_bins, k)
     want = naive.projection_histogram(X, codes, median, inv_scale, 6.0, mean, direction, inv_unit, -10.0, 1.0, n_bins, k)
     np.testing.assert_array_equal(counts, want)
     assert counts.sum() == n

@@ -1,12 +1,13 @@
 """Combinable statistics: any split into batches, merged in any order, gives the single-pass answer."""
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
 
 from poisonguard.detectors import SpectralSignatureDetector
-from poisonguard.detectors.statistics import HashSample, Histogram, Moments
+from poisonguard.detectors.statistics import HashSample, Histogram, Moments, group_rows, uniform_grid
 from poisonguard.schemas import row_hash
 
 
@@ -77,6 +78,36 @@ def test_histogram_merge_is_exact(order):
     single = Histogram(edges).add_batch(v)
     np.testing.assert_array_equal(merged.counts, single.counts)
     assert merged.total == 502  # NaN is not counted; under/overflow are
+
+
+def test_histogram_counts_like_numpy_and_stores_only_the_bins_it_reaches():
+    rng = np.random.default_rng(4)
+    v = np.concatenate([rng.normal(size=1000), [np.nan, -1e9, 1e9, 3.0]])
+    edges = uniform_grid(-3.0, 3.0, 20001)
+    hist = Histogram(edges).add_batch(v)
+    want = np.bincount(np.searchsorted(edges, v[~np.isnan(v)], side="right"), minlength=len(edges) + 1)
+    np.testing.assert_array_equal(hist.counts, want)
+    assert len(hist.bins) <= 1004 and hist.total == 1003
+    two = Histogram(edges).add_batch(np.array([0.5, 0.5]))
+    assert two.bins.nbytes + two.bin_counts.nbytes == 16  # one bin, not 20,002
+
+
+def test_histogram_pickles_its_grid_by_name_and_unpickles_onto_the_shared_grid():
+    edges = uniform_grid(0.0, 200.0, 20001)
+    hist = Histogram(edges).add_batch(np.array([1.0, 2.0, 2.0]))
+    data = pickle.dumps(hist)
+    assert len(data) < 1000  # the 160 KB grid is not in it
+    back = pickle.loads(data)
+    assert back.edges is edges and not back.edges.flags.writeable
+    np.testing.assert_array_equal(back.counts, hist.counts)
+    odd = Histogram(np.array([0.0, 1.0, 5.0])).add_batch(np.array([2.0]))  # a grid not from uniform_grid travels whole
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(odd)).counts, [0, 0, 1, 0])
+
+
+def test_group_rows_yields_each_code_once_in_order_and_skips_negative_codes():
+    codes = np.array([2, -1, 0, 2, 0, 5, -1])
+    assert [(k, rows.tolist()) for k, rows in group_rows(codes)] == [(0, [2, 4]), (2, [0, 3]), (5, [5])]
+    assert list(group_rows(np.array([-1, -1]))) == []
 
 
 def test_detector_statistics_split_like_one_pass(cancer_backdoor):
