@@ -558,7 +558,7 @@ def _two_names(text: str) -> tuple[str, str]:
 
 def add_image_options(p, *, representation: bool = True) -> None:
     """The image options of ``screen`` (and ``simulate``, without the representation)."""
-    g = p.add_argument_group("images (ImageFolder trees, .npz, Parquet image columns; recognised without flags)")
+    g = p  # top-level options (a job file's top-level keys): images are recognised without them
     g.add_argument("--image-column", metavar="NAME",
                    help="Parquet column of images (PNG/JPEG bytes, or struct<bytes, path>) (default: found by type)")
     g.add_argument("--image-size", type=_size, metavar="HxW",
