@@ -185,6 +185,16 @@ class SpectralSignatureDetector(BaseDetector):
         lies (Renyi), so a heavy clean tail's own gaps rarely pass 3 while a trigger cluster
         does (measured on the tests' plants: 9 to 35; a style subgroup of clean digit 7: 2.5).
         Classes with fewer than 5 rows per feature-space dimension are not cut at all.
+    point_mass_scale : {"fallback", "resolution"}, default "fallback"
+        What a class's robust scale along its direction is when more than half its rows
+        project to one point (to the histogram's resolution, 1/50 of the class's standard
+        deviation): "fallback" takes the standard deviation itself (a genuine subgroup
+        of binary or integer-coded features, a point mass and the rest, is then not
+        extreme); "resolution" takes the grid's resolution. Image batches use
+        "resolution": the background pixels where a trigger sits are exactly 0 in every
+        clean image, so the clean rows are a point mass along the trigger's direction, and
+        with the standard deviation as scale a trigger on a quarter of the class stays
+        below ``z_min`` (measured on MNIST, benchmarks/README.md, Images).
     seed : int, default 0
         Key of the row-id hash that selects the sample.
 
@@ -211,6 +221,7 @@ class SpectralSignatureDetector(BaseDetector):
         "min_cluster_size": [Interval(Integral, 1, None, closed="left")],
         "max_cluster_fraction": [Interval(Real, 0.0, 0.5, closed="right")],
         "min_tail_gap": [Interval(Real, 0.0, None, closed="left")],
+        "point_mass_scale": [StrOptions({"fallback", "resolution"})],
     }
 
     def __init__(
@@ -225,6 +236,7 @@ class SpectralSignatureDetector(BaseDetector):
         min_cluster_size=5,
         max_cluster_fraction=0.35,
         min_tail_gap=MIN_TAIL_GAP,
+        point_mass_scale="fallback",
         seed=0,
     ):
         self.contamination = contamination
@@ -236,6 +248,7 @@ class SpectralSignatureDetector(BaseDetector):
         self.min_cluster_size = min_cluster_size
         self.max_cluster_fraction = max_cluster_fraction
         self.min_tail_gap = min_tail_gap
+        self.point_mass_scale = point_mass_scale
         self.seed = seed
 
     # -- pass 0: bounded sample -> feature median / scale, pilot means ----------------------
@@ -329,7 +342,10 @@ class SpectralSignatureDetector(BaseDetector):
         for k, c in enumerate(model.classes):
             counts = histograms[c].counts
             sd = np.sqrt(model.top_eigenvalue[k])
-            loc, sc = robust_location_scale(PROJECTION_EDGES, counts, fallback_scale=1.0)
+            loc, sc = robust_location_scale(PROJECTION_EDGES, counts, fallback_scale=np.nan)
+            if np.isnan(sc):  # MAD below the grid's resolution, or most rows beyond the grid
+                point_mass = self.point_mass_scale == "resolution" and counts[0] + counts[-1] <= counts.sum() / 2
+                sc = PROJECTION_EDGES[1] - PROJECTION_EDGES[0] if point_mass else 1.0
             if sd > 0:
                 location[k], scale[k] = loc * sd, sc * sd
             if self.contamination != "auto":

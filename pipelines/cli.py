@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="... and by at least S for the 99th percentile of suspicion (default 1: p-values ten times "
                           "smaller)")
     _add_input_options(s)
+    from .images import add_image_options
+
+    add_image_options(s)
     v = s.add_argument_group("validation (Great Expectations)")
     v.add_argument("--expectations", metavar="SUITE.json",
                    help="a Great Expectations suite (its own JSON) to validate the rows against, applied as written "
@@ -201,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--id-column", metavar="NAME", help="unique row id column (default: derived from file and row offset)")
     m.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
     _add_input_options(m)
+    from .images import add_image_options
+
+    add_image_options(m, representation=False)
     _add_runner_options(m)
 
     h = sub.add_parser("history", help="print the recent runs of a run history (screen --history)",
@@ -417,6 +423,7 @@ def _history(args) -> int:
 
 
 def _simulate(args, beam_args) -> int:
+    from .images import image_options
     from .simulate import SimulateConfig, run_simulate
 
     result = run_simulate(SimulateConfig(
@@ -431,6 +438,7 @@ def _simulate(args, beam_args) -> int:
         runner=_runner_config(args, beam_args),
         na_values=args.na_values,
         allow_duplicate_ids=args.allow_duplicate_ids,
+        images=image_options(args),
     ))
     counts = result.manifest["counts"]
     print(f"{counts['rows_in']} rows: {counts['valid']} valid, {counts['invalid']} invalid; {counts['touched']} touched, "
@@ -465,6 +473,7 @@ def _fit(args, beam_args) -> int:
 
 
 def _run(args, beam_args) -> int:
+    from .images import image_options
     from .history import DriftRule
     from .screen import Policy, ScreenConfig, run_screen
 
@@ -503,6 +512,7 @@ def _run(args, beam_args) -> int:
         na_values=args.na_values,
         allow_duplicate_ids=args.allow_duplicate_ids,
         model=args.model,
+        images=image_options(args),
     )
     result = run_screen(config)
     print(verdict_line(result.report, result.path("report.html")))

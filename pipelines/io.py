@@ -55,6 +55,7 @@ class Shard:
     row_groups: tuple[int, ...] | None = None
     first_row: int = 0
     na_values: tuple[str, ...] = ()
+    stop_row: int | None = None  # ImageFolder units: the unit's files are rows first_row..stop_row of the tree
 
 #: A Parquet file is split into work units of whole row groups holding about this many rows,
 #: so that one large file can be read by several workers.
@@ -101,12 +102,19 @@ def discover_shards(inputs: list[str], na_values=()) -> list[Shard]:
         elif os.path.isdir(arg):
             files = sorted(_walk_visible(arg))
             if not files:
-                raise InputError(f"input '{arg}': the directory holds no .csv, .csv.gz, .parquet or .pq file")
+                from .images import is_imagefolder
+
+                if is_imagefolder(arg):  # root/<label>/<image>: one ImageFolder input
+                    found.append((arg, os.path.basename(os.path.normpath(arg)) or arg, "imagefolder"))
+                    continue
+                raise InputError(f"input '{arg}': the directory holds no .csv, .csv.gz, .parquet or .pq file, "
+                                 "nor images in <label>/ subdirectories")
             found += [(p, os.path.relpath(p, arg), _suffix_format(p)) for p in files]
         elif os.path.exists(arg):
-            fmt = _suffix_format(arg)
+            fmt = "npz" if arg.lower().endswith(".npz") else _suffix_format(arg)
             if fmt is None:
-                raise InputError(f"input '{arg}': unsupported file type; expected .csv, .csv.gz, .parquet or .pq")
+                raise InputError(f"input '{arg}': unsupported file type; expected .csv, .csv.gz, .parquet, .pq, .npz "
+                                 "or an ImageFolder directory")
             found.append((arg, os.path.basename(arg), fmt))
         else:
             raise InputError(f"input '{arg}': no such file or directory")
@@ -134,6 +142,11 @@ def split_units(shards: list[Shard], unit_rows: int = UNIT_ROWS) -> list[Shard]:
     """
     units: list[Shard] = []
     for shard in shards:
+        if shard.format == "imagefolder":
+            from .images import split_image_units
+
+            units += [replace(unit, index=len(units) + i) for i, unit in enumerate(split_image_units(shard))]
+            continue
         if shard.format != "parquet":
             units.append(replace(shard, index=len(units)))
             continue

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from ..schemas import (
     ATTACK, FLAGGED, ORIGINAL_LABEL, POISONED, REASON, ROW_ID, SOURCE, SUSPICION, InputError, invalid_schema, score_column,
 )
-from .io import RawChunk, Shard, parse_numbers, read_schema
+from .io import RawChunk, Shard, parse_numbers, read_schema, read_shard
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ class Contract:
 
     def invalid_schema(self) -> pa.Schema:
         return invalid_schema(self.columns)
+
+    def read(self, shard: Shard, batch_rows: int):
+        """The shard's raw chunks (image contracts read image inputs their own way)."""
+        return read_shard(shard, batch_rows)
+
+    def validate(self, raw: RawChunk) -> tuple[pa.Table, pa.Table]:
+        """``(valid, invalid)`` rows of a raw chunk: :func:`validate_chunk`."""
+        return validate_chunk(raw, self)
 
     def labels(self, valid: pa.Table) -> np.ndarray:
         """Labels as a numpy array (int64, or object holding str)."""

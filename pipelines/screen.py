@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -33,6 +33,9 @@ from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError
+from .images import (
+    IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract,
+)
 from .ids import check_duplicate_ids, duplicate_ids_pass
 from .history import DriftRule, append_run, check_store, compare_with_history, run_record
 from .html_report import write_html_report
@@ -149,6 +152,7 @@ class ScreenConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
     allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
+    images: ImageOptions = field(default_factory=ImageOptions)  # image inputs: column, size, representation (pipelines.images)
     history: str | None = None  # an SQLite run history: compare this run with it, then append it (pipelines.history)
     drift: DriftRule = field(default_factory=DriftRule)  # when the comparison rings (see Policy.on_drift)
     model: str | None = None  # a model directory from `poisonguard fit`: score against it, no refit (pipelines.model)
@@ -359,17 +363,26 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     if config.history:
         check_store(config.history)
     files = discover_shards(list(config.inputs), na_values=config.na_values)
-    contract = resolve_contract(
-        files, label_column=config.label_column, id_column=config.id_column,
-        feature_columns=list(config.feature_columns) if config.feature_columns else None,
-    )
+    if is_image_input(files, config.images):  # decoded and represented inside the pipeline (pipelines.images)
+        if config.reference:
+            raise ConfigError("--reference: trusted reference rows are not supported for image inputs yet")
+        params = {name: {**extra, **config.detector_params.get(name, {})} for name, extra in IMAGE_DETECTOR_PARAMS.items()}
+        config = replace(config, detectors=config.detectors or IMAGE_DEFAULT_DETECTORS,
+                         detector_params={**config.detector_params, **params})
+        detector = config.make_detector()
+        contract = resolve_image_contract(files, config.images, label_column=config.label_column, id_column=config.id_column)
+    else:
+        contract = resolve_contract(
+            files, label_column=config.label_column, id_column=config.id_column,
+            feature_columns=list(config.feature_columns) if config.feature_columns else None,
+        )
     detector.set_params(feature_names=tuple(contract.feature_columns))  # for the reasons of flagged rows
     ref_units, ref_contract = [], None
     if config.reference:
         ref_files = discover_shards(list(config.reference), na_values=config.na_values)
         ref_contract = _reference_contract(contract, ref_files)
         ref_units = split_units(ref_files)
-    validation = _validation(config, contract)
+    validation = None if isinstance(contract, ImageContract) else _validation(config, contract)
     units = split_units(files)
     total_bytes = sum(os.path.getsize(f.path) for f in files)
     log.info("screening %d file(s) in %d work unit(s), %.1f MB: label '%s', %d feature column(s), detector(s) %s, runner %s x%d",
@@ -382,11 +395,15 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
                    files=[f.path for f in files]) as outdir:
         staging = outdir.staging
         with runner_session(config.runner) as session:
-            t = time.perf_counter()  # read and validate once; every further pass reads the columnar copy
-            units = stage_pass(session, units, contract, config.batch_rows, staging)
-            if ref_units:
-                ref_units = stage_pass(session, ref_units, ref_contract, config.batch_rows, staging, "reference")
-            timings["read_s"] = time.perf_counter() - t
+            if isinstance(contract, ImageContract):  # no staging copy: each pass decodes the images again
+                contract = representation_pass(session, units, contract, config.batch_rows, staging, files)
+                detector.set_params(feature_names=tuple(contract.feature_columns))
+            else:
+                t = time.perf_counter()  # read and validate once; every further pass reads the columnar copy
+                units = stage_pass(session, units, contract, config.batch_rows, staging)
+                if ref_units:
+                    ref_units = stage_pass(session, ref_units, ref_contract, config.batch_rows, staging, "reference")
+                timings["read_s"] = time.perf_counter() - t
             duplicates = duplicate_ids_pass(session, units, contract, config.batch_rows, staging)
             check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
             t = time.perf_counter()
@@ -412,6 +429,9 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
         for output in OUTPUTS:
             os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["inputs"]["duplicate_ids"] = duplicates.to_json()
+        if isinstance(contract, ImageContract):
+            report["inputs"]["image_column"] = contract.image_column
+            report["representation"] = contract.representation.describe()
         report["timings"]["total_s"] = time.perf_counter() - t0
         if config.history:  # this run against the past ones; its own record is appended once it is published
             report = compare_with_history(report, config.history, config.drift, config.policy.on_drift)

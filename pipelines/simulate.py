@@ -54,6 +54,7 @@ from ..schemas import ATTACK, ORIGINAL_LABEL, POISONED, ConfigError
 from ..simulators import DataProfile, SmallestHashes
 from ..simulators.config import AttackConfig, attacks_from_dict, load_attack_config
 from .ids import check_duplicate_ids, duplicate_ids_pass
+from .images import ImageOptions, is_image_input, resolve_image_contract
 from .io import discover_shards, part_name, split_units, write_part
 from .html_report import write_manifest_html
 from .report import inputs_section, library_versions, write_report
@@ -96,6 +97,7 @@ class SimulateConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     na_values: tuple[str, ...] = ()  # CSV cell texts read as missing, besides the empty cell
     allow_duplicate_ids: bool = False  # with id_column: accept (and report) ids that repeat
+    images: ImageOptions = field(default_factory=ImageOptions)  # image inputs (pipelines.simulate_images)
 
     def attack_config(self) -> AttackConfig:
         """The attacks and the seed they run with (raises ConfigError naming the file and key)."""
@@ -287,6 +289,11 @@ def run_simulate(config: SimulateConfig) -> SimulateResult:
     DataProfile.empty(label_column=config.label_column, feature_columns=(), seed=0,
                       sample_size=config.profile_sample_size)  # checks profile_sample_size before any pipeline
     files = discover_shards(list(config.inputs), na_values=config.na_values)
+    if is_image_input(files, config.images):  # triggers stamped on the images themselves
+        from .simulate_images import run_image_simulate
+
+        contract = resolve_image_contract(files, config.images, label_column=config.label_column, id_column=config.id_column)
+        return SimulateResult(run_image_simulate(config, contract, files, split_units(files)), config.out)
     contract = resolve_contract(
         files, label_column=config.label_column, id_column=config.id_column,
         feature_columns=list(config.feature_columns) if config.feature_columns else None,

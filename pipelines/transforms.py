@@ -30,8 +30,8 @@ from ..detectors.base import group_by_label
 from ..detectors.statistics import Histogram
 from ..detectors.thresholds import SUSPICION_EDGES
 from ..schemas import ATTACK, FLAGGED, POISONED, REASON, ROW_ID, SUSPICION, InputError, score_column
-from .io import Shard, read_shard
-from .rows import Contract, validate_chunk
+from .io import Shard
+from .rows import Contract
 from .staging import StagedUnit
 from .summary import ClassSummary, ScreenSummary
 
@@ -64,8 +64,8 @@ def read_and_validate(shard: Shard, contract: Contract, batch_rows: int):
     if isinstance(shard, StagedUnit):
         yield from shard.read()
         return
-    for raw in read_shard(shard, batch_rows):
-        valid, invalid = validate_chunk(raw, contract)
+    for raw in contract.read(shard, batch_rows):
+        valid, invalid = contract.validate(raw)
         yield Chunk(shard.index, raw.number, valid, invalid)
 
 
