@@ -109,7 +109,7 @@ def test_a_model_fitted_on_clean_rows_screens_poisoned_batches_as_well_as_or_bet
 def test_the_batch_is_read_once_with_a_model_and_once_with_a_refit(diamonds_split, diamonds_model, monkeypatch):
     """screen --model reads and validates the batch in its one pass; a refit (fit passes, calibration, the screen
     pass) reads it once too, into a columnar copy that every further pass reads."""
-    from poisonguard.pipelines import io, transforms
+    from poisonguard.pipelines import io, rows
 
     root, _, batch, truth = diamonds_split
     reads = []
@@ -120,7 +120,7 @@ def test_the_batch_is_read_once_with_a_model_and_once_with_a_refit(diamonds_spli
             reads.append(shard.index)
         return original(shard, batch_rows)
 
-    monkeypatch.setattr(transforms, "read_shard", counting)
+    monkeypatch.setattr(rows, "read_shard", counting)  # Contract.read, under every pass
     assert run_cli(["screen", batch, "--model", diamonds_model, "--out", root / "once", "--max-flagged-fraction", "1", "-q"]) == 0
     assert reads == [0]  # validation included: one read of the one work unit
     report = json.load(open(root / "once" / "report.json"))
@@ -271,7 +271,7 @@ def test_the_in_memory_ensemble_and_the_saved_model_agree(diamonds_split, diamon
 
 @pytest.mark.slow
 def test_repeated_ids_are_found_without_a_second_read_and_the_id_type_changes_nothing(diamonds_split, diamonds_model, monkeypatch, capsys):
-    from poisonguard.pipelines import io, transforms
+    from poisonguard.pipelines import io, rows
 
     root, _, batch, truth = diamonds_split
     frame = pd.read_parquet(batch).iloc[:2000]
@@ -286,7 +286,7 @@ def test_repeated_ids_are_found_without_a_second_read_and_the_id_type_changes_no
         reads.append(shard.path)
         return original(shard, batch_rows)
 
-    monkeypatch.setattr(transforms, "read_shard", counting)
+    monkeypatch.setattr(rows, "read_shard", counting)  # Contract.read, under every pass
     capsys.readouterr()
     assert run_cli(["screen", path, "--model", diamonds_model, "--id-column", "id", "--out", root / "ids", "-q"]) == 2
     one_error_line(capsys.readouterr().err, "column 'id'", "2 rows share 1 id")
@@ -323,7 +323,7 @@ def test_screen_model_flags_the_same_rows_with_two_worker_processes(diamonds_spl
 
 def test_fit_reads_the_trusted_rows_once(tmp_path, monkeypatch):
     """fit's passes (the detectors, the nulls, the calibration, the suite's statistics) read the columnar copy."""
-    from poisonguard.pipelines import io, transforms
+    from poisonguard.pipelines import io, rows
 
     df, feats = real_frame("diamonds")
     path = str(tmp_path / "trusted.csv")
@@ -335,7 +335,7 @@ def test_fit_reads_the_trusted_rows_once(tmp_path, monkeypatch):
         reads.append(shard.path)
         return original(shard, batch_rows)
 
-    monkeypatch.setattr(transforms, "read_shard", counting)
+    monkeypatch.setattr(rows, "read_shard", counting)  # Contract.read, under every pass
     assert run_cli(["fit", path, "--out", tmp_path / "m", "--detectors", "spectral,influence", "-q"]) == 0
     assert reads == [path]
     manifest = json.load(open(tmp_path / "m" / "model.json"))
