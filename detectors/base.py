@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from ..schemas import ConfigError, row_hash
 from ._sklearn import Interval
 from ._kernels import standardize_grouped
-from .statistics import ClassSample, HashSample, Histogram, LabelledSample, Moments
+from .statistics import ClassSample, HashSample, Histogram, LabelledSample, Moments, group_rows
 from .thresholds import SUSPICION_EDGES, upper_quantile_threshold
 
 #: Rows per chunk when the estimator walks an in-memory array (bounds temporary memory).
@@ -54,9 +54,8 @@ def group_by_label(labels: np.ndarray):
     if len(labels) == 0:
         return
     codes, uniques = pd.factorize(labels, sort=True)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
-    for label, rows in zip(uniques, np.split(order, bounds)):
+    for k, rows in group_rows(codes):
+        label = uniques[k]
         yield (label.item() if isinstance(label, np.generic) else label), rows
 
 

@@ -303,23 +303,26 @@ class EnsembleDetector(BaseDetector):
             if null is None:
                 nulls.append(None), sources.append(None)
                 continue
-            hists, source = [], []
+            picked, source = [], []
             for c in model.classes:
                 trusted = statistics.get((self.name, ("reference null", j, c)), empty)
                 use = trusted.total >= MIN_REFERENCE_ROWS
-                hists.append((trusted if use else statistics.get((self.name, ("null", j, c)), empty)).counts)
+                picked.append(trusted if use else statistics.get((self.name, ("null", j, c)), empty))
                 source.append("reference" if use else "data")
-            nulls.append(TailNull.fit(hists)), sources.append(tuple(source))
+            # dense counts one class at a time: thousands of classes never hold their grids all at once
+            nulls.append(TailNull.fit(h.counts for h in picked)), sources.append(tuple(source))
         return replace(model, nulls=tuple(nulls), null_sources=tuple(sources))
 
     def _fit_cuts(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
         empty = Histogram(LOGP_EDGES)
-        hists = [statistics.get((self.name, ("cut", c)), empty).counts for c in model.classes]
+        hists = [statistics.get((self.name, ("cut", c)), empty) for c in model.classes]
         if self.contamination == "auto":
-            cuts = np.array([bh_cut(h, float(self.alpha)) for h in hists])
+            cuts = np.array([bh_cut(h.counts, float(self.alpha)) for h in hists], dtype=float)
         else:
-            total = np.sum(hists, axis=0) if hists else np.zeros(len(LOGP_EDGES) + 1, np.int64)
-            cuts = np.full(len(model.classes), upper_quantile_threshold(LOGP_EDGES, total, self.contamination))
+            total = Histogram(LOGP_EDGES)
+            for h in hists:
+                total.merge(h)
+            cuts = np.full(len(model.classes), upper_quantile_threshold(LOGP_EDGES, total.counts, self.contamination))
         return replace(model, thresholds=cuts)
 
     def _set_model(self, model) -> None:

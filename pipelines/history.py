@@ -155,23 +155,28 @@ def run_record(report: dict) -> dict:
     """The history record of a screening run: what the store keeps of its report (``history`` section included)."""
     drift = (report.get("history") or {}).get("alarm", False)
     counts, members = report["counts"], report["decision"]["members"]
-    classes, merged, below, above, maximum = {}, {}, 0, 0, None
-    for label, cs in report["classes"].items():
+    classes, parts, merged, below, above, maximum = {}, [], {}, 0, 0, None
+    # the classes the report describes one by one, and the rest summed up together (in the batch's totals only)
+    other = report.get("other_classes")
+    for label, cs in [*report["classes"].items(), *([(None, other["summary"])] if other else [])]:
         bins, b, a = _histogram(cs)
         top = cs["suspicion"]["max"]
-        classes[label] = {
+        part = {
             "rows": cs["rows"], "flagged": cs["flagged"], "flagged_share": _share(cs["flagged"], cs["rows"]),
             "estimated_poison_rate": _storey(bins, b, cs["rows"], len(members)),
             **{f"suspicion_p{round(q * 100)}": _quantile(bins, b, a, cs["rows"], q, top) for q in QUANTILES},
             "suspicion_max": top,
         }
+        parts.append(part)
+        if label is not None:
+            classes[label] = part
         for lo, hi, count in bins:
             merged[(lo, hi)] = merged.get((lo, hi), 0) + count
         below, above = below + b, above + a
         maximum = top if maximum is None or (top is not None and top > maximum) else maximum
     bins = [(lo, hi, c) for (lo, hi), c in merged.items()]
-    rows = sum(c["rows"] for c in classes.values())
-    flagged = sum(c["flagged"] for c in classes.values())
+    rows = sum(c["rows"] for c in parts)
+    flagged = sum(c["flagged"] for c in parts)
     validation = report.get("validation")
     evaluated = validation["evaluated"] if validation else None
     failed = len(validation["failed"]) if validation else None
@@ -181,7 +186,7 @@ def run_record(report: dict) -> dict:
         **{k: counts[k] for k in ("rows_in", "valid", "cleaned", "quarantine", "invalid")},
         "flagged": flagged, "flagged_share": _share(flagged, rows), "invalid_share": _share(counts["invalid"], counts["rows_in"]),
         # per class (each class has its own null), then weighted by the classes' rows
-        "estimated_poison_rate": (sum(c["rows"] * c["estimated_poison_rate"] for c in classes.values() if c["rows"]) / rows
+        "estimated_poison_rate": (sum(c["rows"] * c["estimated_poison_rate"] for c in parts if c["rows"]) / rows
                                   if rows else None),
         "expectations_evaluated": evaluated, "expectations_failed": failed,
         "expectation_pass_rate": (evaluated - failed) / evaluated if evaluated else None,

@@ -311,10 +311,8 @@ def _check_model(where: str, model, manifest: dict) -> None:
 # -- screen --model --------------------------------------------------------------------------------
 def run_screen_model(config):
     """``screen --model``: score and decide every batch row against the saved model, in one read."""
-    from .html_report import write_html_report
     from .ids import check_duplicate_ids
-    from .report import write_report
-    from .screen import SUITE_FILE, ScreenResult, build_report, screen_pass
+    from .screen import SUITE_FILE, build_report, finish_screen, screen_pass
     from .staging import count_problems, raise_if_lost
     from .validation import Validation, check_suite, load_suite
 
@@ -367,18 +365,8 @@ def run_screen_model(config):
         report = build_report(report_config, detector, contract, files, summary, model,
                               {"valid": trusted.get("valid_rows", 0), "invalid": trusted.get("invalid_rows", 0)}, timings, validation)
         report["reference"] = {"paths": [config.model], "valid": trusted.get("valid_rows", 0), "invalid": trusted.get("invalid_rows", 0)}
-        for output in OUTPUTS:
-            os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["inputs"]["duplicate_ids"] = duplicates.to_json()
-        report["timings"]["total_s"] = time.perf_counter() - t0
-        if validation is not None:
-            write_json(validation.suite, os.path.join(staging, SUITE_FILE))
-        report = write_report(report, os.path.join(staging, "report.json"))
-        write_html_report(report, os.path.join(staging, "report.html"))
-        outdir.publish()
-        log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s", report["timings"]["total_s"],
-                 summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
-        return ScreenResult(report, config.out)
+        return finish_screen(report_config, outdir, report, summary, validation, t0)
 
 
 def _written_ids(path: str):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -32,7 +33,7 @@ import numpy as np
 from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
 from ..detectors.decision import DEFAULT_ALPHA
-from ..schemas import OUTPUTS, ConfigError
+from ..schemas import OUTPUTS, ConfigError, PoisonguardError
 from .images import (
     IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract,
 )
@@ -45,7 +46,7 @@ from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
 from .outdir import OutputDir
 from .staging import count_problems, load_result, raise_if_lost, remove_staged, save_result, stage_pass
-from .summary import ScreenSummary
+from .summary import ClassSummary, ScreenSummary
 from .transforms import (
     MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
 )
@@ -352,6 +353,8 @@ def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, co
 # -- the job ---------------------------------------------------------------------------------
 def run_screen(config: ScreenConfig) -> ScreenResult:
     """Run the screening job end to end; raises PoisonguardError for bad input or options."""
+    if config.history:
+        check_store(config.history)
     if config.model is not None:  # a saved model: one pass, no fit
         from .model import run_screen_model
 
@@ -360,8 +363,6 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
     detector = config.make_detector()
     if config.batch_rows < 1:
         raise ConfigError(f"--batch-rows: expected a positive integer, got {config.batch_rows}")
-    if config.history:
-        check_store(config.history)
     files = discover_shards(list(config.inputs), na_values=config.na_values)
     if is_image_input(files, config.images):  # decoded and represented inside the pipeline (pipelines.images)
         if config.reference:
@@ -426,25 +427,37 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
         _check_conservation(summary, model, files, staging)
         report = build_report(config, detector, contract, files, summary, model,
                               {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings, validation)
-        for output in OUTPUTS:
-            os.makedirs(os.path.join(staging, output), exist_ok=True)
         report["inputs"]["duplicate_ids"] = duplicates.to_json()
         if isinstance(contract, ImageContract):
             report["inputs"]["image_column"] = contract.image_column
             report["representation"] = contract.representation.describe()
-        report["timings"]["total_s"] = time.perf_counter() - t0
-        if config.history:  # this run against the past ones; its own record is appended once it is published
-            report = compare_with_history(report, config.history, config.drift, config.policy.on_drift)
-        if validation is not None:  # the suite as applied: a file to edit and pass back with --expectations
-            write_json(validation.suite, os.path.join(staging, SUITE_FILE))
-        report = write_report(report, os.path.join(staging, "report.json"))
-        write_html_report(report, os.path.join(staging, "report.html"))
-        outdir.publish()
-        if config.history:
+        return finish_screen(config, outdir, report, summary, validation, t0)
+
+
+def finish_screen(config: ScreenConfig, outdir: OutputDir, report: dict, summary: ScreenSummary,
+                  validation: Validation | None, t0: float) -> ScreenResult:
+    """What every screening run ends with (with or without a saved model): the run against the history, the suite
+    as applied, report.json and report.html, publication, and the run's record appended to the history."""
+    staging = outdir.staging
+    for output in OUTPUTS:  # an output no row went to is still published, empty
+        os.makedirs(os.path.join(staging, output), exist_ok=True)
+    report["timings"]["total_s"] = time.perf_counter() - t0
+    if config.history:  # this run against the past ones; its own record is appended once it is published
+        report = compare_with_history(report, config.history, config.drift, config.policy.on_drift)
+    if validation is not None:  # the suite as applied: a file to edit and pass back with --expectations
+        write_json(validation.suite, os.path.join(staging, SUITE_FILE))
+    report = write_report(report, os.path.join(staging, "report.json"))
+    write_html_report(report, os.path.join(staging, "report.html"))
+    outdir.publish()
+    if config.history:
+        try:
             append_run(config.history, run_record(report))
-        log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
-                 report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
-        return ScreenResult(report, config.out)
+        except (PoisonguardError, sqlite3.Error, OSError) as exc:  # published already: a retry would publish it twice
+            log.warning("the outputs are published in %s, but the run could not be added to the history %s: %s",
+                        config.out, config.history, exc)
+    log.info("done in %.1f s: %d rows in, %d cleaned, %d quarantined, %d invalid -> %s",
+             report["timings"]["total_s"], summary.rows_in, summary.cleaned, summary.quarantine, summary.invalid, config.out)
+    return ScreenResult(report, config.out)
 
 
 SUITE_FILE = "expectations.json"
@@ -542,10 +555,14 @@ def _other_classes(summary: ScreenSummary, rest: list, whys: list[str]) -> dict 
     for why in whys:
         verdict = why.split(":", 1)[0]
         verdicts[verdict] = verdicts.get(verdict, 0) + 1
-    return {"classes": len(rest), "rows": sum(summary.classes[c].rows for c in rest),
-            "flagged": sum(summary.classes[c].flagged for c in rest), "decisions": dict(sorted(verdicts.items())),
+    together = ClassSummary()
+    for c in rest:
+        together.merge(summary.classes[c])
+    return {"classes": len(rest), "rows": together.rows, "flagged": together.flagged,
+            "decisions": dict(sorted(verdicts.items())),
             "why": f"only the {MAX_REPORT_CLASSES} classes with the most flagged rows, then the most rows, are described "
-                   "one by one"}
+                   "one by one",
+            "summary": together.to_json()}
 
 
 def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary | None = None) -> dict:

@@ -93,3 +93,17 @@ def test_empty_partition_beside_full_ones(tmp_path):
     report = _report(out)
     assert report["counts"]["rows_in"] == 90 and report["inputs"]["feature_columns"] == ["f1", "f2", "f3"]
     assert len(report["inputs"]["files"]) == 2
+
+
+def test_the_cli_policy_defaults_are_the_policy_s_and_the_drift_rule_s():
+    """The parser states its defaults as literals (building it imports nothing heavy); they must be the library's."""
+    from poisonguard.pipelines.cli import build_parser
+    from poisonguard.pipelines.history import DriftRule
+    from poisonguard.pipelines.screen import Policy
+
+    args = build_parser().parse_args(["screen", "in.csv", "--out", "out"])
+    policy, drift = Policy(), DriftRule()
+    for name in ("max_flagged_fraction", "max_invalid_fraction", "min_valid_rows", "on_failed_expectation", "on_drift"):
+        assert getattr(args, name) == getattr(policy, name), name
+    for name in ("window", "min_runs", "k", "floor", "score_floor"):
+        assert getattr(args, f"drift_{name}") == getattr(drift, name), name

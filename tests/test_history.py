@@ -12,6 +12,7 @@ import sys
 from html import unescape
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import one_error_line, plant_field_backdoor, real_frame, run_cli, write_frame
@@ -208,3 +209,45 @@ def test_one_class_alone_does_not_ring_but_is_named_when_the_batch_does():
     section = check_drift(both, past, rule)
     assert section["alarm"] and section["classes"] == ["big", "small"]
     assert section["drifts"][0]["class"] is None  # the batch's own metrics first
+
+
+def test_a_batch_of_300_classes_is_counted_whole_beyond_the_200_the_report_describes(tmp_path):
+    """The report describes 200 classes one by one and sums up the rest (other_classes); the history's batch totals
+    (rows, flagged share, quantiles, poison rate) take the rest in, its per-class table holds the 200."""
+    from poisonguard.pipelines.history import run_record
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(6000, 4)), columns=list("abcd"))
+    frame["label"] = np.repeat([f"c{i:03d}" for i in range(300)], 20)
+    path = write_frame(tmp_path / "many.parquet", frame)
+    history = str(tmp_path / "h.sqlite")
+    out = tmp_path / "out"
+    assert run_cli(["screen", path, "--out", out, "--detectors", "spectral", "--history", history, "-q"]) in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["classes"]) == 200 and report["other_classes"]["classes"] == 100
+    with sqlite3.connect(history) as con:
+        assert con.execute("SELECT COUNT(*) FROM run_classes").fetchone()[0] == 200
+    other = report["other_classes"]
+    other["flagged"] = other["summary"]["flagged"] = 30  # as if 30 of the summed-up classes' rows were flagged
+    record = run_record(report)
+    described = sum(c["flagged"] for c in report["classes"].values())
+    assert record["flagged"] == described + 30
+    assert record["flagged_share"] == pytest.approx((described + 30) / 6000)
+    assert len(record["classes"]) == 200
+
+
+def test_screen_with_a_saved_model_keeps_the_history_too(tmp_path):
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(3000, 4)), columns=list("abcd"))
+    frame["label"] = rng.choice(["x", "y"], 3000)
+    trusted = write_frame(tmp_path / "trusted.parquet", frame)
+    batch = write_frame(tmp_path / "batch.parquet", frame.sample(frac=0.5, random_state=1))
+    assert run_cli(["fit", trusted, "--out", tmp_path / "model", "--detectors", "spectral", "-q"]) == 0
+    history = str(tmp_path / "h.sqlite")
+    for i in range(2):
+        assert run_cli(["screen", batch, "--model", tmp_path / "model", "--out", tmp_path / f"out{i}", "--history", history,
+                        "-q"]) == 0
+    from poisonguard.pipelines.history import recent_runs
+
+    assert [r["rows_in"] for r in recent_runs(history)] == [1500, 1500]
+    assert "history" in json.loads((tmp_path / "out1" / "report.json").read_text())
