@@ -36,7 +36,8 @@ import numpy as np
 from .. import __version__
 from ..detectors import DETECTORS, EnsembleDetector, EnsembleModel
 from ..detectors.decision import DEFAULT_ALPHA
-from ..detectors.persist import ModelFormatError, decode, encode
+from ..detectors.label import LabelModel
+from ..detectors.persist import BoostedTrees, ModelFormatError, decode, encode
 from ..schemas import OUTPUTS, ConfigError, InputError
 from .io import discover_shards, split_units
 from .outdir import OutputDir
@@ -295,17 +296,51 @@ def _check_model(where: str, model, manifest: dict) -> None:
             value = getattr(member, fname, None) if type(member).__name__ in _PER_CLASS_DIRECTIONS else None
             if isinstance(value, np.ndarray) and value.shape != (K, d):
                 problems.append(f"{name}.{fname} has shape {value.shape}, expected ({K}, {d})")
-        for fname in ("fallback", "self_confidence"):
-            value = getattr(member, fname, None)
-            if isinstance(value, np.ndarray) and value.shape != (K,):
-                problems.append(f"{name}.{fname} has shape {value.shape}, expected ({K},)")
-        for trees in getattr(member, "models", ()) if name == "label" else ():
-            if trees is not None and trees.feature.size and int(trees.feature[trees.is_leaf == 0].max(initial=0)) >= d:
-                problems.append(f"{name}: a tree splits on feature {int(trees.feature.max())} of {d}")
+        if isinstance(member, LabelModel):
+            problems.extend(_label_problems(name, member, K, d))
         if null is not None and any(a.shape != (K,) for a in (null.location, null.scale, null.shape)):
             problems.append(f"{name}'s null is not one per class")
     if problems:
         raise ModelFormatError(f"{where}: {problems[0]}")
+
+
+def _label_problems(name: str, member, K: int, d: int) -> list[str]:
+    """A label model's groups (``detectors/label.py``, point 6): ``group_of`` (K,) maps classes to G groups, and
+    its per-group facts and every fold model's classes are over those G groups."""
+    from ..detectors.label import CALIBRATION_GRID
+
+    G = len(member.fallback) if isinstance(member.fallback, np.ndarray) and member.fallback.ndim == 1 else -1
+    if G < 0:
+        return [f"{name}.fallback has shape {np.shape(member.fallback)}, expected one entry per group"]
+    problems = []
+    group_of = member.group_of
+    if group_of.shape != (K,):
+        problems.append(f"{name}.group_of has shape {group_of.shape}, expected ({K},)")
+    elif not np.issubdtype(group_of.dtype, np.integer) or np.any((group_of < 0) | (group_of >= G)):
+        problems.append(f"{name}.group_of holds a group outside 0..{G - 1}")
+    for fname, shape in (("sample_rows", (G,)), ("self_confidence", (G,)), ("calibration", (G, len(CALIBRATION_GRID))),
+                         ("joint", (G, G))):
+        value = getattr(member, fname)
+        if value.shape != shape:
+            problems.append(f"{name}.{fname} has shape {value.shape}, expected {shape} for {G} groups")
+    if len(member.calibrated_on) != G:
+        problems.append(f"{name}.calibrated_on has {len(member.calibrated_on)} entries, expected {G} (one per group)")
+    if len(member.models) != member.n_folds:
+        problems.append(f"{name} has {len(member.models)} fold models for {member.n_folds} folds")
+    for trees in member.models:
+        if trees is None:
+            continue
+        if not isinstance(trees, BoostedTrees):
+            problems.append(f"{name}: a fold model is a {type(trees).__name__}, expected boosted trees")
+            continue
+        used = int(trees.feature[trees.is_leaf == 0].max(initial=-1))
+        if used >= d:
+            problems.append(f"{name}: a tree splits on feature {used} of {d}")
+        classes = trees.classes_
+        if (classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer) or np.any((classes < 0) | (classes >= G))
+                or len(np.unique(classes)) != len(classes)):
+            problems.append(f"{name}: a fold model predicts groups {classes.tolist()[:10]}, expected distinct groups in 0..{G - 1}")
+    return problems
 
 
 # -- screen --model --------------------------------------------------------------------------------

@@ -340,3 +340,75 @@ def test_fit_reads_the_trusted_rows_once(tmp_path, monkeypatch):
     assert reads == [path]
     manifest = json.load(open(tmp_path / "m" / "model.json"))
     assert manifest["trusted_inputs"]["valid_rows"] == 3000 and manifest["timings"]["read_s"] >= 0
+
+
+# -- a label model that groups classes (detectors/label.py, point 6) --------------------------------------
+@pytest.fixture(scope="module")
+def grouped_model(tmp_path_factory):
+    """Classes A and B (2,990 rows) and three classes of 5 rows, which the label model puts in one group."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 4))
+    y = np.where(X[:, 0] > 0, "A", "B").astype(object)
+    y[:5], y[5:10], y[10:15] = "C", "D", "E"
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    frame["label"] = y
+    root = tmp_path_factory.mktemp("grouped")
+    trusted, batch = str(root / "trusted.csv"), str(root / "batch.csv")
+    frame.to_csv(trusted, index=False)
+    frame.iloc[:1000].to_csv(batch, index=False)
+    out = str(root / "model")
+    assert run_cli(["fit", trusted, "--out", out, "-q"]) == 0
+    return root, batch, out
+
+
+def test_a_label_model_with_grouped_classes_loads_and_screens(grouped_model, tmp_path):
+    from poisonguard.pipelines.model import load_model
+
+    _, batch, model = grouped_model
+    label = dict(zip(load_model(model).model.names, load_model(model).model.models))["label"]
+    assert len(label.classes) == 5 and label.n_groups == 3  # A, B, and one group for C, D, E
+    assert label.calibration.shape[0] == label.joint.shape[0] == len(label.calibrated_on) == 3
+    assert run_cli(["screen", batch, "--model", model, "--out", tmp_path / "s", "-q", "--max-flagged-fraction", "1"]) == 0
+    report = json.load(open(tmp_path / "s" / "report.json"))
+    counts = report["counts"]
+    assert counts["rows_in"] == 1000 and counts["cleaned"] + counts["quarantine"] + counts["invalid"] == 1000
+
+
+def _tamper_array(model, tmp_path, name, field_path, change):
+    """A copy of ``model`` whose array at ``field_path`` (keys into model.json's spec) is ``change(array)``, declared
+    as such in model.json, so that only the model's own consistency can tell."""
+    target = _copy(model, tmp_path, name)
+    manifest = json.load(open(target / "model.json"))
+    spec = manifest["model"]
+    for key in field_path:
+        spec = spec["fields"][key] if isinstance(key, str) else spec["tuple"][key]
+    with np.load(target / "arrays.npz", allow_pickle=False) as npz:
+        content = {k: npz[k] for k in npz.files}
+    content[spec["array"]] = new = change(content[spec["array"]])
+    spec["dtype"], spec["shape"] = new.dtype.name, list(new.shape)
+    np.savez(target / "arrays.npz", **content)
+    json.dump(manifest, open(target / "model.json", "w"))
+    return target
+
+
+def test_a_label_model_whose_groups_do_not_agree_is_refused_in_one_line(grouped_model, tmp_path, capsys):
+    from poisonguard.pipelines.model import load_model
+
+    _, batch, model = grouped_model
+    names = load_model(model).model.names
+    label = ("models", list(names).index("label"))
+    fold = next(i for i, m in enumerate(load_model(model).model.models[label[1]].models) if m is not None)
+    cases = [
+        ("group_of", lambda a: np.where(a == a.max(), 3, a), ["label.group_of", "0..2"]),  # a fourth group
+        ("group_of", lambda a: a[:-1], ["label.group_of", "(5,)"]),
+        ("joint", lambda a: np.zeros((5, 5), dtype=a.dtype), ["label.joint", "(3, 3)"]),  # per class, not per group
+        ("calibration", lambda a: a[:, :-1], ["label.calibration"]),
+        ("fallback", lambda a: np.ones(5) / 5, ["label.sample_rows", "(5,) for 5 groups"]),  # five groups, facts for three
+        (("models", fold, "classes"), lambda a: a + 1, ["fold model predicts groups", "0..2"]),
+    ]
+    for i, (path, change, fragments) in enumerate(cases):
+        path = path if isinstance(path, tuple) else (path,)
+        tampered = _tamper_array(model, tmp_path, f"g{i}", (*label, *path), change)
+        one_error_line(_screen_error(capsys, tampered, batch, tmp_path / f"o{i}"), "--model", *fragments)
+        assert not os.path.exists(tmp_path / f"o{i}" / "report.json")
+
