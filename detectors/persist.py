@@ -93,14 +93,19 @@ class BoostedTrees:
             problems.append(f"{n_trees} trees for {n_per_iter} per iteration")
         elif len(self.classes_) != (2 if n_per_iter == 1 else n_per_iter):
             problems.append(f"{len(self.classes_)} classes for {n_per_iter} trees per iteration")
-        if n_trees and (self.tree_start[0] != 0 or self.tree_start[-1] != n_nodes or np.any(np.diff(self.tree_start) < 1)):
+        if n_trees >= 0 and (self.tree_start[0] != 0 or self.tree_start[-1] != n_nodes or np.any(np.diff(self.tree_start) < 1)):
             problems.append("tree offsets out of order")
         if not problems and n_nodes:
             size = np.repeat(np.diff(self.tree_start), np.diff(self.tree_start))
+            own = np.arange(n_nodes) - np.repeat(self.tree_start[:-1], np.diff(self.tree_start))  # index within the tree
             inner = self.is_leaf == 0
             if np.any((self.left[inner] < 1) | (self.left[inner] >= size[inner]) | (self.right[inner] < 1) |
                       (self.right[inner] >= size[inner])):
                 problems.append("a child index outside its tree")
+            # scikit-learn numbers a tree's nodes depth first, so a child always comes after its parent; a child
+            # at or before it could lead back to it, and the prediction kernel would walk the cycle forever
+            elif np.any((self.left[inner] <= own[inner]) | (self.right[inner] <= own[inner])):
+                problems.append("a child index at or before its parent's (a cycle); trees number their nodes depth first")
             if np.any(inner & ((self.feature < 0) | (self.feature >= 1 << 20))):
                 problems.append("a feature index out of range")
         if problems:
@@ -243,5 +248,8 @@ def decode(spec, arrays, path: str = "model"):
                                (f"; unexpected: {', '.join(extra)}" if extra else ""))
     values = {k: decode(v, arrays, f"{path}/{k}") for k, v in fields.items()}
     if cls is None:
-        return BoostedTrees(**values)
+        try:
+            return BoostedTrees(**values)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{path}: {exc}") from None
     return cls(**values)

@@ -412,3 +412,44 @@ def test_a_label_model_whose_groups_do_not_agree_is_refused_in_one_line(grouped_
         one_error_line(_screen_error(capsys, tampered, batch, tmp_path / f"o{i}"), "--model", *fragments)
         assert not os.path.exists(tmp_path / f"o{i}" / "report.json")
 
+
+# -- tampered trees ----------------------------------------------------------------------------------------
+def _tree(left, right, is_leaf):
+    n = len(left)
+    return dict(classes=np.array([0, 1]), baseline=np.array([0.0]), tree_start=np.array([0, n]), feature=np.zeros(n, dtype=np.int64),
+                threshold=np.zeros(n), missing_left=np.ones(n, dtype=np.uint8), left=np.array(left), right=np.array(right),
+                is_leaf=np.array(is_leaf, dtype=np.uint8), value=np.zeros(n))
+
+
+@pytest.mark.parametrize("left,right,is_leaf", [
+    ([1, 2, 1], [1, 2, 1], [0, 0, 0]),  # /tmp/review/t1/cyc.py: node 2 leads back to node 1, which leads to node 2
+    ([1, 1, 0], [2, 2, 0], [0, 0, 1]),  # node 1 is its own left child
+    ([1, 2, 0, 1, 0], [4, 3, 0, 2, 0], [0, 0, 1, 0, 1]),  # node 3 leads back to its parent, node 1
+])
+def test_trees_whose_children_lead_back_are_refused_before_any_prediction(left, right, is_leaf):
+    from poisonguard.detectors.persist import ModelFormatError
+
+    with pytest.raises(ModelFormatError, match=r"^boosted trees: a child index"):
+        BoostedTrees(**_tree(left, right, is_leaf))  # refused when built, so the kernel never walks the cycle
+
+
+def test_a_saved_tree_with_a_cycle_is_refused_when_the_model_loads(grouped_model, tmp_path, capsys):
+    from poisonguard.detectors.persist import ModelFormatError
+    from poisonguard.pipelines.model import load_model
+
+    _, _, model = grouped_model
+    ensemble = load_model(model).model
+    member = list(ensemble.names).index("label")
+    fold, trees = next((i, m) for i, m in enumerate(ensemble.models[member].models) if m is not None)
+    node = next(j for j in range(1, int(trees.tree_start[1])) if not trees.is_leaf[j])  # an inner node below the root
+
+    def loop(left):
+        left = left.copy()
+        left[node] = node  # a node that is its own child
+        return left
+
+    tampered = _tamper_array(model, tmp_path, "cycle", ("models", member, "models", fold, "left"), loop)
+    with pytest.raises(ModelFormatError) as refused:
+        load_model(str(tampered))  # loading never runs the trees, so this cannot hang even if the check were gone
+    message = str(refused.value)
+    assert "\n" not in message and "cycle" in message and f"model/models/{member}/models/{fold}" in message, message
