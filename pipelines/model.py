@@ -35,9 +35,9 @@ import numpy as np
 
 from .. import __version__
 from ..detectors import DETECTORS, EnsembleDetector, EnsembleModel
-from ..detectors.decision import DEFAULT_ALPHA
+from ..detectors.decision import DEFAULT_ALPHA, TailNull
 from ..detectors.label import LabelModel
-from ..detectors.persist import BoostedTrees, ModelFormatError, decode, encode
+from ..detectors.persist import MODEL_TYPES, BoostedTrees, ModelFormatError, decode, describe_value, encode
 from ..schemas import OUTPUTS, ConfigError, InputError
 from .io import discover_shards, split_units
 from .outdir import OutputDir
@@ -250,7 +250,7 @@ def load_model(path: str) -> SavedModel:
     try:
         model = decode(manifest["model"], arrays)
     except ModelFormatError as exc:
-        raise ModelFormatError(f"{where}: {exc}") from None
+        raise ModelFormatError(f"{where}: {MANIFEST}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ModelFormatError(f"{where}: the model in {MANIFEST} is not valid ({str(exc).splitlines()[0]})") from None
     _check_model(where, model, manifest)
@@ -277,6 +277,12 @@ def _check_model(where: str, model, manifest: dict) -> None:
     names = [e.get("name") for e in manifest["detectors"]]
     if list(model.names) != names or len(model.models) != len(names) or len(model.nulls) != len(names):
         raise ModelFormatError(f"{where}: the model's members {list(model.names)} do not match the detectors {names}")
+    types = MODEL_TYPES()
+    for i, (member, null) in enumerate(zip(model.models, model.nulls)):
+        if type(member).__name__ in ("EnsembleModel", "TailNull") or types.get(type(member).__name__) is not type(member):
+            raise ModelFormatError(f"{where}: {MANIFEST}: model/models/{i} is {describe_value(member)}, expected a detector's model")
+        if null is not None and not isinstance(null, TailNull):
+            raise ModelFormatError(f"{where}: {MANIFEST}: model/nulls/{i} is {describe_value(null)}, expected a TailNull or null")
     K = len(model.classes)
     problems = []
     if model.thresholds.shape != (K,):

@@ -453,3 +453,30 @@ def test_a_saved_tree_with_a_cycle_is_refused_when_the_model_loads(grouped_model
         load_model(str(tampered))  # loading never runs the trees, so this cannot hang even if the check were gone
     message = str(refused.value)
     assert "\n" not in message and "cycle" in message and f"model/models/{member}/models/{fold}" in message, message
+
+
+# -- a value of the wrong kind in model.json -----------------------------------------------------------------
+def test_a_number_where_the_model_holds_an_array_is_refused_in_one_line(grouped_model, tmp_path, capsys):
+    _, batch, model = grouped_model
+    saved = json.load(open(os.path.join(model, "model.json")))["model"]["fields"]
+    member = saved["names"]["tuple"].index("label")
+    fold = next(i for i, m in enumerate(saved["models"]["tuple"][member]["fields"]["models"]["tuple"]) if m is not None)
+    cases = [  # (where in the spec, the value put there, what the error names)
+        (("thresholds",), 1.5, ["model/thresholds", "expected an array", "the number 1.5"]),
+        (("models", member, "thresholds"), 1.5, [f"model/models/{member}/thresholds", "expected an array"]),
+        (("models", member, "models", fold, "left"), 1.5, [f"model/models/{member}/models/{fold}/left", "expected an array"]),
+        (("models",), 1.5, ["model/models", "expected a list"]),
+        (("models", member, "n_folds"), "five", [f"model/models/{member}/n_folds", "expected an integer"]),
+        (("models", member), 1.5, [f"model/models/{member}", "expected a detector's model"]),
+    ]
+    for i, (path, value, fragments) in enumerate(cases):
+        target = _copy(model, tmp_path, f"kind{i}")
+        manifest = json.load(open(target / "model.json"))
+        spec = manifest["model"]
+        for key in path:
+            parent = spec["fields"] if isinstance(key, str) else spec["tuple"]
+            spec = parent[key]
+        parent[path[-1]] = value
+        json.dump(manifest, open(target / "model.json", "w"))
+        one_error_line(_screen_error(capsys, target, batch, tmp_path / f"o{i}"), "--model", "model.json", *fragments)
+        assert not os.path.exists(tmp_path / f"o{i}" / "report.json")
