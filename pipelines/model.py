@@ -436,11 +436,7 @@ def _written_ids(path: str):
 
 def written_duplicate_ids(session, staging: str, contract: Contract):
     """Repeated ids among the rows a screen pass wrote (every input row, once): the duplicate-id check without a read."""
-    import apache_beam as beam
-
-    from .ids import Duplicates
-    from .staging import load_result, save_result
-    from .transforms import MergeAll
+    from .ids import Duplicates, count_duplicate_ids
 
     if contract.id_column is None:
         return Duplicates()
@@ -448,17 +444,7 @@ def written_duplicate_ids(session, staging: str, contract: Contract):
                    for name in os.listdir(os.path.join(staging, o)) if name.endswith(".parquet"))
     if not parts:
         return Duplicates()
-    path = os.path.join(staging, "_written_ids.pkl")
-    session.run(lambda p: (
-        p
-        | "Parts" >> beam.Create(parts, reshuffle=False)
-        | "IdsByBucket" >> beam.FlatMap(_written_ids)
-        | "CountPerBucket" >> beam.CombinePerKey(MergeAll())
-        | "KeepDuplicates" >> beam.Map(lambda kv: Duplicates.of(kv[1]))
-        | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
-    return load_result(path, "duplicate id count") or Duplicates()
+    return count_duplicate_ids(session, parts, _written_ids, os.path.join(staging, "_written_ids.pkl"))
 
 
 def _check_screen_options(config, saved: SavedModel) -> None:

@@ -480,3 +480,27 @@ def test_a_number_where_the_model_holds_an_array_is_refused_in_one_line(grouped_
         json.dump(manifest, open(target / "model.json", "w"))
         one_error_line(_screen_error(capsys, target, batch, tmp_path / f"o{i}"), "--model", "model.json", *fragments)
         assert not os.path.exists(tmp_path / f"o{i}" / "report.json")
+
+
+# -- repeated ids: fit counts them in its input, screen --model in what it wrote (one shared pipeline) --------
+def test_repeated_ids_are_counted_by_fit_and_by_screen_model(grouped_model, tmp_path, capsys):
+    root, batch, model = grouped_model
+    frame = pd.read_csv(batch).astype({"a": object})
+    frame.insert(0, "id", [f"r{i}" for i in range(len(frame))])
+    frame.loc[[10, 20], "id"] = "r3"  # r3 three times
+    frame.loc[999, "id"] = "r998"  # r998 twice
+    frame.loc[20, "a"] = "not a number"  # an invalid row keeps its id, and counts
+    path = str(tmp_path / "ids.csv")
+    frame.to_csv(path, index=False)
+    capsys.readouterr()
+    assert run_cli(["fit", path, "--id-column", "id", "--out", tmp_path / "m", "--detectors", "spectral", "-q"]) == 2
+    one_error_line(capsys.readouterr().err, "column 'id'", "5 rows share 2 id(s)", "'r3' x3", "'r998' x2")
+    assert not os.path.exists(tmp_path / "m")
+    argv = ["screen", path, "--model", model, "--id-column", "id", "--out", tmp_path / "s", "-q", "--max-flagged-fraction", "1"]
+    assert run_cli(argv) == 2
+    one_error_line(capsys.readouterr().err, "column 'id'", "5 rows share 2 id(s)", "'r3' x3", "'r998' x2")
+    assert not os.path.exists(tmp_path / "s" / "report.json")
+    assert run_cli([*argv, "--allow-duplicate-ids"]) == 0
+    report = json.load(open(tmp_path / "s" / "report.json"))
+    assert report["inputs"]["duplicate_ids"] == {"rows": 5, "ids": 2, "examples": [{"id": "r3", "rows": 3}, {"id": "r998", "rows": 2}]}
+    assert report["counts"]["rows_in"] == 1000 and report["counts"]["invalid"] == 1
