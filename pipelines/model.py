@@ -157,7 +157,8 @@ def run_fit(config: FitConfig) -> dict:
             model = fit_passes(session, detector, units, contract, config.batch_rows, staging, units, contract)
             timings["fit_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            model, reference = calibrate_pass(session, model, units, contract, config.batch_rows, config.target_fpr, staging)
+            model, reference = calibrate_pass(session, model, units, contract, config.batch_rows, config.target_fpr, staging,
+                                              where=_trusted_inputs(config.inputs))
             timings["calibrate_s"] = time.perf_counter() - t
             suite = None
             if config.validate:
@@ -171,6 +172,12 @@ def run_fit(config: FitConfig) -> dict:
     log.info("fitted %s on %d trusted rows in %.1f s -> %s", ", ".join(model.names), int(np.sum(model.counts)),
              time.perf_counter() - t0, config.out)
     return manifest
+
+
+def _trusted_inputs(inputs) -> str:
+    """fit's inputs as its errors name them (fit has no --reference: its inputs are the trusted rows)."""
+    shown = ", ".join(str(i) for i in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    return f"the trusted input(s) {shown}"
 
 
 def _contract_json(contract: Contract) -> dict:

@@ -504,3 +504,17 @@ def test_repeated_ids_are_counted_by_fit_and_by_screen_model(grouped_model, tmp_
     report = json.load(open(tmp_path / "s" / "report.json"))
     assert report["inputs"]["duplicate_ids"] == {"rows": 5, "ids": 2, "examples": [{"id": "r3", "rows": 3}, {"id": "r998", "rows": 2}]}
     assert report["counts"]["rows_in"] == 1000 and report["counts"]["invalid"] == 1
+
+
+# -- fit's errors name what fit was given ---------------------------------------------------------------------
+def test_fit_without_valid_rows_names_its_inputs_and_screen_names_reference(grouped_model, tmp_path, capsys):
+    _, batch, _ = grouped_model
+    empty = tmp_path / "empty.csv"
+    pd.read_csv(batch).iloc[:0].to_csv(empty, index=False)
+    capsys.readouterr()
+    assert run_cli(["fit", empty, "--out", tmp_path / "m", "--detectors", "spectral", "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err, "the trusted input(s)", str(empty), "no valid rows")
+    assert "--reference" not in line  # fit has no such option
+    assert not os.path.exists(tmp_path / "m")
+    assert run_cli(["screen", batch, "--reference", empty, "--detectors", "spectral", "--out", tmp_path / "s", "-q"]) == 2
+    one_error_line(capsys.readouterr().err, "--reference:", "no valid rows")
