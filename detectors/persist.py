@@ -8,8 +8,9 @@ live model predicts (same float64 additions in the same order, the same link fun
 
 :func:`encode` turns a model into a JSON-able *spec* and a dict of named arrays (for one
 ``.npz`` file, read back with ``allow_pickle=False``); :func:`decode` rebuilds it, accepting
-only the classes in :data:`MODEL_TYPES`, only the fields each class has, and only arrays
-of the dtype and shape the spec declares. Anything else is a :class:`ModelFormatError` with
+only the classes in :data:`MODEL_TYPES`, only the fields each class has, only values of the
+kind each field's annotation names (an array, a list, a number), and only arrays of the
+dtype and shape the spec declares. Anything else is a :class:`ModelFormatError` with
 one line naming what is wrong.
 """
 
@@ -93,14 +94,19 @@ class BoostedTrees:
             problems.append(f"{n_trees} trees for {n_per_iter} per iteration")
         elif len(self.classes_) != (2 if n_per_iter == 1 else n_per_iter):
             problems.append(f"{len(self.classes_)} classes for {n_per_iter} trees per iteration")
-        if n_trees and (self.tree_start[0] != 0 or self.tree_start[-1] != n_nodes or np.any(np.diff(self.tree_start) < 1)):
+        if n_trees >= 0 and (self.tree_start[0] != 0 or self.tree_start[-1] != n_nodes or np.any(np.diff(self.tree_start) < 1)):
             problems.append("tree offsets out of order")
         if not problems and n_nodes:
             size = np.repeat(np.diff(self.tree_start), np.diff(self.tree_start))
+            own = np.arange(n_nodes) - np.repeat(self.tree_start[:-1], np.diff(self.tree_start))  # index within the tree
             inner = self.is_leaf == 0
             if np.any((self.left[inner] < 1) | (self.left[inner] >= size[inner]) | (self.right[inner] < 1) |
                       (self.right[inner] >= size[inner])):
                 problems.append("a child index outside its tree")
+            # scikit-learn numbers a tree's nodes depth first, so a child always comes after its parent; a child
+            # at or before it could lead back to it, and the prediction kernel would walk the cycle forever
+            elif np.any((self.left[inner] <= own[inner]) | (self.right[inner] <= own[inner])):
+                problems.append("a child index at or before its parent's (a cycle); trees number their nodes depth first")
             if np.any(inner & ((self.feature < 0) | (self.feature >= 1 << 20))):
                 problems.append("a feature index out of range")
         if problems:
@@ -199,6 +205,42 @@ def encode(obj, arrays: dict, path: str = "model"):
     raise ConfigError(f"{path}: a {type(obj).__name__} cannot be saved without pickle")
 
 
+#: What a field's annotation (a string: the model modules use ``from __future__ import annotations``) admits.
+_KINDS = {"np.ndarray": (np.ndarray,), "tuple": (tuple,), "float": (float, int), "int": (int,), "str": (str,),
+          "bool": (bool,), "dict": (dict,), "None": (type(None),)}
+_KIND_NAMES = {"np.ndarray": "an array", "tuple": "a list", "float": "a number", "int": "an integer", "str": "text",
+               "bool": "true or false", "dict": "a mapping", "None": "null"}
+
+
+def describe_value(value) -> str:
+    """A decoded value in a few words, for an error line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    if isinstance(value, tuple):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _check_kind(path: str, annotation, value) -> None:
+    """A one-line :class:`ModelFormatError` where ``value`` is not what the field's annotation says (an array where
+    an array belongs, a number where a number does); annotations this does not know are left to the model's checks."""
+    names = [part.strip() for part in str(annotation).split("|")]
+    if any(name not in _KINDS for name in names):
+        return
+    for name in names:
+        if isinstance(value, _KINDS[name]) and not (isinstance(value, bool) and name in ("int", "float")):
+            return
+    raise ModelFormatError(f"{path}: expected {' or '.join(_KIND_NAMES[n] for n in names)}, got {describe_value(value)}")
+
+
 def decode(spec, arrays, path: str = "model"):
     """Rebuild what :func:`encode` wrote; ``arrays`` maps names to arrays (e.g. an ``np.load`` result)."""
     if spec is None or isinstance(spec, (bool, str, int, float)):
@@ -242,6 +284,12 @@ def decode(spec, arrays, path: str = "model"):
         raise ModelFormatError(f"{path}: {kind} fields differ" + (f"; missing: {', '.join(missing)}" if missing else "") +
                                (f"; unexpected: {', '.join(extra)}" if extra else ""))
     values = {k: decode(v, arrays, f"{path}/{k}") for k, v in fields.items()}
+    annotations = {f.name: f.type for f in dataclasses.fields(cls)} if cls is not None else dict.fromkeys(_TREE_ARRAYS, "np.ndarray")
+    for k, value in values.items():
+        _check_kind(f"{path}/{k}", annotations[k], value)
     if cls is None:
-        return BoostedTrees(**values)
+        try:
+            return BoostedTrees(**values)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{path}: {exc}") from None
     return cls(**values)

@@ -97,11 +97,17 @@ def duplicate_ids_pass(session: RunnerSession, units, contract: Contract, batch_
     """One pass over the inputs: the rows whose id repeats (nothing to do without an id column)."""
     if contract.id_column is None:
         return Duplicates()
-    path = f"{staging}/_duplicate_ids.pkl"
+    return count_duplicate_ids(session, units, _read_ids, f"{staging}/_duplicate_ids.pkl", contract, batch_rows)
+
+
+def count_duplicate_ids(session: RunnerSession, elements, ids_of, path: str, *args) -> Duplicates:
+    """The rows whose id repeats, in one pipeline: ``ids_of(element, *args)`` yields ``(bucket, IdCounts)``
+    (:func:`bucketed_ids`) for each of ``elements`` (work units of the inputs, or files a pass wrote); the
+    counts meet per bucket, only the duplicates leave it, and ``path`` (under staging) carries the result back."""
     session.run(lambda p: (
         p
-        | "Units" >> beam.Create(units, reshuffle=False)
-        | "IdsByBucket" >> beam.FlatMap(_read_ids, contract, batch_rows)
+        | "Elements" >> beam.Create(elements, reshuffle=False)
+        | "IdsByBucket" >> beam.FlatMap(ids_of, *args)
         | "CountPerBucket" >> beam.CombinePerKey(MergeAll())
         | "KeepDuplicates" >> beam.Map(lambda kv: Duplicates.of(kv[1]))
         | "Merge" >> beam.CombineGlobally(MergeAll())

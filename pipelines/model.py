@@ -35,8 +35,9 @@ import numpy as np
 
 from .. import __version__
 from ..detectors import DETECTORS, EnsembleDetector, EnsembleModel
-from ..detectors.decision import DEFAULT_ALPHA
-from ..detectors.persist import ModelFormatError, decode, encode
+from ..detectors.decision import DEFAULT_ALPHA, TailNull
+from ..detectors.label import LabelModel
+from ..detectors.persist import MODEL_TYPES, BoostedTrees, ModelFormatError, decode, describe_value, encode
 from ..schemas import OUTPUTS, ConfigError, InputError
 from .io import discover_shards, split_units
 from .outdir import OutputDir
@@ -156,7 +157,8 @@ def run_fit(config: FitConfig) -> dict:
             model = fit_passes(session, detector, units, contract, config.batch_rows, staging, units, contract)
             timings["fit_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            model, reference = calibrate_pass(session, model, units, contract, config.batch_rows, config.target_fpr, staging)
+            model, reference = calibrate_pass(session, model, units, contract, config.batch_rows, config.target_fpr, staging,
+                                              where=_trusted_inputs(config.inputs))
             timings["calibrate_s"] = time.perf_counter() - t
             suite = None
             if config.validate:
@@ -170,6 +172,12 @@ def run_fit(config: FitConfig) -> dict:
     log.info("fitted %s on %d trusted rows in %.1f s -> %s", ", ".join(model.names), int(np.sum(model.counts)),
              time.perf_counter() - t0, config.out)
     return manifest
+
+
+def _trusted_inputs(inputs) -> str:
+    """fit's inputs as its errors name them (fit has no --reference: its inputs are the trusted rows)."""
+    shown = ", ".join(str(i) for i in inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+    return f"the trusted input(s) {shown}"
 
 
 def _contract_json(contract: Contract) -> dict:
@@ -249,7 +257,7 @@ def load_model(path: str) -> SavedModel:
     try:
         model = decode(manifest["model"], arrays)
     except ModelFormatError as exc:
-        raise ModelFormatError(f"{where}: {exc}") from None
+        raise ModelFormatError(f"{where}: {MANIFEST}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ModelFormatError(f"{where}: the model in {MANIFEST} is not valid ({str(exc).splitlines()[0]})") from None
     _check_model(where, model, manifest)
@@ -276,6 +284,12 @@ def _check_model(where: str, model, manifest: dict) -> None:
     names = [e.get("name") for e in manifest["detectors"]]
     if list(model.names) != names or len(model.models) != len(names) or len(model.nulls) != len(names):
         raise ModelFormatError(f"{where}: the model's members {list(model.names)} do not match the detectors {names}")
+    types = MODEL_TYPES()
+    for i, (member, null) in enumerate(zip(model.models, model.nulls)):
+        if type(member).__name__ in ("EnsembleModel", "TailNull") or types.get(type(member).__name__) is not type(member):
+            raise ModelFormatError(f"{where}: {MANIFEST}: model/models/{i} is {describe_value(member)}, expected a detector's model")
+        if null is not None and not isinstance(null, TailNull):
+            raise ModelFormatError(f"{where}: {MANIFEST}: model/nulls/{i} is {describe_value(null)}, expected a TailNull or null")
     K = len(model.classes)
     problems = []
     if model.thresholds.shape != (K,):
@@ -295,17 +309,51 @@ def _check_model(where: str, model, manifest: dict) -> None:
             value = getattr(member, fname, None) if type(member).__name__ in _PER_CLASS_DIRECTIONS else None
             if isinstance(value, np.ndarray) and value.shape != (K, d):
                 problems.append(f"{name}.{fname} has shape {value.shape}, expected ({K}, {d})")
-        for fname in ("fallback", "self_confidence"):
-            value = getattr(member, fname, None)
-            if isinstance(value, np.ndarray) and value.shape != (K,):
-                problems.append(f"{name}.{fname} has shape {value.shape}, expected ({K},)")
-        for trees in getattr(member, "models", ()) if name == "label" else ():
-            if trees is not None and trees.feature.size and int(trees.feature[trees.is_leaf == 0].max(initial=0)) >= d:
-                problems.append(f"{name}: a tree splits on feature {int(trees.feature.max())} of {d}")
+        if isinstance(member, LabelModel):
+            problems.extend(_label_problems(name, member, K, d))
         if null is not None and any(a.shape != (K,) for a in (null.location, null.scale, null.shape)):
             problems.append(f"{name}'s null is not one per class")
     if problems:
         raise ModelFormatError(f"{where}: {problems[0]}")
+
+
+def _label_problems(name: str, member, K: int, d: int) -> list[str]:
+    """A label model's groups (``detectors/label.py``, point 6): ``group_of`` (K,) maps classes to G groups, and
+    its per-group facts and every fold model's classes are over those G groups."""
+    from ..detectors.label import CALIBRATION_GRID
+
+    G = len(member.fallback) if isinstance(member.fallback, np.ndarray) and member.fallback.ndim == 1 else -1
+    if G < 0:
+        return [f"{name}.fallback has shape {np.shape(member.fallback)}, expected one entry per group"]
+    problems = []
+    group_of = member.group_of
+    if group_of.shape != (K,):
+        problems.append(f"{name}.group_of has shape {group_of.shape}, expected ({K},)")
+    elif not np.issubdtype(group_of.dtype, np.integer) or np.any((group_of < 0) | (group_of >= G)):
+        problems.append(f"{name}.group_of holds a group outside 0..{G - 1}")
+    for fname, shape in (("sample_rows", (G,)), ("self_confidence", (G,)), ("calibration", (G, len(CALIBRATION_GRID))),
+                         ("joint", (G, G))):
+        value = getattr(member, fname)
+        if value.shape != shape:
+            problems.append(f"{name}.{fname} has shape {value.shape}, expected {shape} for {G} groups")
+    if len(member.calibrated_on) != G:
+        problems.append(f"{name}.calibrated_on has {len(member.calibrated_on)} entries, expected {G} (one per group)")
+    if len(member.models) != member.n_folds:
+        problems.append(f"{name} has {len(member.models)} fold models for {member.n_folds} folds")
+    for trees in member.models:
+        if trees is None:
+            continue
+        if not isinstance(trees, BoostedTrees):
+            problems.append(f"{name}: a fold model is a {type(trees).__name__}, expected boosted trees")
+            continue
+        used = int(trees.feature[trees.is_leaf == 0].max(initial=-1))
+        if used >= d:
+            problems.append(f"{name}: a tree splits on feature {used} of {d}")
+        classes = trees.classes_
+        if (classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer) or np.any((classes < 0) | (classes >= G))
+                or len(np.unique(classes)) != len(classes)):
+            problems.append(f"{name}: a fold model predicts groups {classes.tolist()[:10]}, expected distinct groups in 0..{G - 1}")
+    return problems
 
 
 # -- screen --model --------------------------------------------------------------------------------
@@ -383,11 +431,7 @@ def _written_ids(path: str):
 
 def written_duplicate_ids(session, staging: str, contract: Contract):
     """Repeated ids among the rows a screen pass wrote (every input row, once): the duplicate-id check without a read."""
-    import apache_beam as beam
-
-    from .ids import Duplicates
-    from .staging import load_result, save_result
-    from .transforms import MergeAll
+    from .ids import Duplicates, count_duplicate_ids
 
     if contract.id_column is None:
         return Duplicates()
@@ -395,17 +439,7 @@ def written_duplicate_ids(session, staging: str, contract: Contract):
                    for name in os.listdir(os.path.join(staging, o)) if name.endswith(".parquet"))
     if not parts:
         return Duplicates()
-    path = os.path.join(staging, "_written_ids.pkl")
-    session.run(lambda p: (
-        p
-        | "Parts" >> beam.Create(parts, reshuffle=False)
-        | "IdsByBucket" >> beam.FlatMap(_written_ids)
-        | "CountPerBucket" >> beam.CombinePerKey(MergeAll())
-        | "KeepDuplicates" >> beam.Map(lambda kv: Duplicates.of(kv[1]))
-        | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
-    return load_result(path, "duplicate id count") or Duplicates()
+    return count_duplicate_ids(session, parts, _written_ids, os.path.join(staging, "_written_ids.pkl"))
 
 
 def _check_screen_options(config, saved: SavedModel) -> None:

@@ -308,8 +308,10 @@ def fit_passes(session: RunnerSession, detector, units, contract: Contract, batc
     return state
 
 
-def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract, batch_rows: int, target_fpr: float | None, staging: str):
-    """Score the trusted rows; with ``target_fpr``, replace the cut by one that flags at most that share of them."""
+def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract, batch_rows: int, target_fpr: float | None, staging: str,
+                   where: str = "--reference"):
+    """Score the trusted rows; with ``target_fpr``, replace the cut by one that flags at most that share of them.
+    ``where`` names the trusted rows in the error when none is valid."""
     path = os.path.join(staging, "_reference.pkl")
     session.run(lambda p: (
         p
@@ -320,8 +322,8 @@ def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract,
     ))
     reference = load_result(path, "reference summary")
     if target_fpr is None:  # the trusted rows already taught the decision layer its nulls; its rule stands
-        return model, check_reference(reference)
-    return calibrate(model, reference, target_fpr), reference
+        return model, check_reference(reference, where)
+    return calibrate(model, reference, target_fpr, where), reference
 
 
 def reference_statistics_pass(session: RunnerSession, ref_units, contract: Contract, batch_rows: int, staging: str) -> FrameStatistics:

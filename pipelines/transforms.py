@@ -217,16 +217,17 @@ def reference_summary(chunk: Chunk, model, contract: Contract) -> ReferenceSumma
     return ReferenceSummary(Histogram(SUSPICION_EDGES).add_batch(suspicion), chunk.valid.num_rows, chunk.invalid.num_rows)
 
 
-def check_reference(reference: ReferenceSummary | None) -> ReferenceSummary:
-    """The reference summary, if it holds valid rows of a class the inputs have; else a one-line error."""
+def check_reference(reference: ReferenceSummary | None, where: str = "--reference") -> ReferenceSummary:
+    """The reference summary, if it holds valid rows of a class the inputs have; else a one-line error that starts
+    with ``where``, what the user gave the trusted rows as (``--reference`` for screen, the inputs for fit)."""
     if reference is None or reference.histogram.total == 0:
-        raise InputError("--reference: no valid reference rows of a class present in the inputs")
+        raise InputError(f"{where}: no valid rows of a class present in the inputs")
     return reference
 
 
-def calibrate(model, reference: ReferenceSummary | None, target_fpr: float):
+def calibrate(model, reference: ReferenceSummary | None, target_fpr: float, where: str = "--reference"):
     """The model with one threshold: at most ``target_fpr`` of the reference rows exceed it."""
-    return model.with_threshold(calibrated_threshold(check_reference(reference).histogram, target_fpr))
+    return model.with_threshold(calibrated_threshold(check_reference(reference, where).histogram, target_fpr))
 
 
 class ScreenBatches(beam.PTransform):

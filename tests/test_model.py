@@ -340,3 +340,181 @@ def test_fit_reads_the_trusted_rows_once(tmp_path, monkeypatch):
     assert reads == [path]
     manifest = json.load(open(tmp_path / "m" / "model.json"))
     assert manifest["trusted_inputs"]["valid_rows"] == 3000 and manifest["timings"]["read_s"] >= 0
+
+
+# -- a label model that groups classes (detectors/label.py, point 6) --------------------------------------
+@pytest.fixture(scope="module")
+def grouped_model(tmp_path_factory):
+    """Classes A and B (2,990 rows) and three classes of 5 rows, which the label model puts in one group."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 4))
+    y = np.where(X[:, 0] > 0, "A", "B").astype(object)
+    y[:5], y[5:10], y[10:15] = "C", "D", "E"
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    frame["label"] = y
+    root = tmp_path_factory.mktemp("grouped")
+    trusted, batch = str(root / "trusted.csv"), str(root / "batch.csv")
+    frame.to_csv(trusted, index=False)
+    frame.iloc[:1000].to_csv(batch, index=False)
+    out = str(root / "model")
+    assert run_cli(["fit", trusted, "--out", out, "-q"]) == 0
+    return root, batch, out
+
+
+def test_a_label_model_with_grouped_classes_loads_and_screens(grouped_model, tmp_path):
+    from poisonguard.pipelines.model import load_model
+
+    _, batch, model = grouped_model
+    label = dict(zip(load_model(model).model.names, load_model(model).model.models))["label"]
+    assert len(label.classes) == 5 and label.n_groups == 3  # A, B, and one group for C, D, E
+    assert label.calibration.shape[0] == label.joint.shape[0] == len(label.calibrated_on) == 3
+    assert run_cli(["screen", batch, "--model", model, "--out", tmp_path / "s", "-q", "--max-flagged-fraction", "1"]) == 0
+    report = json.load(open(tmp_path / "s" / "report.json"))
+    counts = report["counts"]
+    assert counts["rows_in"] == 1000 and counts["cleaned"] + counts["quarantine"] + counts["invalid"] == 1000
+
+
+def _tamper_array(model, tmp_path, name, field_path, change):
+    """A copy of ``model`` whose array at ``field_path`` (keys into model.json's spec) is ``change(array)``, declared
+    as such in model.json, so that only the model's own consistency can tell."""
+    target = _copy(model, tmp_path, name)
+    manifest = json.load(open(target / "model.json"))
+    spec = manifest["model"]
+    for key in field_path:
+        spec = spec["fields"][key] if isinstance(key, str) else spec["tuple"][key]
+    with np.load(target / "arrays.npz", allow_pickle=False) as npz:
+        content = {k: npz[k] for k in npz.files}
+    content[spec["array"]] = new = change(content[spec["array"]])
+    spec["dtype"], spec["shape"] = new.dtype.name, list(new.shape)
+    np.savez(target / "arrays.npz", **content)
+    json.dump(manifest, open(target / "model.json", "w"))
+    return target
+
+
+def test_a_label_model_whose_groups_do_not_agree_is_refused_in_one_line(grouped_model, tmp_path, capsys):
+    from poisonguard.pipelines.model import load_model
+
+    _, batch, model = grouped_model
+    names = load_model(model).model.names
+    label = ("models", list(names).index("label"))
+    fold = next(i for i, m in enumerate(load_model(model).model.models[label[1]].models) if m is not None)
+    cases = [
+        ("group_of", lambda a: np.where(a == a.max(), 3, a), ["label.group_of", "0..2"]),  # a fourth group
+        ("group_of", lambda a: a[:-1], ["label.group_of", "(5,)"]),
+        ("joint", lambda a: np.zeros((5, 5), dtype=a.dtype), ["label.joint", "(3, 3)"]),  # per class, not per group
+        ("calibration", lambda a: a[:, :-1], ["label.calibration"]),
+        ("fallback", lambda a: np.ones(5) / 5, ["label.sample_rows", "(5,) for 5 groups"]),  # five groups, facts for three
+        (("models", fold, "classes"), lambda a: a + 1, ["fold model predicts groups", "0..2"]),
+    ]
+    for i, (path, change, fragments) in enumerate(cases):
+        path = path if isinstance(path, tuple) else (path,)
+        tampered = _tamper_array(model, tmp_path, f"g{i}", (*label, *path), change)
+        one_error_line(_screen_error(capsys, tampered, batch, tmp_path / f"o{i}"), "--model", *fragments)
+        assert not os.path.exists(tmp_path / f"o{i}" / "report.json")
+
+
+# -- tampered trees ----------------------------------------------------------------------------------------
+def _tree(left, right, is_leaf):
+    n = len(left)
+    return dict(classes=np.array([0, 1]), baseline=np.array([0.0]), tree_start=np.array([0, n]), feature=np.zeros(n, dtype=np.int64),
+                threshold=np.zeros(n), missing_left=np.ones(n, dtype=np.uint8), left=np.array(left), right=np.array(right),
+                is_leaf=np.array(is_leaf, dtype=np.uint8), value=np.zeros(n))
+
+
+@pytest.mark.parametrize("left,right,is_leaf", [
+    ([1, 2, 1], [1, 2, 1], [0, 0, 0]),  # /tmp/review/t1/cyc.py: node 2 leads back to node 1, which leads to node 2
+    ([1, 1, 0], [2, 2, 0], [0, 0, 1]),  # node 1 is its own left child
+    ([1, 2, 0, 1, 0], [4, 3, 0, 2, 0], [0, 0, 1, 0, 1]),  # node 3 leads back to its parent, node 1
+])
+def test_trees_whose_children_lead_back_are_refused_before_any_prediction(left, right, is_leaf):
+    from poisonguard.detectors.persist import ModelFormatError
+
+    with pytest.raises(ModelFormatError, match=r"^boosted trees: a child index"):
+        BoostedTrees(**_tree(left, right, is_leaf))  # refused when built, so the kernel never walks the cycle
+
+
+def test_a_saved_tree_with_a_cycle_is_refused_when_the_model_loads(grouped_model, tmp_path, capsys):
+    from poisonguard.detectors.persist import ModelFormatError
+    from poisonguard.pipelines.model import load_model
+
+    _, _, model = grouped_model
+    ensemble = load_model(model).model
+    member = list(ensemble.names).index("label")
+    fold, trees = next((i, m) for i, m in enumerate(ensemble.models[member].models) if m is not None)
+    node = next(j for j in range(1, int(trees.tree_start[1])) if not trees.is_leaf[j])  # an inner node below the root
+
+    def loop(left):
+        left = left.copy()
+        left[node] = node  # a node that is its own child
+        return left
+
+    tampered = _tamper_array(model, tmp_path, "cycle", ("models", member, "models", fold, "left"), loop)
+    with pytest.raises(ModelFormatError) as refused:
+        load_model(str(tampered))  # loading never runs the trees, so this cannot hang even if the check were gone
+    message = str(refused.value)
+    assert "\n" not in message and "cycle" in message and f"model/models/{member}/models/{fold}" in message, message
+
+
+# -- a value of the wrong kind in model.json -----------------------------------------------------------------
+def test_a_number_where_the_model_holds_an_array_is_refused_in_one_line(grouped_model, tmp_path, capsys):
+    _, batch, model = grouped_model
+    saved = json.load(open(os.path.join(model, "model.json")))["model"]["fields"]
+    member = saved["names"]["tuple"].index("label")
+    fold = next(i for i, m in enumerate(saved["models"]["tuple"][member]["fields"]["models"]["tuple"]) if m is not None)
+    cases = [  # (where in the spec, the value put there, what the error names)
+        (("thresholds",), 1.5, ["model/thresholds", "expected an array", "the number 1.5"]),
+        (("models", member, "thresholds"), 1.5, [f"model/models/{member}/thresholds", "expected an array"]),
+        (("models", member, "models", fold, "left"), 1.5, [f"model/models/{member}/models/{fold}/left", "expected an array"]),
+        (("models",), 1.5, ["model/models", "expected a list"]),
+        (("models", member, "n_folds"), "five", [f"model/models/{member}/n_folds", "expected an integer"]),
+        (("models", member), 1.5, [f"model/models/{member}", "expected a detector's model"]),
+    ]
+    for i, (path, value, fragments) in enumerate(cases):
+        target = _copy(model, tmp_path, f"kind{i}")
+        manifest = json.load(open(target / "model.json"))
+        spec = manifest["model"]
+        for key in path:
+            parent = spec["fields"] if isinstance(key, str) else spec["tuple"]
+            spec = parent[key]
+        parent[path[-1]] = value
+        json.dump(manifest, open(target / "model.json", "w"))
+        one_error_line(_screen_error(capsys, target, batch, tmp_path / f"o{i}"), "--model", "model.json", *fragments)
+        assert not os.path.exists(tmp_path / f"o{i}" / "report.json")
+
+
+# -- repeated ids: fit counts them in its input, screen --model in what it wrote (one shared pipeline) --------
+def test_repeated_ids_are_counted_by_fit_and_by_screen_model(grouped_model, tmp_path, capsys):
+    root, batch, model = grouped_model
+    frame = pd.read_csv(batch).astype({"a": object})
+    frame.insert(0, "id", [f"r{i}" for i in range(len(frame))])
+    frame.loc[[10, 20], "id"] = "r3"  # r3 three times
+    frame.loc[999, "id"] = "r998"  # r998 twice
+    frame.loc[20, "a"] = "not a number"  # an invalid row keeps its id, and counts
+    path = str(tmp_path / "ids.csv")
+    frame.to_csv(path, index=False)
+    capsys.readouterr()
+    assert run_cli(["fit", path, "--id-column", "id", "--out", tmp_path / "m", "--detectors", "spectral", "-q"]) == 2
+    one_error_line(capsys.readouterr().err, "column 'id'", "5 rows share 2 id(s)", "'r3' x3", "'r998' x2")
+    assert not os.path.exists(tmp_path / "m")
+    argv = ["screen", path, "--model", model, "--id-column", "id", "--out", tmp_path / "s", "-q", "--max-flagged-fraction", "1"]
+    assert run_cli(argv) == 2
+    one_error_line(capsys.readouterr().err, "column 'id'", "5 rows share 2 id(s)", "'r3' x3", "'r998' x2")
+    assert not os.path.exists(tmp_path / "s" / "report.json")
+    assert run_cli([*argv, "--allow-duplicate-ids"]) == 0
+    report = json.load(open(tmp_path / "s" / "report.json"))
+    assert report["inputs"]["duplicate_ids"] == {"rows": 5, "ids": 2, "examples": [{"id": "r3", "rows": 3}, {"id": "r998", "rows": 2}]}
+    assert report["counts"]["rows_in"] == 1000 and report["counts"]["invalid"] == 1
+
+
+# -- fit's errors name what fit was given ---------------------------------------------------------------------
+def test_fit_without_valid_rows_names_its_inputs_and_screen_names_reference(grouped_model, tmp_path, capsys):
+    _, batch, _ = grouped_model
+    empty = tmp_path / "empty.csv"
+    pd.read_csv(batch).iloc[:0].to_csv(empty, index=False)
+    capsys.readouterr()
+    assert run_cli(["fit", empty, "--out", tmp_path / "m", "--detectors", "spectral", "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err, "the trusted input(s)", str(empty), "no valid rows")
+    assert "--reference" not in line  # fit has no such option
+    assert not os.path.exists(tmp_path / "m")
+    assert run_cli(["screen", batch, "--reference", empty, "--detectors", "spectral", "--out", tmp_path / "s", "-q"]) == 2
+    one_error_line(capsys.readouterr().err, "--reference:", "no valid rows")
