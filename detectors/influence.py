@@ -515,7 +515,9 @@ class InfluenceDetector(BaseDetector):
         if stage == 0:
             return self._fit_start(state, statistics)
         if stage <= self.newton_steps:
-            return self._newton_step(state, statistics[_DATA_KEY], stage)
+            K, d1 = state["theta"].shape  # no rows (an empty batch): zero sums, so the step changes nothing
+            return self._newton_step(state, statistics.get(_DATA_KEY) or GradientHessianSums(K, d1 - 1, with_hessian=True),
+                                     stage)
         if stage == self.newton_steps + 1:
             return self._reference_direction(state, statistics.get(_REFERENCE_KEY))
         return self._fit_thresholds(state, statistics)

@@ -107,3 +107,12 @@ def test_the_cli_policy_defaults_are_the_policy_s_and_the_drift_rule_s():
         assert getattr(args, name) == getattr(policy, name), name
     for name in ("window", "min_runs", "k", "floor", "score_floor"):
         assert getattr(args, f"drift_{name}") == getattr(drift, name), name
+
+
+@pytest.mark.parametrize("detector", ["spectral", "robust_spectral", "influence", "clustering", "knn", "label"])
+def test_a_header_only_batch_breaches_whatever_the_detector(tmp_path, detector):
+    """An empty batch is a breach (exit 1), never a crash: influence once raised KeyError on zero rows."""
+    path = tmp_path / "empty.csv"
+    path.write_text("a,b,label\n")
+    assert run_cli(["screen", path, "--out", tmp_path / "out", "--detectors", detector, "-q"]) == 1
+    assert _report(tmp_path / "out")["counts"]["rows_in"] == 0
