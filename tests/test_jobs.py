@@ -10,7 +10,6 @@ import shlex
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from conftest import one_error_line, run_cli
 from poisonguard.pipelines.cli import build_parser

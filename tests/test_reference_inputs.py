@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import real_frame, run_cli, write_frame
