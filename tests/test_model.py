@@ -81,6 +81,20 @@ def diamonds_model(diamonds_split):
     return out
 
 
+def count_reads(monkeypatch) -> list:
+    """Record every shard read from here on (at ``Contract.read``, under every pass) and return the growing list."""
+    from poisonguard.pipelines import io, rows
+
+    reads, original = [], io.read_shard
+
+    def counting(shard, batch_rows):
+        reads.append(shard)
+        return original(shard, batch_rows)
+
+    monkeypatch.setattr(rows, "read_shard", counting)
+    return reads
+
+
 def flagged_rows(out: str, n: int) -> np.ndarray:
     """Which batch rows (by their derived id's offset) went to quarantine/."""
     ids = pq.read_table(os.path.join(out, "quarantine")).column("row_id").to_pylist() if os.listdir(os.path.join(out, "quarantine")) else []
@@ -109,26 +123,16 @@ def test_a_model_fitted_on_clean_rows_screens_poisoned_batches_as_well_as_or_bet
 def test_the_batch_is_read_once_with_a_model_and_once_with_a_refit(diamonds_split, diamonds_model, monkeypatch):
     """screen --model reads and validates the batch in its one pass; a refit (fit passes, calibration, the screen
     pass) reads it once too, into a columnar copy that every further pass reads."""
-    from poisonguard.pipelines import io, rows
-
     root, _, batch, truth = diamonds_split
-    reads = []
-    original = io.read_shard
-
-    def counting(shard, batch_rows):
-        if shard.path == batch:
-            reads.append(shard.index)
-        return original(shard, batch_rows)
-
-    monkeypatch.setattr(rows, "read_shard", counting)  # Contract.read, under every pass
+    shards = count_reads(monkeypatch)
     assert run_cli(["screen", batch, "--model", diamonds_model, "--out", root / "once", "--max-flagged-fraction", "1", "-q"]) == 0
-    assert reads == [0]  # validation included: one read of the one work unit
+    assert [r.index for r in shards if r.path == batch] == [0]  # validation included: one read of the one work unit
     report = json.load(open(root / "once" / "report.json"))
     assert report["validation"]["evaluated"] > 0 and report["counts"]["rows_in"] == len(truth)
-    reads.clear()
+    shards.clear()
     assert run_cli(["screen", batch, "--out", root / "refit-reads", "--detectors", "spectral", "-q",
                     "--max-flagged-fraction", "1"]) == 0
-    assert reads == [0]
+    assert [r.index for r in shards if r.path == batch] == [0]
     assert json.load(open(root / "refit-reads" / "report.json"))["counts"]["rows_in"] == len(truth)
     assert not [n for n in os.listdir(os.path.realpath(root / "refit-reads" / ".current")) if n.startswith("_")]  # copy removed
 
@@ -271,30 +275,21 @@ def test_the_in_memory_ensemble_and_the_saved_model_agree(diamonds_split, diamon
 
 @pytest.mark.slow
 def test_repeated_ids_are_found_without_a_second_read_and_the_id_type_changes_nothing(diamonds_split, diamonds_model, monkeypatch, capsys):
-    from poisonguard.pipelines import io, rows
-
     root, _, batch, truth = diamonds_split
     frame = pd.read_parquet(batch).iloc[:2000]
     frame.insert(0, "id", np.arange(len(frame)))
     frame.loc[7, "id"] = 3  # id 3 twice
     path = str(root / "with-ids.parquet")
     frame.to_parquet(path, index=False)
-    reads = []
-    original = io.read_shard
-
-    def counting(shard, batch_rows):
-        reads.append(shard.path)
-        return original(shard, batch_rows)
-
-    monkeypatch.setattr(rows, "read_shard", counting)  # Contract.read, under every pass
+    shards = count_reads(monkeypatch)
     capsys.readouterr()
     assert run_cli(["screen", path, "--model", diamonds_model, "--id-column", "id", "--out", root / "ids", "-q"]) == 2
     one_error_line(capsys.readouterr().err, "column 'id'", "2 rows share 1 id")
-    assert reads == [path] and not os.path.exists(root / "ids" / "report.json")
-    reads.clear()
+    assert [r.path for r in shards] == [path] and not os.path.exists(root / "ids" / "report.json")
+    shards.clear()
     assert run_cli(["screen", path, "--model", diamonds_model, "--id-column", "id", "--allow-duplicate-ids", "--out", root / "ids",
                     "-q", "--max-flagged-fraction", "1"]) == 0
-    assert reads == [path]
+    assert [r.path for r in shards] == [path]
     report = json.load(open(root / "ids" / "report.json"))
     assert report["inputs"]["duplicate_ids"]["rows"] == 2 and report["counts"]["rows_in"] == 2000
     # the same rows with text ids: the same scores, row by row
@@ -323,21 +318,12 @@ def test_screen_model_flags_the_same_rows_with_two_worker_processes(diamonds_spl
 
 def test_fit_reads_the_trusted_rows_once(tmp_path, monkeypatch):
     """fit's passes (the detectors, the nulls, the calibration, the suite's statistics) read the columnar copy."""
-    from poisonguard.pipelines import io, rows
-
     df, feats = real_frame("diamonds")
     path = str(tmp_path / "trusted.csv")
     df.iloc[:3000][[*feats, "label"]].to_csv(path, index=False)
-    reads = []
-    original = io.read_shard
-
-    def counting(shard, batch_rows):
-        reads.append(shard.path)
-        return original(shard, batch_rows)
-
-    monkeypatch.setattr(rows, "read_shard", counting)  # Contract.read, under every pass
+    shards = count_reads(monkeypatch)
     assert run_cli(["fit", path, "--out", tmp_path / "m", "--detectors", "spectral,influence", "-q"]) == 0
-    assert reads == [path]
+    assert [r.path for r in shards] == [path]
     manifest = json.load(open(tmp_path / "m" / "model.json"))
     assert manifest["trusted_inputs"]["valid_rows"] == 3000 and manifest["timings"]["read_s"] >= 0
 
