@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 
 from ..schemas import ConfigError
@@ -214,15 +215,12 @@ def _connect(path: str, create: bool) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise ConfigError(f"--history {path}: cannot open it: {exc}") from None
     try:
-        _check_store(con, path)
-        if create:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("BEGIN IMMEDIATE")
-            for statement in DDL:
-                con.execute(statement)
-            con.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('version', ?)", (STORE_FORMAT, str(STORE_VERSION)))
-            con.execute("COMMIT")
-            _check_store(con, path)
+        _while_busy(lambda: _open_store(con, path, create))
+    except sqlite3.OperationalError as exc:
+        con.close()
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            raise ConfigError(f"--history {path}: still locked by another run after {BUSY_TIMEOUT_S:.0f} s") from None
+        raise ConfigError(f"--history {path}: not a poisonguard history store ({exc})") from None
     except sqlite3.DatabaseError as exc:
         con.close()
         raise ConfigError(f"--history {path}: not a poisonguard history store ({exc})") from None
@@ -230,6 +228,38 @@ def _connect(path: str, create: bool) -> sqlite3.Connection:
         con.close()
         raise
     return con
+
+
+def _open_store(con: sqlite3.Connection, path: str, create: bool) -> None:
+    _check_store(con, path)
+    if create:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in DDL:
+                con.execute(statement)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('version', ?)", (STORE_FORMAT, str(STORE_VERSION)))
+            con.execute("COMMIT")
+        finally:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+        _check_store(con, path)
+
+
+def _while_busy(step):
+    """Run ``step``, again while SQLite answers SQLITE_BUSY without waiting. Its busy timeout does not cover every case:
+    a connection that reads a new file while another one turns it into WAL mode is refused at once (seen with two
+    screens started together on one new history file)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.01
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _check_store(con: sqlite3.Connection, path: str) -> None:
