@@ -22,8 +22,17 @@ class (how a clean row of that class scores), written as ``L = -log10 p``:
   diamonds door3 (recall 0.00 against 1.00); this null, 0-0.3% on the clean tables.
 
 Several detectors combine on this scale, never by raw score magnitudes: a row's combined
-p-value is the smallest member p-value times the number of members (Bonferroni: valid
-whatever the members' dependence), and its ``suspicion`` is ``L`` of that.
+p-value is ``min(1, min_j p_j / w_j)``, a weighted Bonferroni bound (valid whatever the
+members' dependence, for weights ``w_j`` of the row's class that sum to 1), and its
+``suspicion`` is ``L`` of that. The weights (:func:`member_weights`) split the false-discovery
+budget by where a member has something to say. A score member whose null is the class's
+own fitted tail, and whose own rule found no outlying cluster in the class, gives clean rows
+uniform p-values and the class's poison, if any, nothing it can single out; with equal
+weights it took half the budget from the label member and filled the ranking with its
+noise (measured in memory on the field-test tables with 10% label flips, ``spectral,label``:
+ROC-AUC of the combined suspicion 0.92 / 0.79 / 0.75 / 0.66 / 0.72 on flights, diamonds,
+loans, credit, cells with equal weights, 0.98 / 0.92 / 0.90 / 0.75 / 0.81 with these; no
+backdoor found with equal weights was lost). Such a member keeps a tenth of a full share.
 
 The rules (``DecisionRule.mode``):
 
@@ -149,9 +158,33 @@ def bh_cut(log_p_counts: np.ndarray, alpha: float) -> float:
     return float(LOGP_EDGES[ok[0]]) if len(ok) else float("inf")
 
 
-def combine_pvalues(pvalues: list[np.ndarray]) -> np.ndarray:
-    """Bonferroni: ``min(1, M min_j p_j)`` per row, ignoring a member's NaN (NaN where all are)."""
+#: Share of a full weight kept by a member with nothing to say in a class (:func:`member_weights`).
+QUIET_MEMBER_SHARE = 0.1
+
+
+def member_weights(engaged: np.ndarray) -> np.ndarray:
+    """(K, M) Bonferroni weights from (K, M) booleans: in each class, engaged members a full share, the others
+    :data:`QUIET_MEMBER_SHARE` of one, normalised to sum to 1 (equal weights where all or none are engaged).
+
+    A member is engaged in a class when its p-values there carry evidence beyond the class's own tail: it gives
+    its own p-values (the label detector's calibrated classifier), its null was fitted on the class's trusted
+    rows, or its own rule cut an outlying cluster in the class. Where the cluster rule decides, the weights depend
+    on the data, and the bound is looser: a null row's combined p-value is at most ``t`` with probability at most
+    ``t`` times the sum over members of the largest weight each can get (1/2 + 10/11, about 1.41, for a label and a
+    score member), and only in a class where a clean batch makes the cluster rule fire.
+    """
+    engaged = np.asarray(engaged, bool)
+    share = np.where(engaged, 1.0, QUIET_MEMBER_SHARE)
+    return share / share.sum(axis=1, keepdims=True) if share.size else share
+
+
+def combine_pvalues(pvalues: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
+    """Weighted Bonferroni: ``min(1, min_j p_j / w_j)`` per row, ignoring a member's NaN (NaN where all are).
+
+    ``weights``: (N, M) per row (its class's weights), or None for equal weights ``1 / M``.
+    """
     if len(pvalues) == 1:
         return pvalues[0]
-    smallest = np.fmin.reduce(pvalues)
-    return np.minimum(1.0, len(pvalues) * smallest)
+    if weights is None:
+        return np.minimum(1.0, len(pvalues) * np.fmin.reduce(pvalues))
+    return np.minimum(1.0, np.fmin.reduce([p / weights[:, j] for j, p in enumerate(pvalues)]))

@@ -19,8 +19,10 @@ detector through it, one member or several: it is where scores become decisions.
   per class, a histogram of the combined ``L = -log10 p``, for the cut.
 * **Scores.** Every member reports its own score, kept in the output as
   ``score_<member>``. Members combine on the p-value scale, never by raw magnitudes: a
-  row's combined p-value is ``min(1, M min_j p_j)`` (Bonferroni) and its ``suspicion`` is
-  ``-log10`` of that.
+  row's combined p-value is ``min(1, min_j p_j / w_j)`` (weighted Bonferroni, the weights
+  of its class from :func:`~poisonguard.detectors.decision.member_weights`: a score member
+  that neither found a cluster in the class nor has trusted rows for its null keeps a
+  tenth of a share) and its ``suspicion`` is ``-log10`` of that.
 * **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
   ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
   trusted reference rows: one cut so that at most ``target_fpr`` of them would be
@@ -45,6 +47,7 @@ from .decision import (
     TailNull,
     bh_cut,
     combine_pvalues,
+    member_weights,
     to_log_p,
 )
 from .statistics import Histogram, group_rows
@@ -60,9 +63,10 @@ MIN_REFERENCE_ROWS = 50
 class EnsembleModel:
     """Fitted state of :class:`EnsembleDetector`: the members' models, their nulls and the cuts.
 
-    ``nulls[j]`` is None for a member that gives its own p-values. ``thresholds`` (K,) are
-    cuts on the combined suspicion ``L`` per class (``inf``: the class is not cut); ``mode``
-    says which rule set them.
+    ``nulls[j]`` is None for a member that gives its own p-values. ``weights`` (K, M) are the
+    members' Bonferroni weights per class (None: equal). ``thresholds`` (K,) are cuts on the
+    combined suspicion ``L`` per class (``inf``: the class is not cut); ``mode`` says which
+    rule set them.
     """
 
     names: tuple
@@ -72,6 +76,7 @@ class EnsembleModel:
     mode: str = "auto"
     alpha: float = DEFAULT_ALPHA
     null_sources: tuple = ()  # per member, per class: "reference" or "data" (None: the member's own p-values)
+    weights: np.ndarray | None = None  # (K, M) Bonferroni weights per class; None: 1 / M each
 
     @property
     def classes(self) -> tuple:
@@ -98,9 +103,21 @@ class EnsembleModel:
             scores.append(s), pvalues.append(p)
         return scores, pvalues
 
+    def row_weights(self, labels: np.ndarray) -> np.ndarray | None:
+        """(N, M) each row's class weights (equal for a class the model has not seen); None for equal weights."""
+        if self.weights is None:
+            return None
+        codes = label_codes(self.classes, labels)
+        equal = np.full((1, len(self.models)), 1.0 / len(self.models))
+        return np.where((codes >= 0)[:, None], self.weights[np.maximum(codes, 0)] if len(self.classes) else equal, equal)
+
+    def combine(self, pvalues: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+        """Combined p-value per row from the members' p-values (weighted Bonferroni)."""
+        return combine_pvalues(pvalues, self.row_weights(labels))
+
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Combined ``L = -log10 p`` per row (NaN for a class no member knows)."""
-        return to_log_p(combine_pvalues(self.member_scores_and_pvalues(X, labels)[1]))
+        return to_log_p(self.combine(self.member_scores_and_pvalues(X, labels)[1], labels))
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         codes = label_codes(self.classes, labels)
@@ -126,6 +143,7 @@ class EnsembleModel:
                 members[name] = ({"null": "own p-values"} if null is None else
                                  {"null": "generalised Pareto tail", "fitted_on": self.null_sources[j][k] if self.null_sources else "data",
                                   "median": float(null.location[k]), "tail_scale": float(null.scale[k]), "tail_shape": float(null.shape[k])})
+                members[name]["weight"] = float(self.weights[k, j]) if self.weights is not None else 1.0 / len(self.names)
             out[str(c)] = {
                 "cut": cut if np.isfinite(cut) else None,
                 "cut_p": float(10.0 ** -cut) if np.isfinite(cut) else None,
@@ -311,7 +329,12 @@ class EnsembleDetector(BaseDetector):
                 source.append("reference" if use else "data")
             # dense counts one class at a time: thousands of classes never hold their grids all at once
             nulls.append(TailNull.fit(h.counts for h in picked)), sources.append(tuple(source))
-        return replace(model, nulls=tuple(nulls), null_sources=tuple(sources))
+        # engaged: own p-values, a null fitted on trusted rows, or a cluster cut by the member's own rule
+        engaged = np.ones((len(model.classes), len(nulls)), bool)
+        for j, (member, null, source) in enumerate(zip(model.models, nulls, sources)):
+            if null is not None:
+                engaged[:, j] = (np.asarray(source) == "reference") | np.isfinite(np.asarray(member.thresholds, float))
+        return replace(model, nulls=tuple(nulls), null_sources=tuple(sources), weights=member_weights(engaged))
 
     def _fit_cuts(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
         empty = Histogram(LOGP_EDGES)
@@ -333,14 +356,16 @@ class EnsembleDetector(BaseDetector):
     # -- scoring ----------------------------------------------------------------------------------
     def screen(self, model: EnsembleModel, X: np.ndarray, labels: np.ndarray) -> Screened:
         scores, pvalues = model.member_scores_and_pvalues(X, labels)
-        combined = to_log_p(combine_pvalues(pvalues))
+        weights = model.row_weights(labels)
+        combined = to_log_p(combine_pvalues(pvalues, weights))
         cuts = model.thresholds_for(labels)
         flagged = combined >= cuts
         reasons = np.full(len(X), None, dtype=object)
         rows = np.flatnonzero(flagged)
         if len(rows):
             M = len(model.models)
-            member_L = [to_log_p(np.minimum(1.0, M * p[rows])) for p in pvalues]
+            w = np.full((len(rows), M), 1.0 / M) if weights is None else weights[rows]
+            member_L = [to_log_p(np.minimum(1.0, p[rows] / w[:, j])) for j, p in enumerate(pvalues)]
             names = self.feature_names
             explain = [m.explain(X[rows], labels[rows], names) if hasattr(m, "explain") else None for m in model.models]
             for n, i in enumerate(rows):

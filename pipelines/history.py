@@ -133,19 +133,26 @@ def _quantile(bins, below: int, above: int, n: int, q: float, maximum) -> float 
     return None if maximum is None else float(maximum)
 
 
-def _storey(bins, below: int, n: int, members: int) -> float | None:
-    """Share of non-null rows by Storey's estimator on the combined p-values, corrected for Bonferroni's min over M members.
+def _storey(bins, below: int, n: int, weights: list[float]) -> float | None:
+    """Share of non-null rows by Storey's estimator on the combined p-values, corrected for the weighted Bonferroni min.
 
-    pi0 = #{p > lambda} / (n (1 - lambda/M)^M): under the null (members independent) a Bonferroni-combined p-value
-    exceeds lambda with probability (1 - lambda/M)^M. Dependent members make clean rows exceed it more often, so the
-    estimate errs low. Returns 1 - pi0, clipped to [0, 1].
+    pi0 = #{p > lambda} / (n prod_j (1 - lambda w_j)): under the null (members independent) a combined p-value
+    ``min_j p_j / w_j`` exceeds lambda with probability prod_j (1 - lambda w_j). Dependent members make clean rows
+    exceed it more often, so the estimate errs low. Returns 1 - pi0, clipped to [0, 1].
     """
     if n == 0:
         return None
     lam = 10.0 ** -STOREY_SUSPICION
     high_p = below + sum(count for _, hi, count in bins if hi <= STOREY_SUSPICION + 1e-9)
-    pi0 = high_p / (n * (1.0 - lam / max(members, 1)) ** max(members, 1))
+    pi0 = high_p / (n * math.prod(max(0.0, 1.0 - lam * w) for w in weights))
     return min(1.0, max(0.0, 1.0 - pi0))
+
+
+def _class_weights(report: dict, label) -> list[float]:
+    """The members' weights in a class, from the report's decision section (equal for a class it does not describe)."""
+    members = report["decision"]["members"]
+    facts = (report["decision"]["classes"].get(label) or {}).get("members", {}) if label is not None else {}
+    return [facts.get(m, {}).get("weight") or 1.0 / len(members) for m in members]
 
 
 def _share(k, n):
@@ -164,7 +171,7 @@ def run_record(report: dict) -> dict:
         top = cs["suspicion"]["max"]
         part = {
             "rows": cs["rows"], "flagged": cs["flagged"], "flagged_share": _share(cs["flagged"], cs["rows"]),
-            "estimated_poison_rate": _storey(bins, b, cs["rows"], len(members)),
+            "estimated_poison_rate": _storey(bins, b, cs["rows"], _class_weights(report, label)),
             **{f"suspicion_p{round(q * 100)}": _quantile(bins, b, a, cs["rows"], q, top) for q in QUANTILES},
             "suspicion_max": top,
         }

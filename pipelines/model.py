@@ -48,7 +48,7 @@ from .runners import RunnerConfig, runner_session
 log = logging.getLogger("poisonguard")
 
 FORMAT = "poisonguard-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the ensemble's per-class member weights
 MANIFEST, ARRAYS, SUITE = "model.json", "arrays.npz", "expectations.json"
 #: Detectors fitted when ``fit --detectors`` is not given.
 DEFAULT_FIT_DETECTORS = ("spectral", "influence", "label")
@@ -294,6 +294,10 @@ def _check_model(where: str, model, manifest: dict) -> None:
     problems = []
     if model.thresholds.shape != (K,):
         problems.append(f"thresholds have shape {model.thresholds.shape}, expected ({K},)")
+    M = len(model.names)
+    if model.weights is not None and (model.weights.shape != (K, M) or not np.all(model.weights > 0)
+                                      or not np.allclose(model.weights.sum(axis=1), 1.0)):
+        problems.append(f"weights have shape {model.weights.shape}, expected ({K}, {M}) positive weights summing to 1 per class")
     for name, member, null in zip(model.names, model.models, model.nulls):
         if tuple(member.classes) != tuple(model.classes):
             problems.append(f"{name} has other classes")

@@ -577,7 +577,8 @@ def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary
         rule = f"one cut set on trusted rows to a false-positive rate of {target_fpr:g}"
     return {
         "members": list(model.names),
-        "suspicion": "-log10 of the combined p-value: min(1, M x the smallest member p-value) (Bonferroni)",
+        "suspicion": ("-log10 of the combined p-value: min(1, smallest member p-value / its weight) (weighted Bonferroni; "
+                       "each class's member weights are under classes.<class>.members)"),
         "threshold_mode": mode,
         "rule": rule,
         "alpha": alpha if mode == "auto" else None,

@@ -164,7 +164,7 @@ def test_the_model_directory_holds_no_pickle(diamonds_model):
     files = list(_files(diamonds_model))
     assert files and not [f for f in files if f.endswith((".pkl", ".pickle"))]
     manifest = json.load(open(os.path.join(diamonds_model, "model.json")))
-    assert manifest["format_version"] == 1 and manifest["versions"]["scikit_learn"]
+    assert manifest["format_version"] == 2 and manifest["versions"]["scikit_learn"]
     assert manifest["keeps_reference_rows"] == []
     for path in files:
         data = open(path, "rb").read()
@@ -214,7 +214,15 @@ def test_a_tampered_or_wrong_version_model_is_refused_in_one_line(diamonds_split
     manifest = json.load(open(version / "model.json"))
     manifest["format_version"] = 99
     json.dump(manifest, open(version / "model.json", "w"))
-    one_error_line(_screen_error(capsys, version, batch, tmp_path / "o3"), "format version 99", "reads version 1")
+    one_error_line(_screen_error(capsys, version, batch, tmp_path / "o3"), "format version 99", "reads version 2")
+    # member weights that do not split the false-discovery budget
+    weights = _copy(diamonds_model, tmp_path, "weights")
+    with np.load(weights / "arrays.npz", allow_pickle=False) as npz:
+        tripled = {k: npz[k] for k in npz.files}
+    wname = manifest["model"]["fields"]["weights"]["array"]
+    tripled[wname] = 3 * tripled[wname]
+    np.savez(weights / "arrays.npz", **tripled)
+    one_error_line(_screen_error(capsys, weights, batch, tmp_path / "o7"), "--model", "weights", "summing to 1 per class")
     # a missing file
     missing = _copy(diamonds_model, tmp_path, "missing")
     os.remove(missing / "arrays.npz")
@@ -226,7 +234,7 @@ def test_a_tampered_or_wrong_version_model_is_refused_in_one_line(diamonds_split
     one_error_line(_screen_error(capsys, objects, batch, tmp_path / "o5"), "without pickle")
     # not a model at all
     one_error_line(_screen_error(capsys, tmp_path, batch, tmp_path / "o6"), "no model.json")
-    assert not any(os.path.exists(tmp_path / f"o{i}" / "report.json") for i in range(1, 7))
+    assert not any(os.path.exists(tmp_path / f"o{i}" / "report.json") for i in range(1, 8))
 
 
 def test_fit_refuses_a_detector_it_cannot_save_and_a_directory_it_did_not_write(diamonds_split, tmp_path, capsys):
