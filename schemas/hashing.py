@@ -61,7 +61,8 @@ def value_hash(X: np.ndarray, seed: int) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32).astype(np.float64)
     X = np.where(np.isnan(X), np.nan, X + 0.0)  # canonical NaN; -0.0 + 0.0 == +0.0
     bits = np.ascontiguousarray(X).view(np.uint64)
-    h = np.full(len(X), np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1), dtype=np.uint64)
+    # the seed's key, wrapped to 64 bits in Python integers (numpy warns on a scalar uint64 overflow)
+    h = np.full(len(X), (int(seed) * 0x9E3779B97F4A7C15 + 1) % (1 << 64), dtype=np.uint64)
     for j in range(bits.shape[1]):
         h = _splitmix64(h ^ bits[:, j])
     return h
