@@ -21,8 +21,8 @@ detector through it, one member or several: it is where scores become decisions.
   ``score_<member>``. Members combine on the p-value scale, never by raw magnitudes: a
   row's combined p-value is ``min(1, min_j p_j / w_j)`` (weighted Bonferroni, the weights
   of its class from :func:`~poisonguard.detectors.decision.member_weights`: a score member
-  that neither found a cluster in the class nor has trusted rows for its null keeps a
-  tenth of a share) and its ``suspicion`` is ``-log10`` of that.
+  that found no cluster in the class keeps a tenth of a share, unless it is made to compare
+  the batch with trusted rows) and its ``suspicion`` is ``-log10`` of that.
 * **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
   ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
   trusted reference rows: one cut so that at most ``target_fpr`` of them would be
@@ -329,11 +329,11 @@ class EnsembleDetector(BaseDetector):
                 source.append("reference" if use else "data")
             # dense counts one class at a time: thousands of classes never hold their grids all at once
             nulls.append(TailNull.fit(h.counts for h in picked)), sources.append(tuple(source))
-        # engaged: own p-values, a null fitted on trusted rows, or a cluster cut by the member's own rule
+        # engaged: own p-values, a detector made to compare the batch with trusted rows, or a cluster cut by its own rule
         engaged = np.ones((len(model.classes), len(nulls)), bool)
-        for j, (member, null, source) in enumerate(zip(model.models, nulls, sources)):
-            if null is not None:
-                engaged[:, j] = (np.asarray(source) == "reference") | np.isfinite(np.asarray(member.thresholds, float))
+        for j, (detector, member, null) in enumerate(zip(self.members(), model.models, nulls)):
+            if null is not None and not detector.requires_reference:
+                engaged[:, j] = np.isfinite(np.asarray(member.thresholds, float))
         return replace(model, nulls=tuple(nulls), null_sources=tuple(sources), weights=member_weights(engaged))
 
     def _fit_cuts(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
