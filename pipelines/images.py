@@ -517,20 +517,12 @@ def representation_pass(session, units, contract: ImageContract, batch_rows: int
     """Fit the contract's representation: one pass gathering a bounded hash-selected image sample (pca, surrogate)."""
     import apache_beam as beam
 
-    from .staging import load_result, save_result
-    from .transforms import MergeAll
+    from .transforms import merge_pass
 
     sample = None
     if contract.options.representation in ("pca", "surrogate"):
-        path = os.path.join(staging, "_image_sample.pkl")
-        session.run(lambda p: (
-            p
-            | "Units" >> beam.Create(units, reshuffle=False)
-            | "Sample" >> beam.FlatMap(_read_sample, contract, batch_rows)
-            | "Merge" >> beam.CombineGlobally(MergeAll())
-            | "Save" >> beam.Map(save_result, path)
-        ))
-        sample = load_result(path, "image sample")
+        sample = merge_pass(session, units, "Sample", beam.FlatMap(_read_sample, contract, batch_rows),
+                            os.path.join(staging, "_image_sample.pkl"), "image sample")
     return finish_representation(contract, files, sample)
 
 

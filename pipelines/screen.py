@@ -48,7 +48,8 @@ from .outdir import OutputDir
 from .staging import count_problems, load_result, raise_if_lost, remove_staged, save_result, stage_pass
 from .summary import ClassSummary, ScreenSummary
 from .transforms import (
-    MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, read_and_validate, reference_summary, screen_chunk,
+    MergeAll, ScreenedChunk, batch_statistics, calibrate, check_reference, merge_pass, read_and_validate, reference_summary,
+    screen_chunk,
 )
 from .validation import ON_FAILED, VALIDATION_BLOCK_ROWS, FrameStatistics, SuiteRunner, Validation, apply_to_screened, contract_frame, validation_section
 
@@ -312,15 +313,8 @@ def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract,
                    where: str = "--reference"):
     """Score the trusted rows; with ``target_fpr``, replace the cut by one that flags at most that share of them.
     ``where`` names the trusted rows in the error when none is valid."""
-    path = os.path.join(staging, "_reference.pkl")
-    session.run(lambda p: (
-        p
-        | "Units" >> beam.Create(ref_units, reshuffle=False)
-        | "ScoreReference" >> beam.FlatMap(_read_reference, contract, batch_rows, model)
-        | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
-    reference = load_result(path, "reference summary")
+    reference = merge_pass(session, ref_units, "ScoreReference", beam.FlatMap(_read_reference, contract, batch_rows, model),
+                           os.path.join(staging, "_reference.pkl"), "reference summary")
     if target_fpr is None:  # the trusted rows already taught the decision layer its nulls; its rule stands
         return model, check_reference(reference, where)
     return calibrate(model, reference, target_fpr, where), reference
@@ -328,28 +322,15 @@ def calibrate_pass(session: RunnerSession, model, ref_units, contract: Contract,
 
 def reference_statistics_pass(session: RunnerSession, ref_units, contract: Contract, batch_rows: int, staging: str) -> FrameStatistics:
     """Combinable facts of the trusted rows (ranges, null rates, means, classes) for the contract suite."""
-    path = os.path.join(staging, "_reference_statistics.pkl")
-    session.run(lambda p: (
-        p
-        | "Units" >> beam.Create(ref_units, reshuffle=False)
-        | "Statistics" >> beam.FlatMap(_read_reference_statistics, contract, batch_rows)
-        | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
-    return load_result(path, "reference statistics") or FrameStatistics()
+    return merge_pass(session, ref_units, "Statistics", beam.FlatMap(_read_reference_statistics, contract, batch_rows),
+                      os.path.join(staging, "_reference_statistics.pkl"), "reference statistics") or FrameStatistics()
 
 
 def screen_pass(session: RunnerSession, model, detector: BaseDetector, units, contract: Contract, batch_rows: int, staging: str,
                 validation: Validation | None = None) -> ScreenSummary:
-    path = os.path.join(staging, "_summary.pkl")
-    session.run(lambda p: (
-        p
-        | "Units" >> beam.Create(units, reshuffle=False)
-        | "ScreenAndWrite" >> beam.ParDo(_ScreenAndWrite(contract, batch_rows, model, detector, staging, validation))
-        | "Summarise" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
-    return load_result(path, "summary") or ScreenSummary()
+    return merge_pass(session, units, "ScreenAndWrite",
+                      beam.ParDo(_ScreenAndWrite(contract, batch_rows, model, detector, staging, validation)),
+                      os.path.join(staging, "_summary.pkl"), "summary") or ScreenSummary()
 
 
 # -- the job ---------------------------------------------------------------------------------

@@ -61,8 +61,8 @@ from .report import inputs_section, library_versions, write_report
 from .rows import Contract, resolve_contract
 from .runners import RunnerConfig, RunnerSession, runner_session
 from .outdir import OutputDir
-from .staging import count_problems, load_result, raise_if_lost, save_result
-from .transforms import Chunk, MergeAll, read_and_validate
+from .staging import count_problems, raise_if_lost
+from .transforms import Chunk, merge_pass, read_and_validate
 
 log = logging.getLogger("poisonguard")
 
@@ -234,44 +234,25 @@ def _read_simulate_write(shard, contract: Contract, batch_rows: int, prepared, c
 
 def profile_pass(session: RunnerSession, units, contract: Contract, batch_rows: int, seed: int, sample_size: int,
                  staging: str) -> DataProfile:
-    path = os.path.join(staging, "_profile.pkl")
-    session.run(lambda p: (
-        p
-        | "Units" >> beam.Create(units, reshuffle=False)
-        | "Profile" >> beam.FlatMap(_read_profile, contract, batch_rows, seed, sample_size)
-        | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
-    return load_result(path, "data profile") or DataProfile.empty(
+    return merge_pass(session, units, "Profile", beam.FlatMap(_read_profile, contract, batch_rows, seed, sample_size),
+                      os.path.join(staging, "_profile.pkl"), "data profile") or DataProfile.empty(
         label_column=contract.label_column, feature_columns=contract.feature_columns, seed=seed, sample_size=sample_size)
 
 
 def cutoff_pass(session: RunnerSession, units, contract: Contract, batch_rows: int, prepared, cutoffs, staging: str) -> int:
     """The count-mode cutoff of ``prepared[-1]``, given the cutoffs of the attacks before it."""
-    path = os.path.join(staging, f"_cutoff{len(prepared) - 1}.pkl")
-    session.run(lambda p: (
-        p
-        | "Units" >> beam.Create(units, reshuffle=False)
-        | "SmallestKeys" >> beam.FlatMap(_read_smallest, contract, batch_rows, prepared, cutoffs)
-        | "Merge" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
     attack = prepared[-1].attack
-    smallest = load_result(path, f"{attack.name} cutoff") or SmallestHashes(attack.count, name=attack.name)
+    smallest = merge_pass(session, units, "SmallestKeys", beam.FlatMap(_read_smallest, contract, batch_rows, prepared, cutoffs),
+                          os.path.join(staging, f"_cutoff{len(prepared) - 1}.pkl"), f"{attack.name} cutoff")
+    smallest = smallest or SmallestHashes(attack.count, name=attack.name)
     return smallest.cutoff()
 
 
 def write_pass(session: RunnerSession, units, contract: Contract, batch_rows: int, prepared, cutoffs, staging: str) -> SimulateSummary:
-    path = os.path.join(staging, "_summary.pkl")
     schema = output_schema(contract)
-    session.run(lambda p: (
-        p
-        | "Units" >> beam.Create(units, reshuffle=False)
-        | "SimulateAndWrite" >> beam.FlatMap(_read_simulate_write, contract, batch_rows, prepared, cutoffs, schema, staging)
-        | "Summarise" >> beam.CombineGlobally(MergeAll())
-        | "Save" >> beam.Map(save_result, path)
-    ))
-    return load_result(path, "summary") or SimulateSummary()
+    return merge_pass(session, units, "SimulateAndWrite",
+                      beam.FlatMap(_read_simulate_write, contract, batch_rows, prepared, cutoffs, schema, staging),
+                      os.path.join(staging, "_summary.pkl"), "summary") or SimulateSummary()
 
 
 # -- the job ---------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..detectors.thresholds import SUSPICION_EDGES
 from ..schemas import ATTACK, FLAGGED, POISONED, REASON, ROW_ID, SUSPICION, InputError, score_column
 from .io import Shard
 from .rows import Contract
-from .staging import StagedUnit
+from .staging import StagedUnit, load_result, save_result
 from .summary import ClassSummary, ScreenSummary
 
 
@@ -103,6 +103,20 @@ class MergeAll(beam.CombineFn):
 
     def extract_output(self, accumulator):
         return accumulator
+
+
+def merge_pass(session, units, step: str, transform, path: str, what: str):
+    """One Beam pass over the input units: ``transform`` (labelled ``step``) yields each unit's combinable partial
+    results, :class:`MergeAll` merges them into one, staged at ``path`` and read back (None when nothing came out;
+    ``what`` names the result in the error when the staged file cannot be read)."""
+    session.run(lambda p: (
+        p
+        | "Units" >> beam.Create(units, reshuffle=False)
+        | step >> transform
+        | "Merge" >> beam.CombineGlobally(MergeAll())
+        | "Save" >> beam.Map(save_result, path)
+    ))
+    return load_result(path, what)
 
 
 def batch_statistics(chunk: Chunk, detector: BaseDetector, stage: int, state, contract: Contract):
