@@ -56,6 +56,11 @@ def _svg(fig) -> str:
     return re.sub(r"\s*\n\s*", "\n", text)  # matplotlib's indentation
 
 
+def _count_label(value: float, _position=None) -> str:
+    """A log count axis's tick label: a whole count with thousands separators."""
+    return f"{value:,.0f}" if value >= 1 else ""
+
+
 def _plain_text(text: str) -> str:
     """Text that matplotlib draws as written (a '$' would otherwise start mathtext)."""
     return str(text).replace("$", r"\$")
@@ -81,6 +86,9 @@ def _draw_hist(ax, hist: dict, color: str):
         ax.set_yscale("log")
         ax.set_ylim(0.7, max(counts) * 1.5)
         ax.minorticks_off()  # a log axis's minor ticks are most of an SVG's size
+        # counts written out ("1,000") rather than matplotlib's "10^3" in mathtext, whose parser took 60% of the
+        # page's rendering (1.7 s of 2.7 s for ten classes)
+        ax.yaxis.set_major_formatter(_count_label)  # matplotlib wraps a function in a FuncFormatter
     extra = []
     if hist.get("below"):
         extra.append(f"{hist['below']} below {hist['range'][0]:g}")

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from ..schemas import InputError
+from ..schemas import ROW_ID, InputError
 
 SUFFIXES = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 #: Spellings of "missing" that do not count against a CSV column being numeric when its type
@@ -352,8 +352,9 @@ def write_part(table: pa.Table, directory: str, name: str) -> None:
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{name}.tmp")
     # pyarrow dictionary-encodes every column by default; for floating-point columns (features, scores) that
-    # made writing 8-10x slower and the files larger (measured: 300,000 x 36 floats, 2.3 s against 0.3 s)
-    pq.write_table(table, tmp, use_dictionary=[f.name for f in table.schema if not pa.types.is_floating(f.type)])
+    # made writing 8-10x slower and the files larger (measured: 300,000 x 36 floats, 2.3 s against 0.3 s), and
+    # row ids, unique by design, took a third of the rest (65,536 rows x 38 columns: 30 ms against 21 ms)
+    pq.write_table(table, tmp, use_dictionary=[f.name for f in table.schema if not (pa.types.is_floating(f.type) or f.name == ROW_ID)])
     os.replace(tmp, os.path.join(directory, name))
 
 

@@ -159,7 +159,7 @@ class ScreenSummary:
 
     def add_rows(self, row_ids, labels, suspicion: np.ndarray, flagged: np.ndarray, reasons, detectors) -> None:
         """Count flags per detector (from the reasons) and keep the chunk's most suspicious rows."""
-        flagged_reasons = [r for r, f in zip(reasons, flagged) if f and r]
+        flagged_reasons = [r for r in (reasons[i] for i in np.flatnonzero(flagged)) if r]
         for name in detectors:
             marks = (f": {name}: p=", f"; {name}: p=")
             self.flagged_by[name] = self.flagged_by.get(name, 0) + sum(1 for r in flagged_reasons if any(m in r for m in marks))

@@ -44,3 +44,35 @@ def test_several_problems_in_one_row_are_all_named_and_malformed_lines_kept():
     assert reasons["x.csv:2"] == "column 'f': non-finite value 'inf'"
     assert reasons["x.csv:1"].startswith("malformed CSV line 3")
     assert invalid.column("source").to_pylist() == ["x.csv"] * 3
+
+
+def _parquet_contract(table, features):
+    passthrough = tuple((c, table.schema.field(c).type) for c in table.column_names if c not in (*features, "label"))
+    kept = tuple((c, table.schema.field(c).type) for c in features)
+    return Contract("label", None, tuple(features), pa.int64(), passthrough, tuple(table.column_names), kept)
+
+
+def test_parquet_float_features_keep_their_type_and_widen_exactly_into_the_matrix():
+    rng = np.random.default_rng(0)
+    f32 = rng.normal(size=300).astype(np.float32)
+    f32[[5, 77]] = [np.inf, np.nan]  # invalid: non-finite
+    table = pa.table({"a": f32, "b": rng.normal(size=300), "c": rng.integers(-5, 5, 300), "label": rng.integers(0, 3, 300),
+                      "note": [f"n{i}" for i in range(300)]})
+    shard = Shard(path="data/x.parquet", source="x.parquet", format="parquet")
+    contract = _parquet_contract(table, ["a", "b", "c"])
+    valid, invalid = validate_chunk(RawChunk(shard, 0, table, np.arange(300)), contract)
+    assert sorted(invalid.column("row_id").to_pylist()) == ["x.parquet:5", "x.parquet:77"]
+    assert set(invalid.column("reason").to_pylist()) == {"column 'a': non-finite value inf", "column 'a': non-finite value nan"}
+    assert valid.schema.field("a").type == pa.float32() and valid.schema.field("c").type == pa.int64()
+    ok = np.setdiff1d(np.arange(300), [5, 77])
+    expected = np.column_stack([f32[ok].astype(np.float64), table.column("b").to_numpy()[ok], table.column("c").to_numpy()[ok]])
+    X = contract.features(valid)
+    assert X.flags.c_contiguous and X.dtype == np.float64
+    np.testing.assert_array_equal(X, expected)
+    # a clean chunk: every row valid, the input's columns as they came
+    clean = table.filter(pa.array(np.isin(np.arange(300), ok)))
+    valid, invalid = validate_chunk(RawChunk(shard, 0, clean, ok), contract)
+    assert invalid.num_rows == 0 and valid.column("note").to_pylist() == clean.column("note").to_pylist()
+    np.testing.assert_array_equal(contract.features(valid), expected)
+    X32 = _parquet_contract(clean.select(["a", "label"]), ["a"]).features(valid.select(["row_id", "a", "label"]))
+    np.testing.assert_array_equal(X32[:, 0], f32[ok].astype(np.float64))
