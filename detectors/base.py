@@ -122,6 +122,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     #: Whether the model gives its own p-values (``model.scores_and_pvalues(X, labels)``, both from
     #: one evaluation); otherwise the decision layer fits a null to the score (:mod:`~poisonguard.detectors.decision`).
     has_pvalues: bool = False
+    #: How the decision layer reads the quantiles of the null it fits to the score: "edge" (each bin's upper edge)
+    #: or "interpolated" (:meth:`~poisonguard.detectors.decision.TailNull.fit`); spectral makes it a parameter.
+    null_quantiles: str = "edge"
 
     _parameter_constraints: dict = {
         "seed": [Interval(Integral, 0, None, closed="left")],

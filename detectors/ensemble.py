@@ -317,6 +317,7 @@ class EnsembleDetector(BaseDetector):
         """Each member's null per class: on the class's trusted rows where there are enough, else on the data."""
         empty = Histogram(SCORE_EDGES)
         nulls, sources = [], []
+        members = self.members()
         for j, null in enumerate(model.nulls):
             if null is None:
                 nulls.append(None), sources.append(None)
@@ -328,10 +329,11 @@ class EnsembleDetector(BaseDetector):
                 picked.append(trusted if use else statistics.get((self.name, ("null", j, c)), empty))
                 source.append("reference" if use else "data")
             # dense counts one class at a time: thousands of classes never hold their grids all at once
-            nulls.append(TailNull.fit(h.counts for h in picked)), sources.append(tuple(source))
+            interpolate = members[j].null_quantiles == "interpolated"
+            nulls.append(TailNull.fit((h.counts for h in picked), interpolate=interpolate)), sources.append(tuple(source))
         # engaged: own p-values, a detector made to compare the batch with trusted rows, or a cluster cut by its own rule
         engaged = np.ones((len(model.classes), len(nulls)), bool)
-        for j, (detector, member, null) in enumerate(zip(self.members(), model.models, nulls)):
+        for j, (detector, member, null) in enumerate(zip(members, model.models, nulls)):
             if null is not None and not detector.requires_reference:
                 engaged[:, j] = np.isfinite(np.asarray(member.thresholds, float))
         return replace(model, nulls=tuple(nulls), null_sources=tuple(sources), weights=member_weights(engaged))

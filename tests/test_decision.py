@@ -40,17 +40,38 @@ def test_bh_cut_flags_nothing_on_uniform_p_values():
         assert bh_cut(Histogram(LOGP_EDGES).add_batch(L).counts, 0.01) == np.inf
 
 
-def test_tail_null_is_conservative_for_light_and_heavy_tailed_scores():
+@pytest.mark.parametrize("interpolate", [False, True])
+def test_tail_null_is_conservative_for_light_and_heavy_tailed_scores(interpolate):
     """Fitted on one sample, valid on fresh rows of the same distribution (whose extremes lie beyond the fitted rows)."""
     rng = np.random.default_rng(2)
     draws = {"exponential": lambda n: rng.exponential(2.0, n), "half-normal": lambda n: np.abs(rng.normal(size=n)),
              "pareto 1.5": lambda n: 1.0 + rng.pareto(1.5, n)}
     for name, draw in draws.items():
-        null = TailNull.fit([Histogram(SCORE_EDGES).add_batch(draw(20_000)).counts])  # fresh rows go beyond these
+        # fresh rows go beyond these
+        null = TailNull.fit([Histogram(SCORE_EDGES).add_batch(draw(20_000)).counts], interpolate=interpolate)
         fresh = draw(200_000)
         p = null.pvalues(fresh, np.zeros(len(fresh), dtype=np.int64))
         for t in (0.01, 0.001, 0.0001):  # P(p <= t) <= t, up to the noise of a tail fitted on 20,000 rows
             assert (p <= t).mean() <= 2 * t + 10 / len(fresh), (name, t)
+
+
+def test_interpolated_null_quantiles_do_not_step_with_the_bins():
+    """Scores whose quartiles lie a bin or two apart (exponential, scale 0.1, on 0.05-wide bins), as spectral's image
+    scores in units of its grid's resolution: read at the bins' upper edges, the fitted shape jumps between 0 and the
+    heaviest tail as the scores shift by a fraction of a bin; read inside the bins it stays near the true 0, and valid."""
+    rng = np.random.default_rng(3)
+    edge, inside = [], []
+    for offset in (0.0, 0.01, 0.02, 0.03, 0.04):
+        counts = Histogram(SCORE_EDGES).add_batch(offset + rng.exponential(0.1, 2000)).counts
+        edge.append(float(TailNull.fit([counts]).shape[0]))
+        null = TailNull.fit([counts], interpolate=True)
+        inside.append(float(null.shape[0]))
+        fresh = offset + rng.exponential(0.1, 200_000)
+        p = null.pvalues(fresh, np.zeros(len(fresh), dtype=np.int64))
+        for t in (0.01, 0.001):
+            assert (p <= t).mean() <= 2 * t, (offset, t)
+    assert min(edge) == 0.0 and max(edge) == pytest.approx(1.0), edge  # the artefact the interpolation removes
+    assert max(inside) <= 0.2, inside
 
 
 def test_bonferroni_combination_ignores_missing_members():

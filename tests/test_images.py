@@ -186,13 +186,14 @@ def _screen_in_memory(images, labels, detectors=IMAGE_DEFAULT_DETECTORS):
     return det.screen(det.model_, F, labels).flagged
 
 
-@pytest.mark.parametrize("rate, blend", [(0.05, None), (0.10, None), (0.33, None), (0.10, 0.15), (0.33, 0.15)])
-def test_mnist_backdoor_floor(mnist, rate, blend):
-    """BadNets 3x3 patch or a blend at alpha 0.15, 7 -> 1, no rate or target given: recall >= 0.98, precision >= 0.95,
-    clean loss <= 0.5%. (Not reached, so not tested: the blend on 5% of the 7s, found for one of three seeds;
-    benchmarks/README.md, Images.)"""
+@pytest.mark.parametrize("rate, blend", [(0.05, None), (0.10, None), (0.33, None), (0.05, 0.15), (0.10, 0.15), (0.33, 0.15)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mnist_backdoor_floor(mnist, rate, blend, seed):
+    """BadNets 3x3 patch or a blend at alpha 0.15, 7 -> 1, no rate or target given, three seeds of the poisoned rows
+    and the pattern: recall >= 0.98, precision >= 0.95, clean loss <= 0.5% (the blend on 5% of the 7s needs spectral's
+    ``null_quantiles="interpolated"``: with the bins' edges, seeds 1 and 2 flagged nothing; benchmarks/README.md, Images)."""
     images, labels, _ = mnist
-    X, y, truth = plant_patch(images, labels, rate, blend=blend)
+    X, y, truth = plant_patch(images, labels, rate, seed=seed, blend=blend)
     flagged = _screen_in_memory(X, y)
     recall, precision = recall_precision(truth, flagged)
     assert recall >= 0.98 and precision >= 0.95, (recall, precision)
