@@ -8,6 +8,16 @@ same decision layer (EnsembleDetector, no rate, no target), in memory: the same 
 score code the Beam job runs. Prints rate x trigger x representation -> recall, precision,
 clean loss (share of clean rows flagged).
 
+``--representations embedding`` stands in for a user who brings their own model's features
+in an ``embedding`` column: a scikit-learn MLPClassifier (one hidden ReLU layer of
+``--hidden`` units, seeded by ``--seed``) is trained on all the poisoned images (the
+784 pixels scaled to [0, 1], with their poisoned labels), and its hidden activations are
+the column, screened as ``screen`` screens one (float64, as given; the image batches'
+detectors and parameters). The row also prints the model's accuracy on the clean rows
+(its own training images: there is no held-out split) and its attack success rate: the
+share of the other 7s (those not poisoned, which it was trained on as 7s), with the
+trigger added, that it predicts as 1. Embeddings are cached in ``--cache`` by case and seed.
+
 Throughput (``--throughput``): decode (Pillow) + representation + screen, images per
 second on one core (BLAS and numba pinned to 1 thread), for 28x28 and for 224x224 images
 (MNIST upscaled with Pillow's bilinear resize, encoded as PNG), at several N, with the
@@ -15,6 +25,8 @@ peak resident memory of a fresh process per N.
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_images.py
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_images.py --throughput
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_images.py \
+        --representations embedding --rates 0,0.05,0.1,0.33 --seed 0
     python benchmarks/bench_images.py --pipeline 10000,40000     # the whole job: wall time and peak memory
 """
 
@@ -48,16 +60,23 @@ def load_mnist(n: int | None = None):
     return X, t.column("label").to_numpy()
 
 
+def add_trigger(X, trigger, seed=0, alpha=0.15):
+    """Copies of the images X with the trigger (a 3x3 white patch, or the seeded pattern blended at alpha)."""
+    X = X.copy()
+    if trigger == "patch":
+        X[:, -4:-1, -4:-1] = 255
+    else:
+        pattern = np.random.default_rng(seed + 1).integers(0, 256, X.shape[1:])
+        X = np.round((1 - alpha) * X + alpha * pattern).astype(np.uint8)
+    return X
+
+
 def plant(X, y, rate, trigger, seed=0, source=7, target=1, alpha=0.15):
     """Poisoned copies of X, y and the ground-truth mask (rate: share of the source class)."""
     Xp, yp = X.copy(), y.copy()
     src = np.flatnonzero(y == source)
     pick = np.random.default_rng(seed).choice(src, int(round(rate * len(src))), replace=False)
-    if trigger == "patch":
-        Xp[pick, -4:-1, -4:-1] = 255
-    else:
-        pattern = np.random.default_rng(seed + 1).integers(0, 256, X.shape[1:])
-        Xp[pick] = np.round((1 - alpha) * Xp[pick] + alpha * pattern).astype(np.uint8)
+    Xp[pick] = add_trigger(X[pick], trigger, seed, alpha)
     yp[pick] = target
     mask = np.zeros(len(y), dtype=bool)
     mask[pick] = True
@@ -70,6 +89,43 @@ def features(kind, X, y, sample_size=4096, seed=0):
     return rep.transform(X)
 
 
+def user_embedding(X, y, Xp, yp, mask, trigger, rate, seed, hidden=128, epochs=30, cache="/tmp/emb-cache",
+                   source=7, target=1):
+    """What a user would bring: the hidden ReLU activations of their own MLP trained on all the poisoned images.
+
+    Returns the embedding (n, hidden) and the model's clean accuracy (on the clean rows, against their labels)
+    and attack success rate (the unpoisoned 7s with the trigger added, predicted as the target)."""
+    import json
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    key = f"{'clean' if rate == 0 else trigger}-{rate:g}-seed{seed}-h{hidden}-e{epochs}-n{len(X)}"
+    path = os.path.join(cache, key)
+    others = np.flatnonzero((y == source) & ~mask)
+    if os.path.exists(path + ".npy") and os.path.exists(path + ".json"):
+        emb, info = np.load(path + ".npy"), json.load(open(path + ".json"))
+    else:
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mlp = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=epochs, random_state=seed).fit(
+                Xp.reshape(len(Xp), -1) / 255.0, yp)
+        emb = np.maximum(Xp.reshape(len(Xp), -1) / 255.0 @ mlp.coefs_[0] + mlp.intercepts_[0], 0.0)
+        pred = mlp.predict(Xp.reshape(len(Xp), -1) / 255.0)
+        info = {"clean_accuracy": float((pred[~mask] == yp[~mask]).mean()),
+                "poison_fit": float((pred[mask] == target).mean()) if mask.any() else None,
+                "train_s": time.perf_counter() - t,
+                # the trigger on the 7s that were not poisoned: does the model send them to the target?
+                "asr": {trg: float((mlp.predict(add_trigger(X[others], trg, seed).reshape(len(others), -1) / 255.0)
+                                    == target).mean()) for trg in ("patch", "blend")}}
+        os.makedirs(cache, exist_ok=True)
+        np.save(path + ".npy", emb)
+        json.dump(info, open(path + ".json", "w"))
+    return emb, info
+
+
 def screen(F, y, detectors):
     """The decision as ``screen`` takes it on an image batch (with the image batches' detector parameters)."""
     det = EnsembleDetector(detectors=[DETECTORS[d](**IMAGE_DETECTOR_PARAMS.get(d, {})) for d in detectors]).fit(F, y)
@@ -79,18 +135,26 @@ def screen(F, y, detectors):
 def quality(args):
     X, y = load_mnist(args.n)
     print(f"MNIST test, {len(X)} images; detectors {','.join(args.detectors)}; source 7 -> target 1; seed {args.seed}")
-    print(f"{'rate':>5} {'trigger':>7} {'representation':>14} {'poison':>6} {'recall':>6} {'precision':>9} {'clean loss':>10} {'s':>6}")
+    print(f"{'rate':>5} {'trigger':>7} {'representation':>14} {'poison':>6} {'recall':>6} {'precision':>9} {'clean loss':>10} {'s':>6}"
+          + (f" {'user acc':>8} {'ASR':>6}" if "embedding" in args.representations else ""))
     for rep in args.representations:
         for trigger in args.triggers:
             for rate in args.rates:
                 Xp, yp, mask = plant(X, y, rate, trigger, seed=args.seed)
                 t = time.perf_counter()
-                flagged = screen(features(rep, Xp, yp), yp, args.detectors)
+                extra = ""
+                if rep == "embedding":  # the user's own model's features, used as given (float64), as screen does
+                    F, info = user_embedding(X, y, Xp, yp, mask, trigger, rate, args.seed, args.hidden, args.epochs, args.cache)
+                    extra = f" {info['clean_accuracy']:8.4f} {info['asr'][trigger]:6.3f}"
+                    t = time.perf_counter()
+                else:
+                    F = features(rep, Xp, yp)
+                flagged = screen(np.asarray(F, dtype=np.float64), yp, args.detectors)
                 tp = int((flagged & mask).sum())
                 recall = f"{tp / mask.sum():6.3f}" if mask.any() else f"{'-':>6}"
                 precision = f"{tp / flagged.sum():9.3f}" if flagged.any() else f"{'-':>9}"
                 print(f"{rate:5.2f} {trigger:>7} {rep:>14} {mask.sum():6d} {recall} {precision} "
-                      f"{(flagged & ~mask).sum() / (~mask).sum():10.4f} {time.perf_counter() - t:6.1f}", flush=True)
+                      f"{(flagged & ~mask).sum() / (~mask).sum():10.4f} {time.perf_counter() - t:6.1f}{extra}", flush=True)
 
 
 def throughput_child(side: int, n: int, detectors):
@@ -163,6 +227,9 @@ def main():
     p.add_argument("--triggers", type=lambda s: s.split(","), default=["patch", "blend"])
     p.add_argument("--rates", type=lambda s: [float(v) for v in s.split(",")], default=[0.05, 0.10, 0.33])
     p.add_argument("--seed", type=int, default=0, help="seed of the poisoned rows and the blend pattern (default 0)")
+    p.add_argument("--hidden", type=int, default=128, help="embedding: hidden units of the user's MLP (default 128)")
+    p.add_argument("--epochs", type=int, default=30, help="embedding: training epochs of the user's MLP (default 30)")
+    p.add_argument("--cache", default="/tmp/emb-cache", help="embedding: cache of the user's embeddings (default /tmp/emb-cache)")
     p.add_argument("--n", type=int, default=None, help="first N test images (default: all 10,000)")
     p.add_argument("--throughput", action="store_true")
     p.add_argument("--pipeline", type=lambda s: [int(v) for v in s.split(",")], default=None, metavar="N,N",
