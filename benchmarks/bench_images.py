@@ -90,7 +90,7 @@ def features(kind, X, y, sample_size=4096, seed=0):
 
 
 def user_embedding(X, y, Xp, yp, mask, trigger, rate, seed, hidden=128, epochs=30, cache="/tmp/emb-cache",
-                   source=7, target=1):
+                   source=7, target=1, alpha=0.15):
     """What a user would bring: the hidden ReLU activations of their own MLP trained on all the poisoned images.
 
     Returns the embedding (n, hidden) and the model's clean accuracy (on the clean rows, against their labels)
@@ -101,7 +101,7 @@ def user_embedding(X, y, Xp, yp, mask, trigger, rate, seed, hidden=128, epochs=3
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    key = f"{'clean' if rate == 0 else trigger}-{rate:g}-seed{seed}-h{hidden}-e{epochs}-n{len(X)}"
+    key = f"{'clean' if rate == 0 else trigger}-{rate:g}-seed{seed}-h{hidden}-e{epochs}-n{len(X)}" + (f"-a{alpha:g}" if alpha != 0.15 else "")
     path = os.path.join(cache, key)
     others = np.flatnonzero((y == source) & ~mask)
     if os.path.exists(path + ".npy") and os.path.exists(path + ".json"):
@@ -118,7 +118,7 @@ def user_embedding(X, y, Xp, yp, mask, trigger, rate, seed, hidden=128, epochs=3
                 "poison_fit": float((pred[mask] == target).mean()) if mask.any() else None,
                 "train_s": time.perf_counter() - t,
                 # the trigger on the 7s that were not poisoned: does the model send them to the target?
-                "asr": {trg: float((mlp.predict(add_trigger(X[others], trg, seed).reshape(len(others), -1) / 255.0)
+                "asr": {trg: float((mlp.predict(add_trigger(X[others], trg, seed, alpha).reshape(len(others), -1) / 255.0)
                                     == target).mean()) for trg in ("patch", "blend")}}
         os.makedirs(cache, exist_ok=True)
         np.save(path + ".npy", emb)
@@ -140,11 +140,12 @@ def quality(args):
     for rep in args.representations:
         for trigger in args.triggers:
             for rate in args.rates:
-                Xp, yp, mask = plant(X, y, rate, trigger, seed=args.seed)
+                Xp, yp, mask = plant(X, y, rate, trigger, seed=args.seed, alpha=args.alpha)
                 t = time.perf_counter()
                 extra = ""
                 if rep == "embedding":  # the user's own model's features, used as given (float64), as screen does
-                    F, info = user_embedding(X, y, Xp, yp, mask, trigger, rate, args.seed, args.hidden, args.epochs, args.cache)
+                    F, info = user_embedding(X, y, Xp, yp, mask, trigger, rate, args.seed, args.hidden, args.epochs, args.cache,
+                                              alpha=args.alpha)
                     extra = f" {info['clean_accuracy']:8.4f} {info['asr'][trigger]:6.3f}"
                     t = time.perf_counter()
                 else:
@@ -225,6 +226,7 @@ def main():
     p.add_argument("--detectors", type=lambda s: s.split(","), default=["spectral"])
     p.add_argument("--representations", type=lambda s: s.split(","), default=["pixels", "pca", "surrogate"])
     p.add_argument("--triggers", type=lambda s: s.split(","), default=["patch", "blend"])
+    p.add_argument("--alpha", type=float, default=0.15, help="opacity of the blended pattern (default 0.15)")
     p.add_argument("--rates", type=lambda s: [float(v) for v in s.split(",")], default=[0.05, 0.10, 0.33])
     p.add_argument("--seed", type=int, default=0, help="seed of the poisoned rows and the blend pattern (default 0)")
     p.add_argument("--hidden", type=int, default=128, help="embedding: hidden units of the user's MLP (default 128)")
