@@ -33,6 +33,13 @@ noise (measured in memory on the field-test tables with 10% label flips, ``spect
 ROC-AUC of the combined suspicion 0.92 / 0.79 / 0.75 / 0.66 / 0.72 on flights, diamonds,
 loans, credit, cells with equal weights, 0.98 / 0.92 / 0.90 / 0.75 / 0.81 with these; no
 backdoor found with equal weights was lost). Such a member keeps a tenth of a full share.
+So does a member made to compare the batch with trusted rows (novelty) in a class whose batch
+rows are no more often far from the trusted ones than its null, fitted on the trusted rows,
+allows (:func:`excess_over_null`): label flips put few rows there that the class's trusted
+rows lack, and at a full share novelty's uniform p-values cost the flips' ranking what a quiet
+spectral did (in memory, the field test's split with 30% held out, ``spectral,label,novelty``,
+10% flips: ROC-AUC 0.93 / 0.89 / 0.73 / 0.71 / 0.82 / 0.68 on flights, diamonds, loans,
+credit, cells, caravan, and 0.95 / 0.91 / 0.86 / 0.75 / 0.83 / 0.78 with the test).
 
 The rules (``DecisionRule.mode``):
 
@@ -180,6 +187,30 @@ def bh_cut(log_p_counts: np.ndarray, alpha: float) -> float:
 
 #: Share of a full weight kept by a member with nothing to say in a class (:func:`member_weights`).
 QUIET_MEMBER_SHARE = 0.1
+#: :func:`excess_over_null`: the p-value level whose share of rows is compared with the level itself ...
+EXCESS_LEVEL = 0.01
+#: ... and how improbable, for rows that follow the null, the share found must be.
+EXCESS_SIGNIFICANCE = 1e-3
+
+
+def excess_over_null(counts: np.ndarray, null: TailNull, k: int, level: float = EXCESS_LEVEL,
+                     significance: float = EXCESS_SIGNIFICANCE) -> bool:
+    """Whether a class holds more rows at ``p <= level`` under its fitted null than rows that follow it would.
+
+    ``counts``: the class's scores as a histogram on :data:`SCORE_EDGES` (underflow, bins, overflow); ``k``
+    its index in ``null``. A row counts when its bin's lower edge already has ``p <= level``, which never
+    counts more rows than there are. Rows that follow the null have ``p <= level`` with probability at
+    most ``level``, so their count is at most binomial(n, level); the class shows an excess when the
+    count found has a binomial tail probability at most ``significance``.
+    """
+    from scipy.stats import binom
+
+    n = int(counts.sum())
+    if n == 0:
+        return False
+    p_low = null.pvalues(SCORE_EDGES, np.full(len(SCORE_EDGES), k))  # at each bin's lower edge (counts[1:])
+    found = int(counts[1:][p_low <= level].sum())
+    return found > 0 and binom.sf(found - 1, n, level) <= significance
 
 
 def member_weights(engaged: np.ndarray) -> np.ndarray:
@@ -188,7 +219,8 @@ def member_weights(engaged: np.ndarray) -> np.ndarray:
 
     A member is engaged in a class when its p-values there carry evidence beyond the class's own tail: it gives
     its own p-values (the label detector's calibrated classifier), it is made to compare the batch with trusted
-    rows (novelty), or its own rule cut an outlying cluster in the class. A null fitted on trusted rows does not
+    rows (novelty) and the class holds more batch rows at small p-values than its null, fitted on the trusted
+    rows, allows (:func:`excess_over_null`), or its own rule cut an outlying cluster in the class. A null fitted on trusted rows does not
     engage a member by itself: its p-values on clean rows are as uniform as with a null fitted on the data, and
     with full weight they cost the label flips with ``--reference`` what they cost without (measured on the field
     test: flights 0.89 against 0.99 without a reference). Where the cluster rule decides, the weights depend

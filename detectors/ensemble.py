@@ -21,8 +21,10 @@ detector through it, one member or several: it is where scores become decisions.
   ``score_<member>``. Members combine on the p-value scale, never by raw magnitudes: a
   row's combined p-value is ``min(1, min_j p_j / w_j)`` (weighted Bonferroni, the weights
   of its class from :func:`~poisonguard.detectors.decision.member_weights`: a score member
-  that found no cluster in the class keeps a tenth of a share, unless it is made to compare
-  the batch with trusted rows) and its ``suspicion`` is ``-log10`` of that.
+  that found no cluster in the class keeps a tenth of a share, and so does one made to
+  compare the batch with trusted rows where the class's batch rows show no excess over its
+  null, :func:`~poisonguard.detectors.decision.excess_over_null`) and its ``suspicion`` is
+  ``-log10`` of that.
 * **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
   ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
   trusted reference rows: one cut so that at most ``target_fpr`` of them would be
@@ -47,6 +49,7 @@ from .decision import (
     TailNull,
     bh_cut,
     combine_pvalues,
+    excess_over_null,
     member_weights,
     to_log_p,
 )
@@ -331,10 +334,17 @@ class EnsembleDetector(BaseDetector):
             # dense counts one class at a time: thousands of classes never hold their grids all at once
             interpolate = members[j].null_quantiles == "interpolated"
             nulls.append(TailNull.fit((h.counts for h in picked), interpolate=interpolate)), sources.append(tuple(source))
-        # engaged: own p-values, a detector made to compare the batch with trusted rows, or a cluster cut by its own rule
+        # engaged: own p-values; a detector made to compare the batch with trusted rows, where the class's batch
+        # rows exceed the null (a class with no new rows leaves the budget to the others); a cluster cut by the
+        # member's own rule
         engaged = np.ones((len(model.classes), len(nulls)), bool)
         for j, (detector, member, null) in enumerate(zip(members, model.models, nulls)):
-            if null is not None and not detector.requires_reference:
+            if null is None:
+                continue
+            if detector.requires_reference:
+                engaged[:, j] = [excess_over_null(statistics.get((self.name, ("null", j, c)), empty).counts, null, k)
+                                 for k, c in enumerate(model.classes)]
+            else:
                 engaged[:, j] = np.isfinite(np.asarray(member.thresholds, float))
         return replace(model, nulls=tuple(nulls), null_sources=tuple(sources), weights=member_weights(engaged))
 
