@@ -220,13 +220,14 @@ def member_weights(engaged: np.ndarray) -> np.ndarray:
     A member is engaged in a class when its p-values there carry evidence beyond the class's own tail: it gives
     its own p-values (the label detector's calibrated classifier), it is made to compare the batch with trusted
     rows (novelty) and the class holds more batch rows at small p-values than its null, fitted on the trusted
-    rows, allows (:func:`excess_over_null`), or its own rule cut an outlying cluster in the class. A null fitted on trusted rows does not
-    engage a member by itself: its p-values on clean rows are as uniform as with a null fitted on the data, and
-    with full weight they cost the label flips with ``--reference`` what they cost without (measured on the field
-    test: flights 0.89 against 0.99 without a reference). Where the cluster rule decides, the weights depend
-    on the data, and the bound is looser: a null row's combined p-value is at most ``t`` with probability at most
-    ``t`` times the sum over members of the largest weight each can get (1/2 + 10/11, about 1.41, for a label and a
-    score member), and only in a class where a clean batch makes the cluster rule fire.
+    rows, allows (:func:`excess_over_null`), or its own rule cut an outlying cluster in the class. A null
+    fitted on trusted rows does not engage a member by itself: its p-values on clean rows are as uniform as with
+    a null fitted on the data, and with full weight they cost the label flips with ``--reference`` what they cost
+    without (measured on the field test: flights 0.89 against 0.99 without a reference). Where the cluster rule
+    or the excess test decides, the weights depend on the data, and the bound is looser: a null row's combined
+    p-value is at most ``t`` with probability at most ``t`` times the sum over members of the largest weight each
+    can get (1/2 + 10/11, about 1.41, for a label and a score member), and only in a class where a clean batch
+    makes the cluster rule or the excess test fire.
     """
     engaged = np.asarray(engaged, bool)
     share = np.where(engaged, 1.0, QUIET_MEMBER_SHARE)
