@@ -15,7 +15,8 @@ detector through it, one member or several: it is where scores become decisions.
   of each member's score on the trusted reference rows (when given) and on the data
   (without the rows the member's own rule cuts as a cluster), for the null of members
   without p-values of their own (:class:`~poisonguard.detectors.decision.TailNull`,
-  fitted on the trusted rows of a class that has at least ``MIN_REFERENCE_ROWS``); and
+  fitted on the trusted rows of a class that has at least ``MIN_REFERENCE_TAIL_ROWS`` of them,
+  ``MIN_REFERENCE_ROWS`` for novelty); and
   per class, a histogram of the combined ``L = -log10 p``, for the cut.
 * **Scores.** Every member reports its own score, kept in the output as
   ``score_<member>``. Members combine on the p-value scale, never by raw magnitudes: a
@@ -58,8 +59,14 @@ from .thresholds import upper_quantile_threshold
 
 #: Pseudo-member indices of the decision layer's own passes.
 _NULL, _DECIDE, _REFERENCE_NULL = -1, -2, -3
-#: Fewest trusted rows of a class for its null to be fitted on them rather than on the data.
+#: Fewest trusted rows of a class for the null of a detector made to compare with them (novelty) to be fitted on them.
 MIN_REFERENCE_ROWS = 50
+#: Fewest trusted rows of a class for any other member's null to be fitted on them rather than on the data (without
+#: the rows the member's own rule cuts). The tail's shape comes from the class's 75th and 87.5th percentiles, and
+#: from a few hundred rows it came out heavy enough to lose backdoors the data's own null finds: credit with 30%
+#: held out (about 850 and 360 trusted rows in its two classes), spectral's null shape 0.68 from the trusted rows
+#: against 0.22 from the data, and door3 and door10 found at recall 0.00 instead of 1.00 and 0.91.
+MIN_REFERENCE_TAIL_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -326,9 +333,10 @@ class EnsembleDetector(BaseDetector):
                 nulls.append(None), sources.append(None)
                 continue
             picked, source = [], []
+            enough = MIN_REFERENCE_ROWS if members[j].requires_reference else MIN_REFERENCE_TAIL_ROWS
             for c in model.classes:
                 trusted = statistics.get((self.name, ("reference null", j, c)), empty)
-                use = trusted.total >= MIN_REFERENCE_ROWS
+                use = trusted.total >= enough
                 picked.append(trusted if use else statistics.get((self.name, ("null", j, c)), empty))
                 source.append("reference" if use else "data")
             # dense counts one class at a time: thousands of classes never hold their grids all at once
