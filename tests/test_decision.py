@@ -295,10 +295,10 @@ def test_label_detector_scores_each_row_out_of_fold_and_independently_of_the_bat
 
 
 def test_novelty_keeps_its_share_only_in_classes_whose_batch_rows_are_new():
-    """credit, 30% held out as trusted rows. Flipped labels put no rows unlike the trusted ones of their class, so
-    novelty keeps a tenth of a share and leaves the false-discovery budget to the label member (the flips rank
-    higher: in memory, ROC-AUC 0.706 with novelty at a full share, 0.746 without it, the field-test split); a
-    backdoor's rows are new in its target class, where novelty keeps its full share."""
+    """credit, 30% held out as trusted rows. Its flipped labels put too few rows unlike the trusted ones of their
+    class for an excess, so novelty keeps a tenth of a share and leaves the false-discovery budget to the label
+    member (the flips rank higher: in memory, ROC-AUC 0.706 with novelty at a full share, 0.746 without it, the
+    field-test split); a backdoor's rows are new in its target class, where novelty keeps its full share."""
     from sklearn.metrics import roc_auc_score
 
     X, y, ids = real_table("credit")
