@@ -65,6 +65,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import binom
 
 from .statistics import uniform_grid
 from .thresholds import counts_at_or_above
@@ -203,8 +204,6 @@ def excess_over_null(counts: np.ndarray, null: TailNull, k: int, level: float = 
     most ``level``, so their count is at most binomial(n, level); the class shows an excess when the
     count found has a binomial tail probability at most ``significance``.
     """
-    from scipy.stats import binom
-
     n = int(counts.sum())
     if n == 0:
         return False
