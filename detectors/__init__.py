@@ -17,6 +17,9 @@ knn                :class:`KNNLabelDetector`                  labels their neigh
                                                               with (Peri et al. 2020)
 label              :class:`ConfidentLabelDetector`            label issues by confident learning
                                                               (Northcutt et al. 2021)
+pattern            :class:`TriggerPatternDetector`             backdoor triggers as rules: pairs of
+                                                              feature values over-represented in one
+                                                              class, against what their values say
 novelty            :class:`NoveltyDetector`                   rows unlike the trusted reference rows
                                                               of their class (classifier two-sample
                                                               test; Lopez-Paz & Oquab 2017)
@@ -32,6 +35,7 @@ from .influence import InfluenceDetector, InfluenceModel
 from .knn import KNNLabelDetector, KNNLabelModel
 from .label import ConfidentLabelDetector, LabelModel
 from .novelty import NoveltyDetector, NoveltyModel
+from .pattern import PatternModel, TriggerPatternDetector
 from .robust_spectral import RobustSpectralDetector, RobustSpectralModel
 from .spectral import SpectralModel, SpectralSignatureDetector
 
@@ -39,7 +43,7 @@ from .spectral import SpectralModel, SpectralSignatureDetector
 DETECTORS = {
     cls.name: cls
     for cls in (SpectralSignatureDetector, RobustSpectralDetector, InfluenceDetector, ActivationClusteringDetector, KNNLabelDetector,
-                ConfidentLabelDetector, NoveltyDetector)
+                ConfidentLabelDetector, TriggerPatternDetector, NoveltyDetector)
 }
 
 __all__ = [
@@ -57,11 +61,13 @@ __all__ = [
     "LabelModel",
     "NoveltyDetector",
     "NoveltyModel",
+    "PatternModel",
     "PerClassModel",
     "RobustSpectralDetector",
     "RobustSpectralModel",
     "Screened",
     "SpectralModel",
     "SpectralSignatureDetector",
+    "TriggerPatternDetector",
     "calibrated_threshold",
 ]

@@ -217,7 +217,8 @@ def member_weights(engaged: np.ndarray) -> np.ndarray:
     :data:`QUIET_MEMBER_SHARE` of one, normalised to sum to 1 (equal weights where all or none are engaged).
 
     A member is engaged in a class when its p-values there carry evidence beyond the class's own tail: it gives
-    its own p-values (the label detector's calibrated classifier), it is made to compare the batch with trusted
+    its own p-values (the label detector's calibrated classifier; the pattern detector only in the classes where it
+    mined a pattern, its ``evidence``), it is made to compare the batch with trusted
     rows (novelty) and the class holds more batch rows at small p-values than its null, fitted on the trusted
     rows, allows (:func:`excess_over_null`), or its own rule cut an outlying cluster in the class. A null
     fitted on trusted rows does not engage a member by itself: its p-values on clean rows are as uniform as with

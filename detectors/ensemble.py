@@ -57,6 +57,17 @@ from .decision import (
 from .statistics import Histogram, group_rows
 from .thresholds import upper_quantile_threshold
 
+def _engaged_by_evidence(model: EnsembleModel) -> np.ndarray:
+    """(K, M) engagement before the null pass: every member is engaged, except a member with its own p-values whose
+    model says in which classes it has evidence (``model.evidence``: the pattern detector, in the classes where it
+    mined a pattern); elsewhere its p-values are all 1 and a full share would only take budget from the others."""
+    engaged = np.ones((len(model.classes), len(model.models)), bool)
+    for j, (member, null) in enumerate(zip(model.models, model.nulls)):
+        if null is None and hasattr(member, "evidence"):
+            engaged[:, j] = member.evidence
+    return engaged
+
+
 #: Pseudo-member indices of the decision layer's own passes.
 _NULL, _DECIDE, _REFERENCE_NULL = -1, -2, -3
 #: Fewest trusted rows of a class for the null of a detector made to compare with them (novelty) to be fitted on them.
@@ -318,9 +329,12 @@ class EnsembleDetector(BaseDetector):
             members = state["members"]
             K = len(states[0].classes)
             nulls = tuple(None if m.has_pvalues else TailNull(np.zeros(K), np.ones(K), np.zeros(K)) for m in members)
-            state["partial"] = EnsembleModel(tuple(m.name for m in members), tuple(states), nulls, np.full(K, np.inf),
-                                             mode="auto" if self.contamination == "auto" else "contamination",
-                                             alpha=float(self.alpha))
+            partial = EnsembleModel(tuple(m.name for m in members), tuple(states), nulls, np.full(K, np.inf),
+                                    mode="auto" if self.contamination == "auto" else "contamination", alpha=float(self.alpha))
+            engaged = _engaged_by_evidence(partial)
+            # with a null to fit, the null pass sets the weights; otherwise they are settled here
+            state["partial"] = partial if engaged.all() or not all(m.has_pvalues for m in members) else \
+                replace(partial, weights=member_weights(engaged))
         return state
 
     def _fit_nulls(self, model: EnsembleModel, statistics: dict) -> EnsembleModel:
@@ -345,7 +359,7 @@ class EnsembleDetector(BaseDetector):
         # engaged: own p-values; a detector made to compare the batch with trusted rows, where the class's batch
         # rows exceed the null (a class with no new rows leaves the budget to the others); a cluster cut by the
         # member's own rule
-        engaged = np.ones((len(model.classes), len(nulls)), bool)
+        engaged = _engaged_by_evidence(model)
         for j, (detector, member, null) in enumerate(zip(members, model.models, nulls)):
             if null is None:
                 continue

@@ -160,11 +160,12 @@ def _model_types() -> dict:
     from .influence import InfluenceModel
     from .knn import KNNLabelModel
     from .label import LabelModel
+    from .pattern import PatternModel
     from .robust_spectral import RobustSpectralModel
     from .spectral import SpectralModel
 
     return {cls.__name__: cls for cls in (EnsembleModel, TailNull, SpectralModel, RobustSpectralModel, InfluenceModel,
-                                          ClusteringModel, KNNLabelModel, LabelModel)}
+                                          ClusteringModel, KNNLabelModel, LabelModel, PatternModel)}
 
 
 #: The dataclasses a saved model may contain, by name (nothing else is ever built when loading).

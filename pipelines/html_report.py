@@ -248,12 +248,14 @@ def render_html(report: dict) -> str:
     curves = None
     if detection and detection.get("curves"):
         curves = curves_figure(detection["curves"], detection.get("roc_auc"))
+    patterns = [{"detector": d["name"], "class": c, **rule} for d in report["detectors"] for c, facts in d["classes"].items()
+                for rule in facts.get("patterns", [])]
     counts = report["counts"]
     n = max(counts["rows_in"], 1)
     text = env.get_template(_TEMPLATE).render(
         report=report, counts=counts, n=n, figures=figures, others=others, other_classes=report.get("other_classes"), curves=curves, detection=detection,
         expectations=expectation_rows(report.get("validation")), validation=report.get("validation"),
-        policy=report["policy"], members=members, max_class_plots=MAX_CLASS_PLOTS,
+        policy=report["policy"], members=members, max_class_plots=MAX_CLASS_PLOTS, patterns=patterns,
     )
     return text
 

@@ -31,7 +31,7 @@ import apache_beam as beam
 import numpy as np
 
 from .. import __version__
-from ..detectors import DETECTORS, BaseDetector, EnsembleDetector
+from ..detectors import DETECTORS, BaseDetector, EnsembleDetector, PatternModel
 from ..detectors.decision import DEFAULT_ALPHA
 from ..schemas import OUTPUTS, ConfigError, PoisonguardError
 from .images import (
@@ -569,6 +569,13 @@ def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary
     }
 
 
+def _member_summary(member_model, contract) -> dict:
+    """A member's per-class facts; the pattern detector's rules name the features."""
+    if isinstance(member_model, PatternModel):
+        return member_model.summary(tuple(contract.feature_columns))
+    return member_model.summary()
+
+
 def _bounded(report: dict, summary: ScreenSummary) -> dict:
     """Keep the per-class sections to the described classes (:func:`described_classes`); sum up the rest."""
     described, rest = described_classes(summary)
@@ -610,7 +617,7 @@ def build_report(config: ScreenConfig, detector, contract: Contract, files, summ
                 "name": member.name,
                 "params": _json_params(member),
                 "classes": {c: rounded({k: v for k, v in facts.items() if k != "threshold"})
-                            for c, facts in member_model.summary().items()},
+                            for c, facts in _member_summary(member_model, contract).items()},
             }
             for member, member_model in zip(members, model.models)
         ],

@@ -1,0 +1,536 @@
+"""Trigger-pattern mining: per class, pairs of feature values that carry a label their own values do not.
+
+Notation: S sample rows, d features, K classes. For a pair of features (a, b), a *cell* is a
+range of a's codes by a range of b's codes; ``k`` is the cell's rows of class c, ``O`` all
+its rows, ``E`` the rows independence of a and b predicts.
+
+A tabular backdoor stamps two features with fixed values and gives the stamped rows the
+target label: ``amount = 950 and n_items = 12``, all of class "fraud". Spectral methods see
+this only as a direction in feature space; here it is mined as a rule an analyst can read:
+
+1. **Codes.** Each feature is coded on a bounded, hash-selected sample: every value held by
+   at least 0.2% of the sample rows is a point of its own (a censoring value, an integer
+   code), and the rest is cut at 64 quantiles (edges closer than 5% of the inter-quartile
+   range merged). Code ``2i`` is the open interval below breakpoint ``i``, code ``2i + 1``
+   the breakpoint itself; a missing value has no code. A *unit* is one code, or two
+   adjacent intervals with the point between them, so a trigger jittered across an edge
+   still falls in one unit.
+2. **Candidates.** For every pair of features, every unit cell and class c with
+   ``k >= max(10, 0.1% of S)``: purity ``k / O >= min_purity``, lift ``O / E >= min_lift``
+   (``E = n_a n_b / S`` from the units' row counts), and a spike: ``O`` at least
+   ``min_spike`` times the rows of other classes in any cell within two codes of it on both
+   features. Real interactions are smooth over neighbouring values; a stamp is a point (and
+   a jittered stamp's neighbouring cells hold its own class).
+3. **The label test.** A value that merely predicts the label (a censoring code, a rare
+   category) must not count. The cell's class-c count is compared with the share of c among
+   the rows that hold the cell's value of a but not of b, and of b but not of a (the unit's
+   rows outside the cell, widened to adjacent codes until there are 20), each shrunk towards
+   the class's share by 10 rows: ``p0 = max(class share, both context shares)``, and the
+   cell's p-value is the binomial tail of ``k`` of ``O`` at ``p0``. A candidate is kept at
+   ``p <= significance / T``, Bonferroni over the ``T`` cells tested (those with at least
+   the minimum count).
+4. **The rest of the row.** A dirty-label backdoor relabels rows of another class. Per kept
+   pattern, each row of its class gets a naive-Bayes margin over its *other* features (their
+   codes' class frequencies in the sample): its log-likelihood under c less the largest under
+   another class. The pattern stays only if its rows favour another class significantly more
+   often than the class's other rows do (binomial, ``p <= 1e-3``).
+5. **Natural subgroups.** A flight number and a distance name a route, and a route leaves
+   from one airport: such a pair is as pure, as over-represented and as much of a spike as a
+   trigger. But its rows are one recurring entity and agree on their other features too (the
+   same flight every day), while a stamp lands on ordinary rows. Agreement is the mean, over
+   the other features, of the share of the rows on the feature's most common code; the
+   pattern is dropped as a natural subgroup when its rows agree more than random sets of as
+   many rows of any one class do, by at least 0.015 and three standard deviations of those
+   sets (20 seeded draws per class).
+6. **Reference.** With trusted rows, a pattern whose cell the trusted rows hold at its
+   purity is not new: the upper 99% confidence bound of the class's share among the
+   trusted rows in the cell joins ``p0`` and the test is made again.
+
+A row's p-value is the smallest Bonferroni-adjusted p-value (``T`` times the cell's) among
+the patterns of its class that it carries, 1 when it carries none: for a clean class, the
+chance that any of its rows gets ``p <= t`` is at most ``t`` under the binomial null (``T``
+counts the cells tested per class, and the decision layer decides per class). Its suspicion
+is ``-log10`` of that p-value. The decision layer (:mod:`~poisonguard.detectors.decision`)
+takes these p-values as they are; in an ensemble, the pattern member takes a full share of
+the false-discovery budget only in the classes where it mined a pattern.
+
+Measured in memory on the field test's tables (``benchmarks/README.md``, Trigger
+patterns; clean, door1, door3, door10 and jdoor3, seeds 0-2): with steps 1-3 alone (a
+prototype, lift 4), 4.4% of the clean flights rows and 1.5% of the clean loans rows were
+flagged (natural interactions); with step 4, 3.0% and 0%; with step 5, 0% on every clean
+table. A lift of 4 found 45 of the 72 planted backdoors at recall and precision 0.95; 3 finds 52
+with no clean row lost; 2 lets loans' natural patterns in (1.2% of clean rows in the
+poisoned batches). Windows three intervals wide would catch more jittered triggers but let
+flights' natural route cells (a distance by a range of air times) through step 5.
+
+Memory: the sample (S rows) and, one pair of features at a time, a table of its unit cells
+by class; the model is the breakpoints and at most ``max_patterns`` patterns. Passes: 1
+(the sample), and one over the trusted rows when given. Scoring is a numba kernel over the
+row's codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from numbers import Integral, Real
+
+import numpy as np
+from scipy.stats import beta, binom
+
+from ._config import njit
+from ._sklearn import Interval
+from .base import SAMPLE_POOL, BaseDetector, add_stratified_sample, label_codes
+
+#: Share of the sample rows a value must hold to be a point of its own (step 1).
+MASS_SHARE = 0.002
+#: Quantile edges closer than this share of the inter-quartile range are merged (step 1).
+MERGE_IQR = 0.05
+#: Codes a window unit spans: two intervals and the point between them (step 1; see the module docstring on wider ones).
+WINDOW_SPANS = (3,)
+#: Codes on each side of a cell that its spike is compared with (step 2).
+NEIGHBOURHOOD = 2
+#: Rows outside a cell that a context share needs before it stops widening (step 3).
+MIN_CONTEXT_ROWS = 20
+#: Rows of the class's share that a context share is shrunk towards it by (step 3).
+SHRINK_ROWS = 10.0
+#: Significance of the rest-of-the-row test (step 4).
+REST_SIGNIFICANCE = 1e-3
+#: Confidence of the upper bound on a pattern's class share among the trusted rows (step 6).
+TRUSTED_CONFIDENCE = 0.99
+#: Step 5: how much more a natural subgroup's rows agree on their other features than random rows do ...
+SUBGROUP_AGREEMENT = 0.015
+#: ... measured against this many random draws.
+SUBGROUP_DRAWS = 20
+
+
+def breakpoints(values: np.ndarray, bins: int) -> np.ndarray:
+    """Sorted breakpoints of one feature from its sample values (step 1): point masses and merged quantiles."""
+    v = values[~np.isnan(values)]
+    if len(v) == 0:
+        return np.empty(0)
+    u, counts = np.unique(v, return_counts=True)
+    masses = u[counts >= max(5.0, MASS_SHARE * len(v))]
+    q1, q3 = np.quantile(v, [0.25, 0.75])
+    scale = (q3 - q1) if q3 > q1 else (v.max() - v.min()) / 4.0 or 1.0
+    kept: list[float] = []
+    for edge in np.unique(np.quantile(v, np.linspace(0.0, 1.0, bins + 1)[1:-1])):
+        if not kept or edge - kept[-1] >= MERGE_IQR * scale:
+            kept.append(float(edge))
+    return np.unique(np.r_[np.asarray(kept, float), masses])
+
+
+def value_codes(x: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Code of each value: ``2i`` below breakpoint ``i`` (above ``i - 1``), ``2i + 1`` on it; -1 for a missing value."""
+    i = np.searchsorted(points, x, side="left")
+    hit = (i < len(points)) & (points[np.minimum(i, max(len(points) - 1, 0))] == x) if len(points) else np.zeros(len(x), bool)
+    return np.where(np.isnan(x), -1, 2 * i + hit).astype(np.int64)
+
+
+def unit_ranges(n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` code ranges of the units: each code alone, then windows of two and of three intervals
+    (with the points between them) starting at each interval."""
+    lo, hi = [np.arange(n_codes)], [np.arange(n_codes)]
+    for span in WINDOW_SPANS:
+        starts = np.arange(0, n_codes - span + 1, 2)
+        lo.append(starts), hi.append(starts + span - 1)
+    return np.concatenate(lo), np.concatenate(hi)
+
+
+def _unit_sums(T: np.ndarray, axis: int) -> np.ndarray:
+    """``T`` summed over each unit along ``axis`` (:func:`unit_ranges` order)."""
+    T = np.moveaxis(T, axis, 0)
+    cumulative = np.concatenate([np.zeros((1, *T.shape[1:])), np.cumsum(T, axis=0)])
+    parts = [T]
+    for span in WINDOW_SPANS:
+        starts = np.arange(0, len(T) - span + 1, 2)
+        parts.append(cumulative[starts + span] - cumulative[starts])
+    return np.moveaxis(np.concatenate(parts), 0, axis)
+
+
+def _context(marginal: np.ndarray, lo: int, hi: int, O: float, k: float, c: int) -> tuple[float, float]:
+    """Class-c rows and all rows of a unit outside the cell, widened by two codes at a time until there are enough."""
+    for w in (0, 2, 4):
+        total = marginal[max(0, lo - w): hi + w + 1].sum(axis=0)
+        outside = total.sum() - O
+        if outside >= MIN_CONTEXT_ROWS:
+            break
+    return total[c] - k, max(outside, 0.0)
+
+
+def shrunk_share(k: float, n: float, prior: float) -> float:
+    return (k + SHRINK_ROWS * prior) / (n + SHRINK_ROWS)
+
+
+def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, params) -> tuple[list, int]:
+    """Steps 2-4 on the coded sample ``codes`` (S, d) with class indices ``y``: the patterns kept, and ``T``.
+
+    ``params`` has ``min_purity``, ``min_lift``, ``min_spike`` and ``significance``. Each pattern
+    is a dict: features ``a`` < ``b``, code ranges ``lo_a``..``hi_a`` and ``lo_b``..``hi_b``,
+    class ``c``, counts ``k`` and ``O``, ``E``, the tested share ``p0`` and the unadjusted
+    ``pvalue``.
+    """
+    S, d = codes.shape
+    if K < 2 or S == 0:
+        return [], 0
+    prior = np.bincount(y, minlength=K) / S
+    min_rows = max(10.0, 0.001 * S)
+    marginals = []
+    for j in range(d):
+        ok = codes[:, j] >= 0
+        marginals.append(np.bincount(codes[ok, j] * K + y[ok], minlength=n_codes[j] * K).reshape(n_codes[j], K).astype(float))
+    units = [unit_ranges(n) for n in n_codes]
+    found, n_tests = [], 0
+    for a in range(d):
+        for b in range(a + 1, d):
+            ok = (codes[:, a] >= 0) & (codes[:, b] >= 0)
+            if not ok.any():
+                continue
+            na, nb = n_codes[a], n_codes[b]
+            T = np.bincount((codes[ok, a] * nb + codes[ok, b]) * K + y[ok], minlength=na * nb * K).reshape(na, nb, K).astype(float)
+            cells = _unit_sums(_unit_sums(T, 0), 1)
+            O = cells.sum(axis=2)
+            n_tests += int(np.count_nonzero(O >= min_rows))
+            total = T.sum(axis=2)
+            E = np.outer(_unit_sums(total.sum(axis=1), 0), _unit_sums(total.sum(axis=0), 0)) / total.sum()
+            candidate = (cells >= min_rows) & (cells >= params.min_purity * O[..., None]) & (O >= params.min_lift * E)[..., None]
+            for x, z, c in zip(*np.nonzero(candidate)):
+                (la, ha), (lb, hb) = (units[a][0][x], units[a][1][x]), (units[b][0][z], units[b][1][z])
+                ra, rb = max(0, la - NEIGHBOURHOOD), max(0, lb - NEIGHBOURHOOD)
+                around = total[ra: ha + NEIGHBOURHOOD + 1, rb: hb + NEIGHBOURHOOD + 1] - T[ra: ha + NEIGHBOURHOOD + 1, rb: hb + NEIGHBOURHOOD + 1, c]
+                around[la - ra: ha - ra + 1, lb - rb: hb - rb + 1] = 0.0
+                if O[x, z] < params.min_spike * max(1.0, around.max()):
+                    continue
+                k, o = cells[x, z, c], O[x, z]
+                shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
+                p0 = min(max(prior[c], *shares), 1.0 - 1e-12)
+                found.append({"a": a, "b": b, "lo_a": la, "hi_a": ha, "lo_b": lb, "hi_b": hb, "c": int(c), "k": k, "O": o,
+                              "E": E[x, z], "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
+    level = params.significance / max(n_tests, 1)
+    rest = _RestOfRow(codes, y, marginals)
+    rng = np.random.default_rng(params.seed)
+    return [f for f in found if f["pvalue"] <= level and rest.disagrees(f) and not natural_subgroup(codes, y, f, rng)], n_tests
+
+
+def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, rng: np.random.Generator) -> bool:
+    """Step 5: whether a pattern's rows agree on their other features markedly more than rows of any one class do.
+
+    Agreement is the mean, over the other features, of the share of the rows on the feature's most common code. It is
+    compared, class by class, with :data:`SUBGROUP_DRAWS` random sets of as many of the class's sample rows from
+    outside the cell: relabelled rows of one class agree as much as that class's rows do. The pattern is a natural
+    subgroup when its agreement exceeds that of the most agreeing class by at least :data:`SUBGROUP_AGREEMENT` and by
+    three of that class's standard deviations.
+    """
+    ca, cb = codes[:, f["a"]], codes[:, f["b"]]
+    inside = (ca >= f["lo_a"]) & (ca <= f["hi_a"]) & (cb >= f["lo_b"]) & (cb <= f["hi_b"])
+    rows = np.flatnonzero(inside)
+    others = [j for j in range(codes.shape[1]) if j not in (f["a"], f["b"])]
+    if not others:
+        return False
+
+    def agreement(take: np.ndarray) -> float:
+        shares = []
+        for j in others:
+            code = codes[take, j]
+            code = code[code >= 0]
+            shares.append(np.bincount(code).max() / len(code) if len(code) else 0.0)
+        return float(np.mean(shares))
+
+    own, baseline, spread = agreement(rows), None, 0.0
+    for c in np.unique(y):
+        pool = np.flatnonzero(~inside & (y == c))
+        if len(pool) < len(rows):
+            continue
+        draws = np.array([agreement(rng.choice(pool, len(rows), replace=False)) for _ in range(SUBGROUP_DRAWS)])
+        if baseline is None or draws.mean() > baseline:
+            baseline, spread = draws.mean(), draws.std()
+    return baseline is not None and own - baseline >= max(SUBGROUP_AGREEMENT, 3.0 * spread)
+
+
+class _RestOfRow:
+    """Step 4: whether a pattern's rows favour another class, over their other features, more often than their class does.
+
+    Naive Bayes on the sample's codes: ``log f_j(code | c')`` per feature j and class c' (Laplace-smoothed by half a
+    row); a row's margin for its class c is its log-likelihood under c less the largest under another class.
+    """
+
+    def __init__(self, codes: np.ndarray, y: np.ndarray, marginals: list):
+        self.codes, self.y = codes, y
+        self.log_f = [np.log((M + 0.5) / (M.sum(axis=0) + 0.5 * len(M))) for M in marginals]  # (codes, K) per feature
+        self._sums: dict = {}
+
+    def _terms(self, rows: np.ndarray, j: int) -> np.ndarray:
+        """(rows, K) feature j's log-likelihood terms (0 for a missing value)."""
+        code = self.codes[rows, j]
+        return np.where((code >= 0)[:, None], self.log_f[j][np.maximum(code, 0)], 0.0)
+
+    def disagrees(self, f: dict) -> bool:
+        c, a, b = f["c"], f["a"], f["b"]
+        if c not in self._sums:
+            rows = np.flatnonzero(self.y == c)
+            self._sums[c] = (rows, sum(self._terms(rows, j) for j in range(len(self.log_f))))
+        rows, total = self._sums[c]
+        loglik = total - self._terms(rows, a) - self._terms(rows, b)
+        margin = loglik[:, c] - np.delete(loglik, c, axis=1).max(axis=1)
+        ca, cb = self.codes[rows, a], self.codes[rows, b]
+        inside = (ca >= f["lo_a"]) & (ca <= f["hi_a"]) & (cb >= f["lo_b"]) & (cb <= f["hi_b"])
+        others = margin[~inside]
+        p0 = np.mean(others < 0) if len(others) >= MIN_CONTEXT_ROWS else 0.5
+        against = int(np.count_nonzero(margin[inside] < 0))
+        return against > 0 and binom.sf(against - 1, int(inside.sum()), p0) <= REST_SIGNIFICANCE
+
+
+@dataclass(frozen=True)
+class PatternModel:
+    """Fitted state of :class:`TriggerPatternDetector`: the features' breakpoints and the mined patterns."""
+
+    classes: tuple
+    counts: np.ndarray  # (K,) rows per class seen by the fit
+    points: np.ndarray  # breakpoints of every feature, one after another
+    offsets: np.ndarray  # (d + 1,) feature j's breakpoints are points[offsets[j]:offsets[j + 1]]
+    feature_a: np.ndarray  # (R,) per pattern: its two features, their code ranges and its class
+    feature_b: np.ndarray
+    lo_a: np.ndarray
+    hi_a: np.ndarray
+    lo_b: np.ndarray
+    hi_b: np.ndarray
+    pattern_class: np.ndarray
+    rows: np.ndarray  # (R,) k: the cell's sample rows of the class
+    cell_rows: np.ndarray  # (R,) O: all the cell's sample rows
+    expected: np.ndarray  # (R,) E: the cell's rows if a and b were independent
+    null_share: np.ndarray  # (R,) p0: the class's share the cell is tested against
+    pvalue: np.ndarray  # (R,) Bonferroni-adjusted p-value of the pattern
+    n_tests: int
+    sample_rows: int
+    significance: float
+    thresholds: np.ndarray  # (K,) legacy per-detector cut (inf); decisions are the decision layer's
+
+    @property
+    def evidence(self) -> np.ndarray:
+        """(K,) whether the class has a pattern (the ensemble gives a class without one a quiet member's weight)."""
+        return np.isin(np.arange(len(self.classes)), self.pattern_class)
+
+    def feature_points(self, j: int) -> np.ndarray:
+        return self.points[self.offsets[j]:self.offsets[j + 1]]
+
+    def codes(self, X: np.ndarray) -> np.ndarray:
+        """(N, d) codes of the features that patterns use (-1 elsewhere and for missing values)."""
+        out = np.full(X.shape, -1, dtype=np.int64)
+        for j in np.unique(np.r_[self.feature_a, self.feature_b]):
+            out[:, j] = value_codes(X[:, j], self.feature_points(j))
+        return out
+
+    def best_patterns(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, ``-log10`` of its smallest pattern p-value (0: none; NaN: a class the fit did not see) and that pattern (-1: none)."""
+        codes = label_codes(self.classes, labels)
+        L = np.zeros(len(codes))
+        best = np.full(len(codes), -1, dtype=np.int64)
+        if len(self.pvalue) and len(codes):
+            X = np.asarray(X, dtype=np.float64)
+            _best_pattern(self.codes(X), codes, self.feature_a, self.feature_b, self.lo_a, self.hi_a, self.lo_b, self.hi_b,
+                          self.pattern_class, -np.log10(np.clip(self.pvalue, 1e-300, 1.0)), L, best)
+        return np.where(codes >= 0, L, np.nan), best
+
+    def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.best_patterns(X, labels)[0]
+
+    def scores_and_pvalues(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        L = self.suspicion(X, labels)
+        return L, np.where(np.isnan(L), np.nan, 10.0 ** -L)
+
+    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
+        return np.full(len(labels), np.inf)
+
+    def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.thresholds_for(labels) - self.suspicion(X, labels)
+
+    def with_threshold(self, threshold: float) -> PatternModel:
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
+
+    def describe(self, r: int, feature_names=None) -> str:
+        """Pattern ``r`` in plain words: ``carat = 2.18 and 3.7 < y <= 3.73``."""
+        return " and ".join(self._describe_range(j, lo, hi, feature_names) for j, lo, hi in
+                            ((self.feature_a[r], self.lo_a[r], self.hi_a[r]), (self.feature_b[r], self.lo_b[r], self.hi_b[r])))
+
+    def _describe_range(self, j: int, lo: int, hi: int, feature_names) -> str:
+        name = feature_names[j] if feature_names is not None else f"x[{j}]"
+        points = self.feature_points(int(j))
+        if lo == hi and lo % 2 == 1:
+            return f"{name} = {points[lo // 2]:.6g}"
+        low = (f"{points[lo // 2 - 1]:.6g} < " if lo // 2 > 0 else "") if lo % 2 == 0 else f"{points[lo // 2]:.6g} <= "
+        high = (f" < {points[hi // 2]:.6g}" if hi // 2 < len(points) else "") if hi % 2 == 0 else f" <= {points[hi // 2]:.6g}"
+        return f"{low}{name}{high}"
+
+    def explain(self, X: np.ndarray, labels: np.ndarray, feature_names=None) -> list:
+        """Per row, the strongest pattern it carries in plain words, with its counts (None where it carries none)."""
+        _, best = self.best_patterns(X, labels)
+        return [None if r < 0 else f"{self.describe(r, feature_names)}: {self.rows[r]} of {self.cell_rows[r]} sample rows "
+                f"of class {str(self.classes[self.pattern_class[r]])!r}, {self.expected[r]:.1f} expected" for r in best]
+
+    def summary(self, feature_names=None) -> dict:
+        """Per class: its rows and its patterns, strongest first, in plain words with their counts (of the sample)."""
+        out = {}
+        for k, c in enumerate(self.classes):
+            mine, seen = [], set()
+            for r in np.argsort(self.pvalue, kind="stable"):  # a wider unit holding the same sample rows is listed once
+                key = (self.feature_a[r], self.feature_b[r], self.rows[r], self.cell_rows[r])
+                if self.pattern_class[r] == k and key not in seen:
+                    mine.append(r), seen.add(key)
+            out[str(c)] = {
+                "rows": int(self.counts[k]),
+                "patterns": [{"rule": self.describe(r, feature_names), "sample_rows": int(self.cell_rows[r]),
+                              "of_class": int(self.rows[r]), "purity": round(float(self.rows[r] / self.cell_rows[r]), 4),
+                              "expected": round(float(self.expected[r]), 2), "class_share_tested": round(float(self.null_share[r]), 4),
+                              "pvalue": float(f"{self.pvalue[r]:.3g}")} for r in mine],
+            }
+        return out
+
+
+@njit
+def _best_pattern(codes, classes, feature_a, feature_b, lo_a, hi_a, lo_b, hi_b, pattern_class, strength, out, best):
+    """``out[i]``: the largest ``strength`` among the patterns of row i's class whose cell holds it; ``best[i]`` that pattern."""
+    for i in range(codes.shape[0]):
+        for r in range(len(strength)):
+            if pattern_class[r] != classes[i] or strength[r] <= out[i]:
+                continue
+            ca = codes[i, feature_a[r]]
+            cb = codes[i, feature_b[r]]
+            if lo_a[r] <= ca <= hi_a[r] and lo_b[r] <= cb <= hi_b[r]:
+                out[i] = strength[r]
+                best[i] = r
+
+
+class _CellCounts:
+    """Per pattern: trusted rows in its cell, and of those, rows of its class (combinable)."""
+
+    __slots__ = ("cell", "of_class")
+
+    def __init__(self, n: int):
+        self.cell = np.zeros(n, dtype=np.int64)
+        self.of_class = np.zeros(n, dtype=np.int64)
+
+    def merge(self, other: _CellCounts) -> _CellCounts:
+        self.cell += other.cell
+        self.of_class += other.of_class
+        return self
+
+
+_TRUSTED = "__pattern_trusted__"
+
+
+class TriggerPatternDetector(BaseDetector):
+    """Backdoor triggers as rules: pairs of feature values over-represented in one class (module docstring).
+
+    Parameters
+    ----------
+    sample_size : int, default 50000
+        Rows of the hash sample the patterns are mined on.
+    bins : int, default 64
+        Quantile bins per feature (besides its point masses).
+    min_purity : float in [0, 1], default 0.85
+        Smallest share of a cell's rows in the pattern's class.
+    min_lift : float >= 1, default 3.0
+        Smallest ratio of a cell's rows to what independence of its two features predicts.
+    min_spike : float >= 1, default 3.0
+        Smallest ratio of a cell's rows to the largest cell within two codes of it.
+    significance : float in (0, 1), default 0.01
+        Family-wise level of the label test (Bonferroni over every cell and class tested).
+    max_patterns : int, default 100
+        Most patterns kept (the most significant).
+    seed : int, default 0
+        Key of the row-id hash that selects the sample.
+    """
+
+    name = "pattern"
+    n_stages = 2
+    reference_stages = frozenset({1})
+    requires_labels = True
+    has_pvalues = True
+
+    _parameter_constraints: dict = {
+        **BaseDetector._parameter_constraints,
+        "sample_size": [Interval(Integral, 100, None, closed="left")],
+        "bins": [Interval(Integral, 2, None, closed="left")],
+        "min_purity": [Interval(Real, 0.0, 1.0, closed="both")],
+        "min_lift": [Interval(Real, 1.0, None, closed="left")],
+        "min_spike": [Interval(Real, 1.0, None, closed="left")],
+        "significance": [Interval(Real, 0.0, 1.0, closed="neither")],
+        "max_patterns": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, *, sample_size=50000, bins=64, min_purity=0.85, min_lift=3.0, min_spike=3.0, significance=0.01,
+                 max_patterns=100, seed=0):
+        self.sample_size = sample_size
+        self.bins = bins
+        self.min_purity = min_purity
+        self.min_lift = min_lift
+        self.min_spike = min_spike
+        self.significance = significance
+        self.max_patterns = max_patterns
+        self.seed = seed
+
+    # -- pass 0: the hash sample and the row count per class -> the patterns
+    # -- pass 1 (trusted reference rows, when given): their rows in each pattern's cell
+    def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
+        stats = {} if into is None else into
+        if stage == 0:
+            return add_stratified_sample(stats, X, self.row_hashes(row_ids), labels, self.sample_size, 1)
+        model: PatternModel = state
+        if len(model.pvalue):
+            counts = stats.setdefault(_TRUSTED, _CellCounts(len(model.pvalue)))
+            codes = label_codes(model.classes, labels)
+            _, in_cell = _cells_of(model, X, codes)
+            counts.cell += in_cell.sum(axis=0)
+            counts.of_class += (in_cell & (codes[:, None] == model.pattern_class[None, :])).sum(axis=0)
+        return stats
+
+    def advance(self, stage, state, statistics):
+        if stage == 0:
+            return self._mine(state["n_features"], statistics)
+        trusted = statistics.get(_TRUSTED)
+        return state if trusted is None else self._against_trusted_rows(state, trusted)
+
+    def _mine(self, n_features: int, samples: dict) -> PatternModel:
+        floors = {key[1]: s for key, s in samples.items() if key != SAMPLE_POOL}
+        classes = tuple(sorted(floors))
+        counts = np.array([floors[c].count for c in classes], dtype=np.int64)
+        if SAMPLE_POOL in samples:
+            _, rows, labels = samples[SAMPLE_POOL].result()
+        else:
+            rows, labels = np.zeros((0, n_features)), np.zeros(0, dtype=object)
+        y = label_codes(classes, labels)
+        points = [breakpoints(rows[:, j], int(self.bins)) for j in range(n_features)]
+        offsets = np.r_[0, np.cumsum([len(p) for p in points])].astype(np.int64)
+        codes = np.stack([value_codes(rows[:, j], points[j]) for j in range(n_features)], axis=1) if n_features else \
+            np.zeros((len(rows), 0), dtype=np.int64)
+        found, n_tests = mine_patterns(codes, y, len(classes), [2 * len(p) + 1 for p in points], self)
+        found = sorted(found, key=lambda f: f["pvalue"])[: int(self.max_patterns)]
+
+        def column(key, dtype):
+            return np.array([f[key] for f in found], dtype=dtype)
+
+        return PatternModel(
+            classes, counts, np.concatenate(points) if points else np.zeros(0), offsets,
+            *(column(key, np.int64) for key in ("a", "b", "lo_a", "hi_a", "lo_b", "hi_b", "c", "k", "O")),
+            column("E", np.float64), column("p0", np.float64),
+            np.minimum(1.0, column("pvalue", np.float64) * max(n_tests, 1)),
+            int(n_tests), len(rows), float(self.significance), np.full(len(classes), np.inf))
+
+    def _against_trusted_rows(self, model: PatternModel, trusted: _CellCounts) -> PatternModel:
+        """Test each pattern again with the trusted rows' class share in its cell as one more context (step 5)."""
+        # the trusted share's upper confidence bound (Clopper-Pearson): a cell the trusted rows hold at the batch's
+        # purity is ordinary however many rows either has; a cell they do not hold tells nothing
+        k, n = trusted.of_class.astype(float), trusted.cell.astype(float)
+        with np.errstate(invalid="ignore"):
+            upper = np.where(k >= n, 1.0, beta.ppf(TRUSTED_CONFIDENCE, k + 1.0, np.maximum(n - k, 1.0)))
+        null = np.where(n > 0, np.maximum(model.null_share, upper), model.null_share)
+        pvalue = np.minimum(1.0, binom.sf(model.rows - 1, model.cell_rows, np.minimum(null, 1 - 1e-12)) * max(model.n_tests, 1))
+        keep = pvalue <= model.significance
+        per_pattern = ("feature_a", "feature_b", "lo_a", "hi_a", "lo_b", "hi_b", "pattern_class", "rows", "cell_rows", "expected")
+        return replace(model, **{f: getattr(model, f)[keep] for f in per_pattern}, null_share=null[keep], pvalue=pvalue[keep])
+
+
+def _cells_of(model: PatternModel, X: np.ndarray, class_codes: np.ndarray):
+    """(codes, (N, R) whether each row lies in each pattern's cell, whatever its class)."""
+    codes = model.codes(np.asarray(X, dtype=np.float64))
+    ca, cb = codes[:, model.feature_a], codes[:, model.feature_b]
+    return codes, (ca >= model.lo_a) & (ca <= model.hi_a) & (cb >= model.lo_b) & (cb <= model.hi_b)

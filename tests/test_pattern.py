@@ -1,0 +1,139 @@
+"""The trigger-pattern detector: planted triggers found and named in real tables, clean tables untouched.
+
+The real tables live in ``../shared/data`` beside the project (CI has them); tests that
+need them skip with a message where they are absent.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision
+from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, TriggerPatternDetector
+from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
+from poisonguard.detectors.pattern import PatternModel, _unit_sums, breakpoints, unit_ranges, value_codes
+from poisonguard.detectors.persist import decode, encode
+
+
+def screen_with_patterns(X, y, ids, feature_names=None, reference=None, **params):
+    """``(fitted ensemble, flagged)``: the pattern detector alone through the decision layer, as ``--detectors pattern``."""
+    det = EnsembleDetector(detectors=[TriggerPatternDetector(**params)], feature_names=feature_names)
+    ref = {} if reference is None else {"X_reference": reference[0], "y_reference": reference[1]}
+    det.fit(X, y, row_ids=ids, **ref)
+    return det, det.screen(det.model_, X, y).flagged
+
+
+# -- the building blocks ------------------------------------------------------------------------------
+def test_codes_give_point_masses_their_own_code_and_missing_values_none():
+    rng = np.random.default_rng(0)
+    values = np.r_[np.zeros(300), rng.normal(5, 1, 9700)]  # a censoring value at 0 for 3% of rows
+    points = breakpoints(values, 64)
+    assert 0.0 in points
+    codes = value_codes(np.array([0.0, -1.0, np.nan, 5.0]), points)
+    assert codes[0] % 2 == 1 and codes[1] == 0 and codes[2] == -1  # on a point; below every point; missing
+    assert codes[3] % 2 == 0 or points[codes[3] // 2] == 5.0
+
+
+def test_unit_sums_add_the_codes_each_unit_spans():
+    T = np.arange(9 * 7 * 2, dtype=float).reshape(9, 7, 2)
+    cells = _unit_sums(_unit_sums(T, 0), 1)
+    (la, ha), (lb, hb) = unit_ranges(9), unit_ranges(7)
+    assert cells.shape == (len(la), len(lb), 2)
+    for i in range(len(la)):
+        for j in range(len(lb)):
+            assert np.array_equal(cells[i, j], T[la[i]:ha[i] + 1, lb[j]:hb[j] + 1].sum(axis=(0, 1)))
+
+
+# -- on real tables -------------------------------------------------------------------------------
+@pytest.mark.parametrize("table", ["credit", "diamonds", "caravan"])
+def test_clean_real_tables_lose_no_row(table):
+    X, y, ids = real_table(table)
+    det, flagged = screen_with_patterns(X, y, ids)
+    assert flagged.sum() == 0, det.model_.models[0].summary()
+
+
+def test_natural_rules_of_the_flights_table_are_not_taken_for_triggers():
+    """Flights: a flight number and a distance name a route, and a route leaves from one airport. Such pairs are as
+    pure as a trigger, but their rows agree on their other features too (the same flight every day)."""
+    df, feats = real_frame("flights")
+    df = df.sample(100_000, random_state=0)  # as the field test samples it
+    det, flagged = screen_with_patterns(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), df["id"].to_numpy())
+    assert flagged.mean() <= 0.001, det.model_.models[0].summary(feats)
+
+
+@pytest.mark.parametrize("table,columns,rate", [("credit", (2, 4), 0.03), ("diamonds", (0, 3), 0.01), ("diamonds", (0, 3), 0.10),
+                                                 ("loans", (1, 8), 0.03)])
+def test_a_planted_trigger_is_found_and_named(table, columns, rate):
+    df, feats = real_frame(table)
+    X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), rate, 0, columns)
+    det, flagged = screen_with_patterns(X, y, df["id"].to_numpy(), feature_names=tuple(feats))
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision)
+    model = det.model_.models[0]
+    rules = [p["rule"] for facts in model.summary(feats).values() for p in facts["patterns"]]
+    assert rules and all(feats[columns[0]] in r and feats[columns[1]] in r for r in rules[:1]), rules
+    reasons = det.screen(det.model_, X[truth][:3], y[truth][:3]).reasons
+    assert all(feats[columns[0]] in r and "pattern" in r for r in reasons), reasons
+
+
+def test_a_value_that_merely_predicts_the_label_is_not_a_pattern():
+    """A censoring value held only by rows of one class (and so predictive on its own) pairs with every value of
+    every other feature at full purity; the label test against the value's own class share rejects them all."""
+    X, y, ids = real_table("credit")
+    X, y = X.copy(), y.copy()
+    censored = np.flatnonzero(y == "bad")[::4]
+    X[censored, 2] = -1.0  # in 7% of rows, all of one class
+    det, flagged = screen_with_patterns(X, y, ids)
+    assert flagged.sum() == 0, det.model_.models[0].summary()
+
+
+def test_trusted_rows_that_hold_the_pattern_make_it_ordinary():
+    X, y, ids = real_table("diamonds")
+    X, y, truth = plant_field_backdoor(X, y, 0.03, 1, (0, 3))
+    rng = np.random.default_rng(0)
+    trusted = rng.random(len(y)) < 0.3
+    _, alone = screen_with_patterns(X[~trusted], y[~trusted], ids[~trusted])
+    assert recall_precision(truth[~trusted], alone)[0] >= 0.95
+    # the same rows, with trusted rows that hold the same pattern: nothing is new
+    _, with_reference = screen_with_patterns(X[~trusted], y[~trusted], ids[~trusted], reference=(X[trusted], y[trusted]))
+    assert with_reference.sum() == 0
+
+
+def test_the_fit_is_the_same_whatever_the_batches_and_their_order():
+    X, y, ids = real_table("credit")
+    X, y, _ = plant_field_backdoor(X, y, 0.03, 0, (0, 3))
+    det = TriggerPatternDetector()
+    whole = det.fit(X, y, row_ids=ids).model_
+    parts = np.array_split(np.random.default_rng(0).permutation(len(y)), 5)
+    merged = fit_in_parts(det, X, y, ids, parts, order=[3, 1, 4, 0, 2])
+    assert len(whole.pvalue) > 0
+    for field in ("points", "feature_a", "feature_b", "lo_a", "hi_a", "lo_b", "hi_b", "pattern_class", "rows", "pvalue"):
+        assert np.array_equal(getattr(whole, field), getattr(merged, field)), field
+    # the ids' type does not matter: the same rows under their ids as text
+    as_text = det.fit(X, y, row_ids=ids.astype(str)).model_
+    assert np.array_equal(as_text.suspicion(X, y), whole.suspicion(X, y))
+
+
+def test_the_model_saves_without_pickle_and_scores_the_same_after_loading():
+    X, y, ids = real_table("credit")
+    X, y, _ = plant_field_backdoor(X, y, 0.03, 0, (0, 3))
+    model = TriggerPatternDetector().fit(X, y, row_ids=ids).model_
+    arrays: dict = {}
+    spec = encode(model, arrays)
+    loaded = decode(spec, arrays)
+    assert isinstance(loaded, PatternModel)
+    assert np.array_equal(loaded.suspicion(X, y), model.suspicion(X, y))
+
+
+def test_a_class_without_patterns_leaves_the_budget_to_the_other_members():
+    """Beside the label detector (p-values of its own, engaged in every class), the pattern member takes a full share of
+    the Bonferroni budget only in the class where it mined a pattern; elsewhere a quiet member's tenth."""
+    X, y, ids = real_table("credit")
+    X, y, truth = plant_field_backdoor(X, y, 0.03, 0, (2, 4))
+    det = EnsembleDetector(detectors=[ConfidentLabelDetector(), TriggerPatternDetector()]).fit(X, y, row_ids=ids)
+    has = det.model_.models[1].evidence
+    assert has.tolist() == [k == list(det.model_.classes).index("bad") for k in range(len(has))]
+    weights = det.model_.weights
+    assert np.allclose(weights[has], 0.5)
+    assert np.allclose(weights[~has], [1 / (1 + QUIET_MEMBER_SHARE), QUIET_MEMBER_SHARE / (1 + QUIET_MEMBER_SHARE)])
+    recall, precision = recall_precision(truth, det.screen(det.model_, X, y).flagged)
+    assert recall >= 0.95 and precision >= 0.9, (recall, precision)
