@@ -58,9 +58,12 @@ Measured in memory on the field test's tables (``benchmarks/README.md``, Trigger
 patterns; clean, door1, door3, door10 and jdoor3, seeds 0-2): with steps 1-3 alone (a
 prototype, lift 4), 4.4% of the clean flights rows and 1.5% of the clean loans rows were
 flagged (natural interactions); with step 4, 3.0% and 0%; with step 5, 0% on every clean
-table. A lift of 4 found 45 of the 72 planted backdoors at recall and precision 0.95; 3 finds 52
-with no clean row lost; 2 lets loans' natural patterns in (1.2% of clean rows in the
-poisoned batches). Windows three intervals wide would catch more jittered triggers but let
+table. A lift of 4 found 49 of the 72 planted backdoors at recall and precision 0.95, 3 found
+52 with no clean row lost, 2 let loans' natural patterns in (1.2% of the clean rows of the
+poisoned batches). Step 5's random sets first included other patterns' rows, and a trigger on
+10% of flights made its class's rows agree enough to hide natural routes beside it (1.8% of
+clean rows flagged); leaving them out, 55 of 72 are found and no batch loses more than 0.13%
+of its clean rows. Windows three intervals wide would catch more jittered triggers but let
 flights' natural route cells (a distance by a range of air times) through step 5.
 
 Memory: the sample (S rows) and, one pair of features at a time, a table of its unit cells
@@ -207,22 +210,32 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, param
                               "E": E[x, z], "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
     level = params.significance / max(n_tests, 1)
     rest = _RestOfRow(codes, y, marginals)
+    found = [f for f in found if f["pvalue"] <= level and rest.disagrees(f)]
+    # the random sets of step 5 leave out every remaining pattern's rows: a large trigger's stamped values would
+    # make its class's rows look as agreeing as a natural subgroup's
+    patterned = np.zeros(len(y), bool)
+    for f in found:
+        patterned |= in_cell(codes, f)
     rng = np.random.default_rng(params.seed)
-    return [f for f in found if f["pvalue"] <= level and rest.disagrees(f) and not natural_subgroup(codes, y, f, rng)], n_tests
+    return [f for f in found if not natural_subgroup(codes, y, f, patterned, rng)], n_tests
 
 
-def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, rng: np.random.Generator) -> bool:
+def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
+    """Whether each coded row lies in pattern ``f``'s cell, whatever its class."""
+    ca, cb = codes[:, f["a"]], codes[:, f["b"]]
+    return (ca >= f["lo_a"]) & (ca <= f["hi_a"]) & (cb >= f["lo_b"]) & (cb <= f["hi_b"])
+
+
+def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, patterned: np.ndarray, rng: np.random.Generator) -> bool:
     """Step 5: whether a pattern's rows agree on their other features markedly more than rows of any one class do.
 
     Agreement is the mean, over the other features, of the share of the rows on the feature's most common code. It is
-    compared, class by class, with :data:`SUBGROUP_DRAWS` random sets of as many of the class's sample rows from
-    outside the cell: relabelled rows of one class agree as much as that class's rows do. The pattern is a natural
+    compared, class by class, with :data:`SUBGROUP_DRAWS` random sets of as many of the class's sample rows outside
+    every pattern's cell (``patterned``): relabelled rows of one class agree as much as that class's rows do. The pattern is a natural
     subgroup when its agreement exceeds that of the most agreeing class by at least :data:`SUBGROUP_AGREEMENT` and by
     three of that class's standard deviations.
     """
-    ca, cb = codes[:, f["a"]], codes[:, f["b"]]
-    inside = (ca >= f["lo_a"]) & (ca <= f["hi_a"]) & (cb >= f["lo_b"]) & (cb <= f["hi_b"])
-    rows = np.flatnonzero(inside)
+    rows = np.flatnonzero(in_cell(codes, f))
     others = [j for j in range(codes.shape[1]) if j not in (f["a"], f["b"])]
     if not others:
         return False
@@ -237,7 +250,7 @@ def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, rng: np.random.G
 
     own, baseline, spread = agreement(rows), None, 0.0
     for c in np.unique(y):
-        pool = np.flatnonzero(~inside & (y == c))
+        pool = np.flatnonzero(~patterned & (y == c))
         if len(pool) < len(rows):
             continue
         draws = np.array([agreement(rng.choice(pool, len(rows), replace=False)) for _ in range(SUBGROUP_DRAWS)])
@@ -271,8 +284,7 @@ class _RestOfRow:
         rows, total = self._sums[c]
         loglik = total - self._terms(rows, a) - self._terms(rows, b)
         margin = loglik[:, c] - np.delete(loglik, c, axis=1).max(axis=1)
-        ca, cb = self.codes[rows, a], self.codes[rows, b]
-        inside = (ca >= f["lo_a"]) & (ca <= f["hi_a"]) & (cb >= f["lo_b"]) & (cb <= f["hi_b"])
+        inside = in_cell(self.codes[rows], f)
         others = margin[~inside]
         p0 = np.mean(others < 0) if len(others) >= MIN_CONTEXT_ROWS else 0.5
         against = int(np.count_nonzero(margin[inside] < 0))
