@@ -292,6 +292,20 @@ class PerClassModel:
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
 
 
+class OwnPValueModel:
+    """Mixin for fitted models that give their own p-values (``scores_and_pvalues``): the decision layer cuts, so
+    the legacy per-detector threshold is infinite (nothing is flagged by it)."""
+
+    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
+        return np.full(len(labels), np.inf)
+
+    def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.thresholds_for(labels) - self.suspicion(X, labels)
+
+    def with_threshold(self, threshold: float):
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
+
+
 @dataclass(frozen=True)
 class Screened:
     """A scored batch: per-detector suspicion, the combined suspicion, decisions and reasons."""

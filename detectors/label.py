@@ -71,7 +71,7 @@ import numpy as np
 
 from ..schemas.hashing import value_hash
 from ._sklearn import Interval
-from .base import BaseDetector, add_stratified_sample, label_codes, stratified_sample
+from .base import BaseDetector, OwnPValueModel, add_stratified_sample, label_codes, stratified_sample
 from .decision import LOGP_EDGES, to_log_p
 from .statistics import Histogram, group_rows
 from .thresholds import counts_at_or_above
@@ -143,7 +143,7 @@ def pvalue_from_probabilities(P: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class LabelModel:
+class LabelModel(OwnPValueModel):
     """Fitted state of :class:`ConfidentLabelDetector`: the fold models and the confident-learning facts."""
 
     classes: tuple
@@ -215,15 +215,6 @@ class LabelModel:
         own = np.where(codes >= 0, P[np.arange(len(P)), np.maximum(codes, 0)], np.nan)
         p = pvalue_from_probabilities(P, codes)
         return own, (calibrate_pvalues(p, self.calibration[np.maximum(codes, 0)]) if self.n_groups else p)
-
-    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
-        return np.full(len(labels), np.inf)
-
-    def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return self.thresholds_for(labels) - self.suspicion(X, labels)
-
-    def with_threshold(self, threshold: float) -> LabelModel:
-        return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
 
     def noise_matrix(self) -> np.ndarray:
         """Estimated ``P(given = i, true = j)`` over groups: the confident joint calibrated to the group counts, normalised."""

@@ -67,7 +67,9 @@ of its clean rows. Windows three intervals wide would catch more jittered trigge
 flights' natural route cells (a distance by a range of air times) through step 5.
 
 Memory: the sample (S rows) and, one pair of features at a time, a table of its unit cells
-by class; the model is the breakpoints and at most ``max_patterns`` patterns. Passes: 1
+by at most 8 classes; the features' code counts for at most 100 classes (the largest with
+enough sample rows; in the others nothing is mined). The model is the breakpoints and at
+most ``max_patterns`` patterns. Passes: 1
 (the sample), and one over the trusted rows when given. Scoring is a numba kernel over the
 row's codes.
 """
@@ -82,7 +84,7 @@ from scipy.stats import beta, binom
 
 from ._config import njit
 from ._sklearn import Interval
-from .base import SAMPLE_POOL, BaseDetector, add_stratified_sample, label_codes
+from .base import SAMPLE_POOL, BaseDetector, OwnPValueModel, add_stratified_sample, label_codes
 
 #: Share of the sample rows a value must hold to be a point of its own (step 1).
 MASS_SHARE = 0.002
@@ -96,6 +98,10 @@ NEIGHBOURHOOD = 2
 MIN_CONTEXT_ROWS = 20
 #: Rows of the class's share that a context share is shrunk towards it by (step 3).
 SHRINK_ROWS = 10.0
+#: Most classes mined (the largest; the rest share one group in which nothing is mined) ...
+MAX_MINED_CLASSES = 100
+#: ... and how many of them one pair's class table holds at a time.
+CLASS_CHUNK = 8
 #: Significance of the rest-of-the-row test (step 4).
 REST_SIGNIFICANCE = 1e-3
 #: Confidence of the upper bound on a pattern's class share among the trusted rows (step 6).
@@ -164,23 +170,41 @@ def shrunk_share(k: float, n: float, prior: float) -> float:
     return (k + SHRINK_ROWS * prior) / (n + SHRINK_ROWS)
 
 
-def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, params) -> tuple[list, int]:
-    """Steps 2-4 on the coded sample ``codes`` (S, d) with class indices ``y``: the patterns kept, and ``T``.
+def mined_groups(sizes: np.ndarray, min_rows: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(group of each class, the mined classes)``: each class with at least ``min_rows`` sample rows (the largest
+    :data:`MAX_MINED_CLASSES` of them, ties to the earlier class) is a group of its own, in class order; every other
+    class shares one last group, "other classes", in which nothing is mined (a class with fewer sample rows than a
+    pattern needs cannot hold one)."""
+    mined = np.flatnonzero(sizes >= min_rows)
+    if len(mined) > MAX_MINED_CLASSES:
+        mined = np.sort(mined[np.lexsort((mined, -sizes[mined]))][:MAX_MINED_CLASSES])
+    group = np.full(len(sizes), len(mined), dtype=np.int64)
+    group[mined] = np.arange(len(mined))
+    return group, mined
 
-    ``params`` has ``min_purity``, ``min_lift``, ``min_spike`` and ``significance``. Each pattern
-    is a dict: features ``a`` < ``b``, code ranges ``lo_a``..``hi_a`` and ``lo_b``..``hi_b``,
-    class ``c``, counts ``k`` and ``O``, ``E``, the tested share ``p0`` and the unadjusted
-    ``pvalue``.
+
+def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, params) -> tuple[list, int]:
+    """Steps 2-5 on the coded sample ``codes`` (S, d) with class indices ``y``: the patterns kept, and ``T``.
+
+    ``params`` has ``min_purity``, ``min_lift``, ``min_spike``, ``significance`` and ``seed``. Each
+    pattern is a dict: features ``a`` < ``b``, code ranges ``lo_a``..``hi_a`` and ``lo_b``..``hi_b``,
+    class ``c`` (an index into the K classes), counts ``k`` and ``O``, ``E``, the tested share
+    ``p0`` and the unadjusted ``pvalue``. The statistics are per mining group (:func:`mined_groups`),
+    and a pair's class table holds :data:`CLASS_CHUNK` groups at a time, so memory does not grow
+    with K.
     """
     S, d = codes.shape
     if K < 2 or S == 0:
         return [], 0
-    prior = np.bincount(y, minlength=K) / S
     min_rows = max(10.0, 0.001 * S)
+    group, mined = mined_groups(np.bincount(y, minlength=K), min_rows)
+    g = group[y]
+    G = int(g.max()) + 1
+    prior = np.bincount(g, minlength=G) / S
     marginals = []
     for j in range(d):
         ok = codes[:, j] >= 0
-        marginals.append(np.bincount(codes[ok, j] * K + y[ok], minlength=n_codes[j] * K).reshape(n_codes[j], K).astype(float))
+        marginals.append(np.bincount(codes[ok, j] * G + g[ok], minlength=n_codes[j] * G).reshape(n_codes[j], G).astype(float))
     units = [unit_ranges(n) for n in n_codes]
     found, n_tests = [], 0
     for a in range(d):
@@ -189,27 +213,35 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, param
             if not ok.any():
                 continue
             na, nb = n_codes[a], n_codes[b]
-            T = np.bincount((codes[ok, a] * nb + codes[ok, b]) * K + y[ok], minlength=na * nb * K).reshape(na, nb, K).astype(float)
-            cells = _unit_sums(_unit_sums(T, 0), 1)
-            O = cells.sum(axis=2)
-            n_tests += int(np.count_nonzero(O >= min_rows))
-            total = T.sum(axis=2)
+            cell_of, g_ok = codes[ok, a] * nb + codes[ok, b], g[ok]
+            total = np.bincount(cell_of, minlength=na * nb).reshape(na, nb).astype(float)
+            O = _unit_sums(_unit_sums(total, 0), 1)
+            tested = O >= min_rows
+            n_tests += int(np.count_nonzero(tested))
             E = np.outer(_unit_sums(total.sum(axis=1), 0), _unit_sums(total.sum(axis=0), 0)) / total.sum()
-            candidate = (cells >= min_rows) & (cells >= params.min_purity * O[..., None]) & (O >= params.min_lift * E)[..., None]
-            for x, z, c in zip(*np.nonzero(candidate)):
-                (la, ha), (lb, hb) = (units[a][0][x], units[a][1][x]), (units[b][0][z], units[b][1][z])
-                ra, rb = max(0, la - NEIGHBOURHOOD), max(0, lb - NEIGHBOURHOOD)
-                around = total[ra: ha + NEIGHBOURHOOD + 1, rb: hb + NEIGHBOURHOOD + 1] - T[ra: ha + NEIGHBOURHOOD + 1, rb: hb + NEIGHBOURHOOD + 1, c]
-                around[la - ra: ha - ra + 1, lb - rb: hb - rb + 1] = 0.0
-                if O[x, z] < params.min_spike * max(1.0, around.max()):
-                    continue
-                k, o = cells[x, z, c], O[x, z]
-                shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
-                p0 = min(max(prior[c], *shares), 1.0 - 1e-12)
-                found.append({"a": a, "b": b, "lo_a": la, "hi_a": ha, "lo_b": lb, "hi_b": hb, "c": int(c), "k": k, "O": o,
-                              "E": E[x, z], "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
+            over = tested & (O >= params.min_lift * E)
+            for c0 in range(0, len(mined) if over.any() else 0, CLASS_CHUNK):
+                width = min(CLASS_CHUNK, len(mined) - c0)
+                chunk = (g_ok >= c0) & (g_ok < c0 + width)
+                T = np.bincount(cell_of[chunk] * width + (g_ok[chunk] - c0), minlength=na * nb * width).reshape(na, nb, width)
+                cells = _unit_sums(_unit_sums(T.astype(float), 0), 1)
+                candidate = (cells >= min_rows) & (cells >= params.min_purity * O[..., None]) & over[..., None]
+                for x, z, w in zip(*np.nonzero(candidate)):
+                    c = c0 + int(w)
+                    (la, ha), (lb, hb) = (units[a][0][x], units[a][1][x]), (units[b][0][z], units[b][1][z])
+                    ra, rb = max(0, la - NEIGHBOURHOOD), max(0, lb - NEIGHBOURHOOD)
+                    near = (slice(ra, ha + NEIGHBOURHOOD + 1), slice(rb, hb + NEIGHBOURHOOD + 1))
+                    around = total[near] - T[near][..., w]
+                    around[la - ra: ha - ra + 1, lb - rb: hb - rb + 1] = 0.0
+                    if O[x, z] < params.min_spike * max(1.0, around.max()):
+                        continue
+                    k, o = cells[x, z, w], O[x, z]
+                    shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
+                    p0 = min(max(prior[c], *shares), 1.0 - 1e-12)
+                    found.append({"a": a, "b": b, "lo_a": la, "hi_a": ha, "lo_b": lb, "hi_b": hb, "c": c, "k": k, "O": o,
+                                  "E": E[x, z], "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
     level = params.significance / max(n_tests, 1)
-    rest = _RestOfRow(codes, y, marginals)
+    rest = _RestOfRow(codes, g, marginals)
     found = [f for f in found if f["pvalue"] <= level and rest.disagrees(f)]
     # the random sets of step 5 leave out every remaining pattern's rows: a large trigger's stamped values would
     # make its class's rows look as agreeing as a natural subgroup's
@@ -217,7 +249,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, param
     for f in found:
         patterned |= in_cell(codes, f)
     rng = np.random.default_rng(params.seed)
-    return [f for f in found if not natural_subgroup(codes, y, f, patterned, rng)], n_tests
+    return [{**f, "c": int(mined[f["c"]])} for f in found if not natural_subgroup(codes, g, f, patterned, rng)], n_tests
 
 
 def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
@@ -292,7 +324,7 @@ class _RestOfRow:
 
 
 @dataclass(frozen=True)
-class PatternModel:
+class PatternModel(OwnPValueModel):
     """Fitted state of :class:`TriggerPatternDetector`: the features' breakpoints and the mined patterns."""
 
     classes: tuple
@@ -348,15 +380,6 @@ class PatternModel:
     def scores_and_pvalues(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         L = self.suspicion(X, labels)
         return L, np.where(np.isnan(L), np.nan, 10.0 ** -L)
-
-    def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
-        return np.full(len(labels), np.inf)
-
-    def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return self.thresholds_for(labels) - self.suspicion(X, labels)
-
-    def with_threshold(self, threshold: float) -> PatternModel:
-        return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
 
     def describe(self, r: int, feature_names=None) -> str:
         """Pattern ``r`` in plain words: ``carat = 2.18 and 3.7 < y <= 3.73``."""
