@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
     s.add_argument("--detectors", type=_columns, default=None, metavar="A,B",
                    help="detectors to run, comma-separated: spectral, robust_spectral, influence, clustering, knn, label, "
-                        "novelty (needs --reference) (default: spectral,label, and novelty with --reference); they "
+                        "pattern, novelty (needs --reference) (default: spectral,label,pattern, and novelty with --reference); they "
                         "combine on one p-value scale (see --alpha)")
     s.add_argument("--alpha", type=_fraction, default=0.01, metavar="F",
                    help="false-discovery level of the default per-class Benjamini-Hochberg decision (default 0.01): "
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--feature-columns", type=_columns, metavar="A,B,C", help="feature columns (default: every numeric column)")
     f.add_argument("--detectors", type=_columns, default=None, metavar="A,B",
                    help="detectors to fit, comma-separated: spectral, robust_spectral, influence, clustering, knn, label "
-                        "(default: spectral,influence,label; novelty needs each batch and cannot be saved)")
+                        "(default: spectral,influence,label; novelty and pattern need each batch and cannot be saved)")
     f.add_argument("--target-fpr", type=_fraction, default=0.001, metavar="F",
                    help="the saved cut flags at most this share of the trusted rows (default 0.001)")
     f.add_argument("--no-validation", action="store_true", help="save no validation suite")

@@ -58,6 +58,8 @@ DEFAULT_MODEL_FPR = 0.001
 NOT_SAVABLE = {
     "novelty": "it learns each batch against the trusted rows, so it has no model without the batch; "
                "screen with --reference instead",
+    "pattern": "it mines each batch for the triggers the batch holds, and trusted rows hold none; "
+               "screen without --model (with --reference, patterns the trusted rows also hold are dropped)",
 }
 #: Detectors whose saved model holds trusted rows.
 KEEPS_ROWS = {"knn"}

@@ -56,9 +56,10 @@ from .validation import ON_FAILED, VALIDATION_BLOCK_ROWS, FrameStatistics, Suite
 log = logging.getLogger("poisonguard")
 
 DEFAULT_BATCH_ROWS = 65536
-#: Detectors run when ``--detectors`` is not given: backdoor clusters and label issues (the field test's best
-#: pair at the clean-row budget); with ``--reference``, also ``novelty`` against the trusted rows.
-DEFAULT_DETECTORS = ("spectral", "label")
+#: Detectors run when ``--detectors`` is not given: backdoor clusters, label issues and trigger patterns (the field
+#: test's best set at the clean-row budget, benchmarks/README.md); with ``--reference``, also ``novelty`` against the
+#: trusted rows.
+DEFAULT_DETECTORS = ("spectral", "label", "pattern")
 #: Default flagged budget: twice the decision layer's clean-row bound of about 0.5% (README, "Exit codes").
 DEFAULT_MAX_FLAGGED_FRACTION = 0.01
 #: What a drift alarm does (``--on-drift``).

@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from poisonguard.detectors import DETECTORS, EnsembleDetector
 from poisonguard.pipelines import RunnerConfig, ScreenConfig, read_output, run_screen
+from poisonguard.pipelines.screen import DEFAULT_DETECTORS
 from poisonguard.schemas import ConfigError
 
 #: Every detector that runs without trusted rows (novelty needs them: see the reference tests below).
@@ -154,7 +155,7 @@ def test_pipeline_fit_equals_in_memory_ensemble(poisoned, ensemble_run):
 
 @pytest.fixture(scope="module")
 def reference_run(poisoned, tmp_path_factory):
-    """The default detectors with trusted rows: spectral, label and novelty."""
+    """The default detectors with trusted rows: spectral, label, pattern and novelty."""
     root, _ = poisoned
     out = tmp_path_factory.mktemp("with-reference")
     result = run_screen(ScreenConfig(inputs=(str(root / "a.parquet"), str(root / "b.parquet")), out=str(out),
@@ -164,7 +165,7 @@ def reference_run(poisoned, tmp_path_factory):
 
 def test_trusted_rows_add_novelty_to_the_default_detectors(poisoned, reference_run):
     result, rows = reference_run
-    assert result.report["decision"]["members"] == ["spectral", "label", "novelty"]
+    assert result.report["decision"]["members"] == ["spectral", "label", "pattern", "novelty"]
     assert rows["score_novelty"].notna().all()
     backdoor = rows["poisoned"] & (rows["f4"] == 6.0)
     assert (rows["flagged"] & backdoor).sum() >= 0.9 * backdoor.sum()
@@ -184,7 +185,7 @@ def test_novelty_in_the_pipeline_equals_in_memory_and_ignores_batch_size(poisone
     features = [f"f{i}" for i in range(6)]
     ids = [f"{name}:{k}" for name, part in (("a.parquet", frame.iloc[:3000]), ("b.parquet", frame.iloc[3000:]))
            for k in range(len(part))]
-    det = EnsembleDetector(detectors=[DETECTORS[name]() for name in ("spectral", "label", "novelty")])
+    det = EnsembleDetector(detectors=[DETECTORS[name]() for name in (*DEFAULT_DETECTORS, "novelty")])
     det.fit(frame[features].to_numpy(), frame["label"].to_numpy(), row_ids=ids,
             X_reference=reference[features].to_numpy(), y_reference=reference["label"].to_numpy())
     expected = pd.Series(det.suspicion(frame[features].to_numpy(), frame["label"].to_numpy()), index=ids).sort_index()
