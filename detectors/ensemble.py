@@ -57,6 +57,7 @@ from .decision import (
 from .statistics import Histogram, group_rows
 from .thresholds import upper_quantile_threshold
 
+
 def _engaged_by_evidence(model: EnsembleModel) -> np.ndarray:
     """(K, M) engagement before the null pass: every member is engaged, except a member with its own p-values whose
     model says in which classes it has evidence (``model.evidence``: the pattern detector, in the classes where it

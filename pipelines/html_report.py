@@ -248,8 +248,7 @@ def render_html(report: dict) -> str:
     curves = None
     if detection and detection.get("curves"):
         curves = curves_figure(detection["curves"], detection.get("roc_auc"))
-    patterns = [{"detector": d["name"], "class": c, **rule} for d in report["detectors"] for c, facts in d["classes"].items()
-                for rule in facts.get("patterns", [])]
+    patterns = [{"class": c, **rule} for d in report["detectors"] for c, facts in d["classes"].items() for rule in facts.get("patterns", [])]
     counts = report["counts"]
     n = max(counts["rows_in"], 1)
     text = env.get_template(_TEMPLATE).render(

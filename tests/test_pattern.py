@@ -4,10 +4,13 @@ The real tables live in ``../shared/data`` beside the project (CI has them); tes
 need them skip with a message where they are absent.
 """
 
+import html
+import json
+
 import numpy as np
 import pytest
 
-from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision
+from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli, write_frame
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, TriggerPatternDetector
 from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
 from poisonguard.detectors.pattern import PatternModel, _unit_sums, breakpoints, unit_ranges, value_codes
@@ -137,3 +140,20 @@ def test_a_class_without_patterns_leaves_the_budget_to_the_other_members():
     assert np.allclose(weights[~has], [1 / (1 + QUIET_MEMBER_SHARE), QUIET_MEMBER_SHARE / (1 + QUIET_MEMBER_SHARE)])
     recall, precision = recall_precision(truth, det.screen(det.model_, X, y).flagged)
     assert recall >= 0.95 and precision >= 0.9, (recall, precision)
+
+
+def test_the_screen_report_lists_the_rules_in_words(tmp_path):
+    df, feats = real_frame("credit")
+    X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), 0.03, 0, (2, 4))
+    frame = df[feats].copy()
+    frame[feats] = X
+    frame["label"] = y
+    batch = write_frame(tmp_path / "batch.parquet", frame)
+    assert run_cli(["screen", batch, "--out", str(tmp_path / "out"), "--detectors", "pattern", "--max-flagged-fraction", "1", "-q"]) == 0
+    report = json.load(open(tmp_path / "out" / "report.json"))
+    strongest = report["detectors"][0]["classes"]["bad"]["patterns"][0]
+    assert strongest["rule"].startswith("Age = ") and " and " in strongest["rule"] and "Income" in strongest["rule"]
+    assert strongest["of_class"] == strongest["sample_rows"] == truth.sum() and strongest["expected"] < 10
+    assert report["flagged_by"]["pattern"] == truth.sum()
+    page = open(tmp_path / "out" / "report.html").read()
+    assert 'id="patterns"' in page and html.escape(strongest["rule"]) in page
