@@ -136,8 +136,8 @@ def value_codes(x: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def unit_ranges(n_codes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(lo, hi)`` code ranges of the units: each code alone, then windows of two and of three intervals
-    (with the points between them) starting at each interval."""
+    """``(lo, hi)`` code ranges of the units: each code alone, then a window of :data:`WINDOW_SPANS` codes (two
+    intervals and the point between them) starting at each interval."""
     lo, hi = [np.arange(n_codes)], [np.arange(n_codes)]
     for span in WINDOW_SPANS:
         starts = np.arange(0, n_codes - span + 1, 2)
@@ -261,11 +261,11 @@ def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
 def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, patterned: np.ndarray, rng: np.random.Generator) -> bool:
     """Step 5: whether a pattern's rows agree on their other features markedly more than rows of any one class do.
 
-    Agreement is the mean, over the other features, of the share of the rows on the feature's most common code. It is
-    compared, class by class, with :data:`SUBGROUP_DRAWS` random sets of as many of the class's sample rows outside
-    every pattern's cell (``patterned``): relabelled rows of one class agree as much as that class's rows do. The pattern is a natural
-    subgroup when its agreement exceeds that of the most agreeing class by at least :data:`SUBGROUP_AGREEMENT` and by
-    three of that class's standard deviations.
+    Agreement is the mean, over the other features, of the share of the cell's rows on the feature's most common
+    code. It is compared, class by class, with :data:`SUBGROUP_DRAWS` random sets of as many of the class's sample
+    rows outside every pattern's cell (``patterned``): relabelled rows of one class agree as much as that class's
+    rows do. The pattern is a natural subgroup when its agreement exceeds that of the most agreeing class by at least
+    :data:`SUBGROUP_AGREEMENT` and by three of that class's standard deviations.
     """
     rows = np.flatnonzero(in_cell(codes, f))
     others = [j for j in range(codes.shape[1]) if j not in (f["a"], f["b"])]
