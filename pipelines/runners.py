@@ -106,21 +106,25 @@ def _worker_stderr_captured():
     """
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException as exc:
-            os.dup2(saved, 2)
-            if isinstance(exc, KeyboardInterrupt) or INTERRUPTED.is_set():
+    try:
+        with tempfile.TemporaryFile() as held:
+            try:
+                # inside the try: a Ctrl-C that lands just after the switch must still switch back, or the
+                # command line's "interrupted" line would go into the held file (seen once in CI)
+                os.dup2(held.fileno(), 2)
+                yield
+            except BaseException as exc:
+                os.dup2(saved, 2)
+                if isinstance(exc, KeyboardInterrupt) or INTERRUPTED.is_set():
+                    raise
+                held.seek(0, os.SEEK_END)
+                held.seek(max(held.tell() - 4000, 0))
+                sys.stderr.write(held.read().decode("utf-8", "replace"))
                 raise
-            held.seek(0, os.SEEK_END)
-            held.seek(max(held.tell() - 4000, 0))
-            sys.stderr.write(held.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 @contextlib.contextmanager

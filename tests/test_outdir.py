@@ -377,6 +377,29 @@ def test_ctrl_c_with_worker_processes_prints_one_line_not_their_tracebacks(tmp_p
     assert not out.exists()
 
 
+def test_ctrl_c_right_after_stderr_is_held_still_gives_it_back(capfd, monkeypatch):
+    """A Ctrl-C landing just after fd 2 switches to the held file (the signal handler runs at the next bytecode)
+    must not leave it switched: the command line's "interrupted" line would vanish into the file."""
+    from poisonguard.pipelines import runners
+
+    real_dup2 = os.dup2
+    switched = []
+
+    def dup2_then_ctrl_c(fd, fd2):
+        real_dup2(fd, fd2)
+        if not switched:
+            switched.append(fd)
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "dup2", dup2_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            with runners._worker_stderr_captured():
+                os.write(2, b"worker noise\n")
+    os.write(2, b"poisonguard: interrupted\n")
+    assert capfd.readouterr().err == "poisonguard: interrupted\n"
+
+
 def test_held_worker_output_is_shown_on_failure_but_not_after_ctrl_c(capfd):
     """What worker processes wrote (fd 2, held in a file) is replayed when a run fails, not when it was interrupted."""
     from poisonguard.pipelines import runners
