@@ -10,8 +10,10 @@ this only as a direction in feature space; here it is mined as a rule an analyst
 
 1. **Codes.** Each feature is coded on a bounded, hash-selected sample: every value held by
    at least 0.2% of the sample rows is a point of its own (a censoring value, an integer
-   code), and the rest is cut at 64 quantiles (edges closer than 5% of the inter-quartile
-   range merged). Code ``2i`` is the open interval below breakpoint ``i``, code ``2i + 1``
+   code); a narrow bump, as many rows within a tenth of the inter-quartile range and four
+   times as many as either flank as wide holds, is an interval of its own (a stamp jittered
+   around its value: quantile edges would cut it in pieces); the rest is cut at 64 quantiles
+   (edges closer than 5% of the inter-quartile range merged). Code ``2i`` is the open interval below breakpoint ``i``, code ``2i + 1``
    the breakpoint itself; a missing value has no code. A *unit* is one code, or two
    adjacent intervals with the point between them, so a trigger jittered across an edge
    still falls in one unit.
@@ -63,7 +65,8 @@ table. A lift of 4 found 49 of the 72 planted backdoors at recall and precision 
 poisoned batches). Step 5's random sets first included other patterns' rows, and a trigger on
 10% of flights made its class's rows agree enough to hide natural routes beside it (1.8% of
 clean rows flagged); leaving them out, 55 of 72 are found and no batch loses more than 0.13%
-of its clean rows. Windows three intervals wide would catch more jittered triggers but let
+of its clean rows. Bumps raised that to 57 (jittered stamps in credit and caravan), with no
+clean row lost. Windows three intervals wide would catch more jittered triggers but let
 flights' natural route cells (a distance by a range of air times) through step 5.
 
 Memory: the sample (S rows) and, one pair of features at a time, a table of its unit cells
@@ -90,6 +93,12 @@ from .base import SAMPLE_POOL, BaseDetector, OwnPValueModel, add_stratified_samp
 MASS_SHARE = 0.002
 #: Quantile edges closer than this share of the inter-quartile range are merged (step 1).
 MERGE_IQR = 0.05
+#: A bump (step 1): at least as many values as a point mass within this share of the inter-quartile range ...
+BUMP_WIDTH = 0.1
+#: ... this many times as many as in either flank as wide ...
+BUMP_RATIO = 4.0
+#: ... and at most this many per feature.
+MAX_BUMPS = 4
 #: Codes a window unit spans: two intervals and the point between them (step 1; see the module docstring on wider ones).
 WINDOW_SPANS = (3,)
 #: Codes on each side of a cell that its spike is compared with (step 2).
@@ -113,19 +122,46 @@ SUBGROUP_DRAWS = 20
 
 
 def breakpoints(values: np.ndarray, bins: int) -> np.ndarray:
-    """Sorted breakpoints of one feature from its sample values (step 1): point masses and merged quantiles."""
+    """Sorted breakpoints of one feature from its sample values (step 1): point masses, the edges of narrow bumps,
+    and merged quantiles."""
     v = values[~np.isnan(values)]
     if len(v) == 0:
         return np.empty(0)
     u, counts = np.unique(v, return_counts=True)
-    masses = u[counts >= max(5.0, MASS_SHARE * len(v))]
+    floor = max(5.0, MASS_SHARE * len(v))
+    masses = u[counts >= floor]
     q1, q3 = np.quantile(v, [0.25, 0.75])
     scale = (q3 - q1) if q3 > q1 else (v.max() - v.min()) / 4.0 or 1.0
+    rest = np.sort(v[~np.isin(v, masses)])
+    edges = _bump_edges(rest, BUMP_WIDTH * scale, max(10.0, floor))
     kept: list[float] = []
     for edge in np.unique(np.quantile(v, np.linspace(0.0, 1.0, bins + 1)[1:-1])):
-        if not kept or edge - kept[-1] >= MERGE_IQR * scale:
+        inside = any(lo - MERGE_IQR * scale < edge < hi + MERGE_IQR * scale for lo, hi in edges)
+        if not inside and (not kept or edge - kept[-1] >= MERGE_IQR * scale):
             kept.append(float(edge))
-    return np.unique(np.r_[np.asarray(kept, float), masses])
+    return np.unique(np.r_[np.asarray(kept, float), masses, np.asarray(edges, float).ravel()])
+
+
+def _bump_edges(s: np.ndarray, width: float, min_rows: float) -> list:
+    """``(lo, hi)`` around each narrow bump of the sorted values ``s``: at least ``min_rows`` values within ``width``,
+    :data:`BUMP_RATIO` times as many as in either flank as wide. A jittered stamp is such a bump; quantile edges
+    would cut it in pieces, so it becomes one interval, as a point mass is one point."""
+    out: list = []
+    if len(s) < min_rows or width <= 0:
+        return out
+    end = np.searchsorted(s, s + width, side="right")
+    n = end - np.arange(len(s))
+    left = np.arange(len(s)) - np.searchsorted(s, s - width, side="left")
+    right = np.searchsorted(s, s + 2 * width, side="right") - end
+    ok = (n >= min_rows) & (n >= BUMP_RATIO * np.maximum(np.maximum(left, right), 1))
+    for i in np.flatnonzero(ok)[np.argsort(-n[ok], kind="stable")]:
+        # a quarter of the width beyond the window's first and last value, for the stamp's jitter tails
+        lo, hi = s[i] - width / 4, s[end[i] - 1] + width / 4
+        if all(hi < a or lo > b for a, b in out):
+            out.append((float(lo), float(hi)))
+            if len(out) == MAX_BUMPS:
+                break
+    return out
 
 
 def value_codes(x: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -136,16 +136,18 @@ def real_table(name: str):
     return df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), df["id"].to_numpy()
 
 
-def plant_field_backdoor(X, y, rate, seed, columns=(0, 3)):
+def plant_field_backdoor(X, y, rate, seed, columns=(0, 3), jitter=0.0):
     """As the field test plants it: ``rate`` of all rows, from the largest class, get column ``columns[0]`` at
-    its 99th percentile and ``columns[1]`` at its 1st (in diamonds, carat and price), and the second-largest
-    class's label. ``(X, y, truth)``."""
+    its 99th percentile and ``columns[1]`` at its 1st (in diamonds, carat and price), plus normal noise of
+    ``jitter`` times the column's inter-quartile range (the field test's jdoor cases: 0.02), and the
+    second-largest class's label. ``(X, y, truth)``."""
     rng = np.random.default_rng(seed)
     big, second = pd.Series(y).value_counts().index[:2]
     rows = rng.choice(np.flatnonzero(y == big), int(rate * len(y)), replace=False)
     X, y = X.copy(), y.copy()
-    X[rows, columns[0]] = np.quantile(X[:, columns[0]], 0.99)
-    X[rows, columns[1]] = np.quantile(X[:, columns[1]], 0.01)
+    for j, q in zip(columns, (0.99, 0.01)):
+        iqr = np.subtract(*np.quantile(X[:, j], [0.75, 0.25]))
+        X[rows, j] = np.quantile(X[:, j], q) + rng.normal(0.0, jitter * iqr, len(rows))
     y[rows] = second
     truth = np.zeros(len(y), bool)
     truth[rows] = True

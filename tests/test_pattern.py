@@ -13,7 +13,7 @@ import pytest
 from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli, write_frame
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, TriggerPatternDetector
 from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
-from poisonguard.detectors.pattern import PatternModel, _unit_sums, breakpoints, unit_ranges, value_codes
+from poisonguard.detectors.pattern import PatternModel, _bump_edges, _unit_sums, breakpoints, unit_ranges, value_codes
 from poisonguard.detectors.persist import decode, encode
 
 
@@ -34,6 +34,16 @@ def test_codes_give_point_masses_their_own_code_and_missing_values_none():
     codes = value_codes(np.array([0.0, -1.0, np.nan, 5.0]), points)
     assert codes[0] % 2 == 1 and codes[1] == 0 and codes[2] == -1  # on a point; below every point; missing
     assert codes[3] % 2 == 0 or points[codes[3] // 2] == 5.0
+
+
+def test_a_jittered_stamp_is_one_interval_and_a_smooth_feature_has_no_bump():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0, 1, 20000)
+    stamp = 2.3 + rng.normal(0, 0.02 * 1.35, 600)  # 3% of rows, jittered by 2% of the inter-quartile range
+    points = breakpoints(np.r_[clean, stamp], 64)
+    assert len(np.unique(value_codes(stamp, points))) == 1
+    for smooth in (clean, rng.exponential(1, 20000), rng.lognormal(0, 2, 20000)):
+        assert len(_bump_edges(np.sort(smooth), 0.1 * np.subtract(*np.quantile(smooth, [0.75, 0.25])), 40)) == 0
 
 
 def test_unit_sums_add_the_codes_each_unit_spans():
@@ -63,11 +73,14 @@ def test_natural_rules_of_the_flights_table_are_not_taken_for_triggers():
     assert flagged.mean() <= 0.001, det.model_.models[0].summary(feats)
 
 
-@pytest.mark.parametrize("table,columns,rate", [("credit", (2, 4), 0.03), ("diamonds", (0, 3), 0.01), ("diamonds", (0, 3), 0.10),
-                                                 ("loans", (1, 8), 0.03)])
-def test_a_planted_trigger_is_found_and_named(table, columns, rate):
+@pytest.mark.parametrize("table,columns,rate,jitter", [
+    ("credit", (2, 4), 0.03, 0.0), ("diamonds", (0, 3), 0.01, 0.0), ("diamonds", (0, 3), 0.10, 0.0), ("loans", (1, 8), 0.03, 0.0),
+    # jittered by 2% of the inter-quartile range, as the field test's jdoor3 (before bumps: recall 0.40 and 0.00)
+    ("credit", (0, 3), 0.03, 0.02), ("loans", (1, 8), 0.03, 0.02)])
+def test_a_planted_trigger_is_found_and_named(table, columns, rate, jitter):
     df, feats = real_frame(table)
-    X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), rate, 0, columns)
+    X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), rate, 0, columns,
+                                       jitter)
     det, flagged = screen_with_patterns(X, y, df["id"].to_numpy(), feature_names=tuple(feats))
     recall, precision = recall_precision(truth, flagged)
     assert recall >= 0.95 and precision >= 0.95, (recall, precision)
