@@ -133,6 +133,29 @@ class EnsembleModel:
         equal = np.full((1, len(self.models)), 1.0 / len(self.models))
         return np.where((codes >= 0)[:, None], self.weights[np.maximum(codes, 0)] if len(self.classes) else equal, equal)
 
+    def decide(self, pvalues: list[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(combined L, cut per row, margin)`` from the members' p-values; a row is flagged where the margin is
+        negative.
+
+        The cut is the class's (Benjamini-Hochberg under "auto"). Under "auto", a member whose p-value is a
+        family-wise adjusted p-value of a group of rows (``tests_groups``: the pattern detector's cells) also flags
+        its rows at ``p <= alpha * w``, its weighted share of the level: the cell's hypothesis is rejected, and
+        with it all its rows. A clean class loses a row that way with probability at most ``alpha * w``. Row by
+        row, Benjamini-Hochberg would ask a 60-row cell of an 800-row class for ``p <= alpha * 60 / 800``.
+        """
+        weights = self.row_weights(labels)
+        combined = to_log_p(combine_pvalues(pvalues, weights))
+        cuts = self.thresholds_for(labels)
+        margin = np.nextafter(cuts, -np.inf) - combined
+        if self.mode == "auto":
+            seen = label_codes(self.classes, labels) >= 0
+            for j, member in enumerate(self.models):
+                if getattr(member, "tests_groups", False):
+                    w = weights[:, j] if weights is not None else np.full(len(labels), 1.0 / len(self.models))
+                    group_cut = np.where(seen, -np.log10(self.alpha * w), np.inf)
+                    margin = np.fmin(margin, np.nextafter(group_cut, -np.inf) - to_log_p(pvalues[j]))
+        return combined, cuts, margin
+
     def combine(self, pvalues: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
         """Combined p-value per row from the members' p-values (weighted Bonferroni)."""
         return combine_pvalues(pvalues, self.row_weights(labels))
@@ -146,8 +169,8 @@ class EnsembleModel:
         return np.where(codes >= 0, self.thresholds[np.maximum(codes, 0)], np.inf) if len(self.classes) else np.full(len(codes), np.inf)
 
     def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Negative for flagged rows (``suspicion >= cut``)."""
-        return np.nextafter(self.thresholds_for(labels), -np.inf) - self.suspicion(X, labels)
+        """Negative for flagged rows (:meth:`decide`)."""
+        return self.decide(self.member_scores_and_pvalues(X, labels)[1], labels)[2]
 
     def with_threshold(self, threshold: float) -> EnsembleModel:
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)), mode="reference")
@@ -166,6 +189,8 @@ class EnsembleModel:
                                  {"null": "generalised Pareto tail", "fitted_on": self.null_sources[j][k] if self.null_sources else "data",
                                   "median": float(null.location[k]), "tail_scale": float(null.scale[k]), "tail_shape": float(null.shape[k])})
                 members[name]["weight"] = float(self.weights[k, j]) if self.weights is not None else 1.0 / len(self.names)
+                if self.mode == "auto" and getattr(model, "tests_groups", False):  # its cells' own cut (decide)
+                    members[name]["group_cut_p"] = self.alpha * members[name]["weight"]
             out[str(c)] = {
                 "cut": cut if np.isfinite(cut) else None,
                 "cut_p": float(10.0 ** -cut) if np.isfinite(cut) else None,
@@ -391,24 +416,26 @@ class EnsembleDetector(BaseDetector):
     # -- scoring ----------------------------------------------------------------------------------
     def screen(self, model: EnsembleModel, X: np.ndarray, labels: np.ndarray) -> Screened:
         scores, pvalues = model.member_scores_and_pvalues(X, labels)
-        weights = model.row_weights(labels)
-        combined = to_log_p(combine_pvalues(pvalues, weights))
-        cuts = model.thresholds_for(labels)
-        flagged = combined >= cuts
+        combined, cuts, margin = model.decide(pvalues, labels)
+        flagged = margin < 0
         reasons = np.full(len(X), None, dtype=object)
         rows = np.flatnonzero(flagged)
         if len(rows):
             M = len(model.models)
+            weights = model.row_weights(labels)
             w = np.full((len(rows), M), 1.0 / M) if weights is None else weights[rows]
             member_L = [to_log_p(np.minimum(1.0, p[rows] / w[:, j])) for j, p in enumerate(pvalues)]
             names = self.feature_names
             explain = [m.explain(X[rows], labels[rows], names) if hasattr(m, "explain") else None for m in model.models]
+            rule = {"auto": "Benjamini-Hochberg", "contamination": "contamination", "reference": "reference"}[model.mode]
             for n, i in enumerate(rows):
+                by_cut = combined[i] >= cuts[i]
                 parts = []
                 for j in np.argsort([-L[n] for L in member_L]):
-                    if member_L[j][n] >= cuts[i] or not parts:
+                    if (member_L[j][n] >= cuts[i] if by_cut else member_L[j][n] >= -np.log10(model.alpha)) or not parts:
                         why = "" if explain[j] is None or explain[j][n] is None else f" ({explain[j][n]})"
                         parts.append(f"{model.names[j]}: p={pvalues[j][i]:.2g}{why}")
-                rule = {"auto": "Benjamini-Hochberg", "contamination": "contamination", "reference": "reference"}[model.mode]
-                reasons[i] = f"class {str(labels[i])!r}: " + "; ".join(parts) + f" [{rule} cut p <= {10.0 ** -cuts[i]:.2g}]"
+                cut = f"{rule} cut p <= {10.0 ** -cuts[i]:.2g}" if by_cut else \
+                    f"family-wise cut of a group of rows p <= {model.alpha:.2g} x weight"
+                reasons[i] = f"class {str(labels[i])!r}: " + "; ".join(parts) + f" [{cut}]"
         return Screened(dict(zip(model.names, scores)), combined, flagged, reasons)

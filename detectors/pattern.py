@@ -363,6 +363,10 @@ class _RestOfRow:
 class PatternModel(OwnPValueModel):
     """Fitted state of :class:`TriggerPatternDetector`: the features' breakpoints and the mined patterns."""
 
+    #: A row's p-value is its cell's, adjusted over every cell tested: the decision layer may reject the cell, and
+    #: with it all its rows, at the member's share of the level (:meth:`~.ensemble.EnsembleModel.decide`).
+    tests_groups = True
+
     classes: tuple
     counts: np.ndarray  # (K,) rows per class seen by the fit
     points: np.ndarray  # breakpoints of every feature, one after another

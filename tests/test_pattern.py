@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli, write_frame
-from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, TriggerPatternDetector
+from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector, TriggerPatternDetector
 from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
 from poisonguard.detectors.pattern import PatternModel, _bump_edges, _unit_sums, breakpoints, unit_ranges, value_codes
 from poisonguard.detectors.persist import decode, encode
@@ -153,6 +153,24 @@ def test_a_class_without_patterns_leaves_the_budget_to_the_other_members():
     assert np.allclose(weights[~has], [1 / (1 + QUIET_MEMBER_SHARE), QUIET_MEMBER_SHARE / (1 + QUIET_MEMBER_SHARE)])
     recall, precision = recall_precision(truth, det.screen(det.model_, X, y).flagged)
     assert recall >= 0.95 and precision >= 0.9, (recall, precision)
+
+
+def test_a_pattern_cell_is_rejected_as_a_whole_where_row_by_row_fdr_would_not():
+    """cells (2,019 rows), a trigger on 60 rows of its 779-row class (the field test's door3 features): the
+    pattern's adjusted p-value (about 1e-3) passes its share of the level, but Benjamini-Hochberg over the class's
+    rows would ask 60 rows for p <= 0.01 x 60 / 779 after the Bonferroni weight. The cell is decided as a whole."""
+    df, feats = real_frame("cells")
+    columns = (feats.index("fiber_width_ch_1"), feats.index("eq_sphere_area_ch_1"))
+    X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), 0.03, 0, columns)
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector(), ConfidentLabelDetector(), TriggerPatternDetector()],
+                           feature_names=tuple(feats)).fit(X, y, row_ids=df["id"].to_numpy())
+    screened = det.screen(det.model_, X, y)
+    recall, precision = recall_precision(truth, screened.flagged)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision)
+    assert (screened.suspicion[truth] < det.model_.thresholds_for(y[truth])).all()  # row by row: not cut
+    assert all("family-wise" in r and feats[columns[0]] in r for r in screened.reasons[truth])
+    target = det.model_.decision_summary()[str(y[truth][0])]["members"]["pattern"]
+    assert target["group_cut_p"] == pytest.approx(0.01 * target["weight"])
 
 
 def test_the_screen_report_lists_the_rules_in_words(tmp_path):
