@@ -82,17 +82,18 @@ def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return (value_hash(X, seed) % np.uint64(n_folds)).astype(np.int64)
 
 
-def class_groups(sample_rows: np.ndarray, max_classes: int, min_class_rows: int) -> np.ndarray:
-    """Group of each class (module docstring, point 6): the classes with at least ``min_class_rows`` sample rows,
-    at most ``max_classes - 1`` of them (the largest; ties to the earlier class) where others are left, in class
-    order, each its own group; every other class in one last group."""
+def class_groups(sample_rows: np.ndarray, max_classes: int, min_class_rows: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(group of each class, the classes with a group of their own)`` (module docstring, point 6): the classes
+    with at least ``min_class_rows`` sample rows, at most ``max_classes - 1`` of them (the largest; ties to the
+    earlier class) where others are left, in class order, each its own group; every other class in one last
+    group."""
     eligible = np.flatnonzero(sample_rows >= min_class_rows)
     if len(eligible) > max_classes or (len(eligible) == max_classes and len(eligible) < len(sample_rows)):
         by_size = eligible[np.lexsort((eligible, -sample_rows[eligible]))]
         eligible = np.sort(by_size[: max_classes - 1])
     group_of = np.full(len(sample_rows), len(eligible), dtype=np.int64)
     group_of[eligible] = np.arange(len(eligible))
-    return group_of
+    return group_of, eligible
 
 
 def fit_fold_models(rows: np.ndarray, target: np.ndarray, n_folds: int, seed: int, **options) -> list:
@@ -362,8 +363,8 @@ class ConfidentLabelDetector(BaseDetector):
 
     def _fit_models(self, state, samples: dict) -> LabelModel:
         classes, rows, class_codes, counts = stratified_sample(samples, state["n_features"])
-        group_of = class_groups(np.bincount(class_codes, minlength=len(classes)), int(self.max_classes),
-                                int(self.min_class_rows))
+        group_of, _ = class_groups(np.bincount(class_codes, minlength=len(classes)), int(self.max_classes),
+                                   int(self.min_class_rows))
         codes = group_of[class_codes]
         K = int(group_of.max()) + 1 if len(group_of) else 0  # groups
         fallback = np.bincount(codes, minlength=K).astype(float) + 1.0

@@ -88,6 +88,7 @@ from scipy.stats import beta, binom
 from ._config import njit
 from ._sklearn import Interval
 from .base import SAMPLE_POOL, BaseDetector, OwnPValueModel, add_stratified_sample, label_codes
+from .label import class_groups
 
 #: Share of the sample rows a value must hold to be a point of its own (step 1).
 MASS_SHARE = 0.002
@@ -107,7 +108,8 @@ NEIGHBOURHOOD = 2
 MIN_CONTEXT_ROWS = 20
 #: Rows of the class's share that a context share is shrunk towards it by (step 3).
 SHRINK_ROWS = 10.0
-#: Most classes mined (the largest; the rest share one group in which nothing is mined) ...
+#: Most classes mined (the largest; the rest share one group in which nothing is mined; one more where that
+#: group would be empty, as in :func:`~.label.class_groups`) ...
 MAX_MINED_CLASSES = 100
 #: ... and how many of them one pair's class table holds at a time.
 CLASS_CHUNK = 8
@@ -206,26 +208,13 @@ def shrunk_share(k: float, n: float, prior: float) -> float:
     return (k + SHRINK_ROWS * prior) / (n + SHRINK_ROWS)
 
 
-def mined_groups(sizes: np.ndarray, min_rows: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(group of each class, the mined classes)``: each class with at least ``min_rows`` sample rows (the largest
-    :data:`MAX_MINED_CLASSES` of them, ties to the earlier class) is a group of its own, in class order; every other
-    class shares one last group, "other classes", in which nothing is mined (a class with fewer sample rows than a
-    pattern needs cannot hold one)."""
-    mined = np.flatnonzero(sizes >= min_rows)
-    if len(mined) > MAX_MINED_CLASSES:
-        mined = np.sort(mined[np.lexsort((mined, -sizes[mined]))][:MAX_MINED_CLASSES])
-    group = np.full(len(sizes), len(mined), dtype=np.int64)
-    group[mined] = np.arange(len(mined))
-    return group, mined
-
-
 def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, params) -> tuple[list, int]:
     """Steps 2-5 on the coded sample ``codes`` (S, d) with class indices ``y``: the patterns kept, and ``T``.
 
     ``params`` has ``min_purity``, ``min_lift``, ``min_spike``, ``significance`` and ``seed``. Each
     pattern is a dict: features ``a`` < ``b``, code ranges ``lo_a``..``hi_a`` and ``lo_b``..``hi_b``,
     class ``c`` (an index into the K classes), counts ``k`` and ``O``, ``E``, the tested share
-    ``p0`` and the unadjusted ``pvalue``. The statistics are per mining group (:func:`mined_groups`),
+    ``p0`` and the unadjusted ``pvalue``. The statistics are per mining group (:func:`~.label.class_groups`),
     and a pair's class table holds :data:`CLASS_CHUNK` groups at a time, so memory does not grow
     with K.
     """
@@ -233,7 +222,9 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, param
     if K < 2 or S == 0:
         return [], 0
     min_rows = max(10.0, 0.001 * S)
-    group, mined = mined_groups(np.bincount(y, minlength=K), min_rows)
+    # at most MAX_MINED_CLASSES classes with enough sample rows get a group of their own; the rest share one in
+    # which nothing is mined (a class with fewer sample rows than a pattern needs cannot hold one)
+    group, mined = class_groups(np.bincount(y, minlength=K), MAX_MINED_CLASSES + 1, min_rows)
     g = group[y]
     G = int(g.max()) + 1
     prior = np.bincount(g, minlength=G) / S

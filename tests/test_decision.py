@@ -281,9 +281,9 @@ def test_label_detector_models_the_large_classes_and_groups_the_small_ones():
 
     from poisonguard.detectors.label import class_groups
 
-    assert class_groups(np.array([50, 3, 40, 19, 20]), max_classes=100, min_class_rows=20).tolist() == [0, 3, 1, 3, 2]
-    assert class_groups(np.array([50, 30, 40, 60]), max_classes=3, min_class_rows=20).tolist() == [0, 2, 2, 1]
-    assert class_groups(np.array([50, 30]), max_classes=2, min_class_rows=20).tolist() == [0, 1]  # no class left over
+    assert class_groups(np.array([50, 3, 40, 19, 20]), max_classes=100, min_class_rows=20)[0].tolist() == [0, 3, 1, 3, 2]
+    assert class_groups(np.array([50, 30, 40, 60]), max_classes=3, min_class_rows=20)[0].tolist() == [0, 2, 2, 1]
+    assert class_groups(np.array([50, 30]), max_classes=2, min_class_rows=20)[0].tolist() == [0, 1]  # no class left over
 
     X, y, ids = real_table("credit")
     rng = np.random.default_rng(6)
