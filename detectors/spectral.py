@@ -37,6 +37,11 @@ differs from the reference code of ART and BackdoorBench in four ways:
    styles), so a gap along it is no evidence. Such classes are left to ``contamination`` or
    :meth:`calibrate`; measured cost: a 5% corner-pixel trigger in digits, found by the old
    rule at precision 0.27, is no longer flagged by "auto".
+   A third guard: a cut stands only where the other classes' rows (each about its own
+   class's mean) reach it less than a third as often, and significantly so. A class's
+   direction is relative to the pooled covariance, so rows added to another class can turn
+   it towards a subgroup every class holds (caravan's tractor or moped owners), which its
+   own rule then cuts; a dirty-label cluster is in its target class only.
    Alternatively, ``contamination`` flags a fixed share of all rows, or :meth:`calibrate`
    sets the threshold on trusted reference rows.
 
