@@ -18,8 +18,6 @@ from poisonguard.pipelines.model import DEFAULT_FIT_DETECTORS
 
 # Smaller label samples than the default keep the fit to seconds; the field backdoor is found by influence.
 FAST = {"label": {"sample_size": 8000, "boosting_rounds": 40}}
-#: Recall floor of the frozen diamonds model on its 3% backdoor (measured 0.84; see the first test that uses it).
-MODEL_RECALL = 0.8
 
 
 # -- boosted trees without pickle ---------------------------------------------------------------------
@@ -118,9 +116,7 @@ def test_a_model_fitted_on_clean_rows_screens_poisoned_batches_as_well_as_or_bet
     frozen = recall_precision(truth, flagged_rows(str(root / "frozen"), len(truth)))
     refit = recall_precision(truth, flagged_rows(str(root / "refit"), len(truth)))
     assert frozen[0] >= refit[0] and frozen[1] >= refit[1], (frozen, refit)
-    # 0.92 / 0.98 while the nulls were Pareto tails alone; floored by the trusted rows' own tail (4aa8a5d) the
-    # planted rows that score like the trusted rows' top 0.1% under influence are no longer cut: 0.84 / 0.97
-    assert frozen[0] >= MODEL_RECALL and frozen[1] >= 0.9, frozen
+    assert frozen[0] >= 0.85 and frozen[1] >= 0.9, frozen
     clean_loss = (flagged_rows(str(root / "frozen"), len(truth)) & ~truth).mean()
     assert clean_loss <= 0.005
     report = json.load(open(root / "frozen" / "report.json"))
@@ -286,7 +282,7 @@ def test_the_in_memory_ensemble_and_the_saved_model_agree(diamonds_split, diamon
     det: EnsembleDetector = saved.make_detector()
     screened = det.screen(saved.model, X, y)
     recall, precision = recall_precision(truth, screened.flagged)
-    assert recall >= MODEL_RECALL and precision >= 0.9
+    assert recall >= 0.85 and precision >= 0.9
 
 
 @pytest.mark.slow
