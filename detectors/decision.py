@@ -13,9 +13,8 @@ class (how a clean row of that class scores), written as ``L = -log10 p``:
   estimator; the shape is kept between 0, an exponential tail, and 1). The rows that the
   detector's own rule cuts as an outlying cluster (a gap or a second mode of the class's
   scores) are left out of the fit, so a planted cluster, however large, does not widen
-  the null that is to judge it. The null's p-value is floored by the class's own upper
-  tail read off the same histogram (:class:`TailNull`). A row's p-value depends only on
-  the fitted null and the row, never on the batch it came in. Measured on the field-test tables' spectral scores
+  the null that is to judge it. A row's p-value depends only on the fitted null and the
+  row, never on the batch it came in. Measured on the field-test tables' spectral scores
   (alpha 0.01): a Gaussian null flagged 0.7-8% of clean rows; an exponential tail through
   the median and upper quartile 0-1.4% (caravan's 85 integer-coded columns, whose scores
   reach 136 robust standard deviations, the worst) and lost every backdoor over a quarter
