@@ -92,27 +92,17 @@ def to_log_p(p: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TailNull:
-    """Per-class null of a score: a generalised Pareto upper tail from the class median, (K,) arrays, floored by
-    the class's own upper tail.
+    """Per-class null of a score: a generalised Pareto upper tail from the class median, (K,) arrays.
 
     ``p(s) = min(1, 0.5 (1 + shape (s - location) / scale) ** (-1 / shape))`` for a row of
     class c scoring s above the median, 1 at or below it (``shape = 0``: the exponential
     tail ``0.5 exp(-(s - location) / scale)``): the chance that a clean row of the class
     scores at least s. NaN scores stay NaN.
-
-    The floor: ``p(s)`` is at least the share of the class's fitted rows that score s or more, read at the
-    upper-tail shares :data:`TAIL_LEVELS` (``tail``, (K, levels): the score above which that share of the rows
-    lies; ``-inf`` where the class had fewer than :data:`MIN_TAIL_ROWS` rows beyond it). Three central quantiles
-    cannot see a tail that turns heavy past them: caravan's zero-inflated counts put 2-4% of a class's rows at
-    robust z 8 and beyond, where the Pareto tail gave p = 1e-6, and spectral flagged 200 clean rows of the
-    field test's poisoned caravan batches. Rows the detector's own rule cut are not among the fitted rows, so
-    the floor leaves a cluster it cut to the Pareto tail.
     """
 
     location: np.ndarray
     scale: np.ndarray
     shape: np.ndarray
-    tail: np.ndarray
 
     @classmethod
     def fit(cls, histograms: list[np.ndarray], interpolate: bool = False) -> TailNull:
@@ -135,7 +125,7 @@ class TailNull:
         ``null_quantiles``), quartiles 0.16 / 0.24 / 0.31 read as 0.20 / 0.25 / 0.35 gave shape 1
         instead of 0 (MNIST, a blend on 5% of the 7s, benchmarks/README.md, Images).
         """
-        loc, scale, shape, tail = [], [], [], []
+        loc, scale, shape = [], [], []
         for counts in histograms:
             q50, q75, q875 = histogram_quantiles(SCORE_EDGES, counts, (0.5, 0.75, 0.875), interpolate=interpolate)
             lower, upper = max(q75 - q50, 1e-12), max(q875 - q75, 0.0)
@@ -144,66 +134,19 @@ class TailNull:
             loc.append(q50)
             scale.append(max(sigma, MIN_TAIL_SCALE))
             shape.append(xi)
-            tail.append(upper_tail_scores(counts))
-        return cls(np.asarray(loc, float), np.asarray(scale, float), np.asarray(shape, float),
-                   np.asarray(tail, float).reshape(len(loc), len(TAIL_LEVELS)))
+        return cls(np.asarray(loc, float), np.asarray(scale, float), np.asarray(shape, float))
 
-    def pvalues_pareto(self, scores: np.ndarray, c) -> np.ndarray:
-        """The Pareto tail's p-value of each score for class index ``c`` (an int or one per score; 1 at or below
-        the median)."""
+    def pvalues(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """p-value of each row's score (``codes``: class index, -1 for an unknown class -> NaN)."""
+        known = codes >= 0
+        c = np.maximum(codes, 0)
         excess = np.maximum(scores - self.location[c], 0.0) / self.scale[c]
         xi = self.shape[c]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             pareto = np.exp(-np.log1p(xi * excess) / np.where(xi > 1e-9, xi, 1.0))
             p = 0.5 * np.where(xi > 1e-9, pareto, np.exp(-excess))
-        return np.where(scores <= self.location[c], 1.0, p)
-
-    def pvalues(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """p-value of each row's score (``codes``: class index, -1 for an unknown class -> NaN)."""
-        known = codes >= 0
-        p = self.pvalues_pareto(scores, np.maximum(codes, 0))
-        p = np.maximum(p, self._own_tail(scores, codes, p))
+        p = np.where(scores <= self.location[c], 1.0, p)
         return np.where(known & ~np.isnan(scores), np.minimum(p, 1.0), np.nan)
-
-    def _own_tail(self, scores: np.ndarray, codes: np.ndarray, pareto: np.ndarray) -> np.ndarray:
-        """The class's own upper-tail share at each score: log-linear between the levels read off its rows, and past
-        the last one, that level times the Pareto tail's decay from there on; 0 for a class without levels."""
-        out = np.zeros(len(scores))
-        for k in np.unique(codes[codes >= 0]):
-            t = self.tail[k]
-            ok = np.isfinite(t)
-            if not ok.any():
-                continue
-            t, logq = t[ok], np.log(TAIL_LEVELS[ok])
-            t, first = np.unique(t, return_index=True)  # a score where two levels meet keeps the larger share
-            logq = logq[first]
-            rows = np.flatnonzero((codes == k) & ~np.isnan(scores))
-            s = scores[rows]
-            last = self.pvalues_pareto(np.array([t[-1]]), k)[0]
-            beyond = logq[-1] + np.log(np.maximum(pareto[rows], 1e-300)) - np.log(max(last, 1e-300))
-            out[rows] = np.exp(np.where(s > t[-1], beyond, np.interp(s, t, logq)))
-        return out
-
-
-#: Upper-tail shares at which a null's floor reads the class's own tail (:class:`TailNull`) ...
-TAIL_LEVELS = np.array([0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001])
-#: ... where the class had at least this many rows beyond it.
-MIN_TAIL_ROWS = 10
-
-
-def upper_tail_scores(counts: np.ndarray) -> np.ndarray:
-    """Per level q of :data:`TAIL_LEVELS`, a score ``t`` with at least a share q of the histogram's rows at ``t`` or
-    above (the lower edge of the bin where the upper tail reaches q); ``-inf`` where q is under MIN_TAIL_ROWS rows."""
-    total = counts.sum()
-    out = np.full(len(TAIL_LEVELS), -np.inf)
-    if total == 0:
-        return out
-    above = total - np.cumsum(counts) + counts  # rows in bin k or above; bin k is [edges[k - 1], edges[k])
-    for i, q in enumerate(TAIL_LEVELS):
-        if q * total >= MIN_TAIL_ROWS:
-            k = int(np.flatnonzero(above >= q * total)[-1])  # the highest bin from which the tail holds q
-            out[i] = SCORE_EDGES[k - 1] if k > 0 else -np.inf
-    return out
 
 
 def histogram_quantiles(edges: np.ndarray, counts: np.ndarray, qs, interpolate: bool = False) -> list[float]:

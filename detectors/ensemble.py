@@ -47,7 +47,6 @@ from .decision import (
     DEFAULT_ALPHA,
     LOGP_EDGES,
     SCORE_EDGES,
-    TAIL_LEVELS,
     TailNull,
     bh_cut,
     combine_pvalues,
@@ -355,7 +354,7 @@ class EnsembleDetector(BaseDetector):
         if state["schedule"][stage + 1][1][0][0] in (_NULL, _DECIDE, _REFERENCE_NULL):  # the members are fitted
             members = state["members"]
             K = len(states[0].classes)
-            nulls = tuple(None if m.has_pvalues else TailNull(np.zeros(K), np.ones(K), np.zeros(K), np.full((K, len(TAIL_LEVELS)), -np.inf)) for m in members)
+            nulls = tuple(None if m.has_pvalues else TailNull(np.zeros(K), np.ones(K), np.zeros(K)) for m in members)
             partial = EnsembleModel(tuple(m.name for m in members), tuple(states), nulls, np.full(K, np.inf),
                                     mode="auto" if self.contamination == "auto" else "contamination", alpha=float(self.alpha))
             engaged = _engaged_by_evidence(partial)

@@ -48,7 +48,7 @@ from .runners import RunnerConfig, runner_session
 log = logging.getLogger("poisonguard")
 
 FORMAT = "poisonguard-model"
-FORMAT_VERSION = 3  # 2: the ensemble's per-class member weights; 3: the nulls' own upper tails (TailNull.tail)
+FORMAT_VERSION = 2  # 2: the ensemble's per-class member weights
 MANIFEST, ARRAYS, SUITE = "model.json", "arrays.npz", "expectations.json"
 #: Detectors fitted when ``fit --detectors`` is not given.
 DEFAULT_FIT_DETECTORS = ("spectral", "influence", "label")
