@@ -148,12 +148,10 @@ class EnsembleModel:
         cuts = self.thresholds_for(labels)
         margin = np.nextafter(cuts, -np.inf) - combined
         if self.mode == "auto":
-            seen = label_codes(self.classes, labels) >= 0
             for j, member in enumerate(self.models):
-                if getattr(member, "tests_groups", False):
-                    w = weights[:, j] if weights is not None else np.full(len(labels), 1.0 / len(self.models))
-                    group_cut = np.where(seen, -np.log10(self.alpha * w), np.inf)
-                    margin = np.fmin(margin, np.nextafter(group_cut, -np.inf) - to_log_p(pvalues[j]))
+                if getattr(member, "tests_groups", False):  # its p-values are NaN for a class it has not seen
+                    w = weights[:, j] if weights is not None else 1.0 / len(self.models)
+                    margin = np.fmin(margin, np.nextafter(-np.log10(self.alpha * w), -np.inf) - to_log_p(pvalues[j]))
         return combined, cuts, margin
 
     def combine(self, pvalues: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
