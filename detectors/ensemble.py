@@ -122,6 +122,8 @@ class EnsembleModel:
             else:
                 s = m.suspicion(X, labels)
                 p = null.pvalues(s, codes)
+                if hasattr(m, "pvalue_floor"):
+                    p = np.maximum(p, m.pvalue_floor(s, labels))
             scores.append(s), pvalues.append(p)
         return scores, pvalues
 

@@ -85,6 +85,8 @@ OTHER_CLASS_SIGNIFICANCE = 1e-3
 #: ... judged on at most this many sample rows of all classes, and only with this many of the other classes.
 OTHER_CLASS_ROWS = 20000
 MIN_OTHER_ROWS = 200
+#: Levels of a class's p-value floor (SpectralModel.pvalue_floor): the other classes' largest |z| along its direction.
+FLOOR_LEVELS = 512
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class SpectralModel(PerClassModel):
     counts: np.ndarray  # (K,) rows per class
     top_eigenvalue: np.ndarray  # (K,) variance along the direction, in whitened units
     thresholds: np.ndarray  # (K,) suspicion above which a row is flagged (inf: never)
+    floor_z: np.ndarray  # (K, FLOOR_LEVELS) ascending suspicion levels of the p-value floor (inf: padding)
+    floor_p: np.ndarray  # (K, FLOOR_LEVELS) the floor from each level to the next (0: none)
 
     def projections(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each row's projection on its class direction (NaN for unseen classes)."""
@@ -119,6 +123,23 @@ class SpectralModel(PerClassModel):
             return np.full(len(codes), np.nan)
         return robust_z(np.ascontiguousarray(X), codes, self.median, self.inv_scale, self.clip, self.mean, self.direction,
                         self.location, 1.0 / self.scale, np.empty(len(codes)))
+
+    def pvalue_floor(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Smallest p-value a row's suspicion may have in its class: the share of the other classes' rows that reach it.
+
+        Each other class's sample rows, about their own class's mean, projected on the class's direction and scaled
+        as its own rows are: where they reach a suspicion about as often as the class's own rows do, a row there is
+        not rare in the data, whatever the class's fitted tail says (0 where the class's rows reach it at least
+        :data:`OTHER_CLASS_RATIO` times as often, and significantly so: rows planted in this class). NaN where the
+        score is NaN.
+        """
+        codes = label_codes(self.classes, labels)
+        out = np.zeros(len(codes))
+        for k in np.unique(codes[codes >= 0]):
+            rows = np.flatnonzero(codes == k)
+            level = np.searchsorted(self.floor_z[k], scores[rows], side="right") - 1
+            out[rows] = np.where(level >= 0, self.floor_p[k][np.maximum(level, 0)], 0.0)
+        return np.where(np.isnan(scores), np.nan, out)
 
     def explain(self, X: np.ndarray, labels: np.ndarray, feature_names=None, top: int = 3) -> list:
         """Per row, the features that moved its projection furthest from its class's location, as text.
@@ -361,6 +382,8 @@ class SpectralSignatureDetector(BaseDetector):
             counts=counts,
             top_eigenvalue=eigenvalues,
             thresholds=np.full(K, np.inf),
+            floor_z=np.full((K, FLOOR_LEVELS), np.inf),
+            floor_p=np.zeros((K, FLOOR_LEVELS)),
         )
         return {**state, "partial": partial, "rank": rank}
 
@@ -368,6 +391,7 @@ class SpectralSignatureDetector(BaseDetector):
         model: SpectralModel = state["partial"]
         K = len(model.classes)
         location, scale, thresholds = np.zeros(K), np.ones(K), np.full(K, np.inf)
+        floor_z, floor_p = model.floor_z.copy(), model.floor_p.copy()
         z_hist = np.zeros(len(SUSPICION_EDGES) + 1, dtype=np.int64)
         for k, c in enumerate(model.classes):
             counts = histograms[c].counts
@@ -392,10 +416,11 @@ class SpectralSignatureDetector(BaseDetector):
                     max_fraction=self.max_cluster_fraction,
                     min_tail_gap=self.min_tail_gap,
                 )
-                if np.isfinite(thresholds[k]) and _held_by_other_classes(state["centred"], k, model.direction[k] / sd if sd > 0 else
-                                                                           model.direction[k], loc, sc, thresholds[k], counts):
-                    thresholds[k] = np.inf
-        fitted = replace(model, location=location, scale=scale, thresholds=thresholds)
+            unit = model.direction[k] / sd if sd > 0 else model.direction[k]
+            if np.isfinite(thresholds[k]) and _held_by_other_classes(state["centred"], k, unit, loc, sc, thresholds[k], counts):
+                thresholds[k] = np.inf
+            floor_z[k], floor_p[k] = _other_class_floor(state["centred"], k, unit, loc, sc, counts)
+        fitted = replace(model, location=location, scale=scale, thresholds=thresholds, floor_z=floor_z, floor_p=floor_p)
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
         return fitted
@@ -413,15 +438,61 @@ def _held_by_other_classes(centred: list, k: int, unit_direction: np.ndarray, lo
     they were stamped. Needs :data:`MIN_OTHER_ROWS` sample rows of the other classes (else False). In the field
     test's caravan door3 batch: 71 of the majority class's 5,300 rows beyond its cut, 2 of 522 sample rows of the
     other class (binomial p = 0.03): not cut."""
-    others = [c for j, c in enumerate(centred) if j != k]
-    others = np.concatenate(others) if others else np.zeros((0, len(unit_direction)), np.float32)
-    if len(others) < MIN_OTHER_ROWS or counts.sum() == 0:
+    others = _other_class_z(centred, k, unit_direction, loc, sc)
+    if others is None or counts.sum() == 0:
         return False
-    reached = int(np.count_nonzero(np.abs(others.astype(np.float64) @ unit_direction - loc) / sc >= threshold))
+    reached = int(np.count_nonzero(others >= threshold))
+    return not _rare_elsewhere(reached, len(others), _share_at_or_above(counts, loc, sc, np.array([threshold]))[0])
+
+
+def _other_class_z(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float) -> np.ndarray | None:
+    """|z| of the other classes' sample rows (each about its own class's mean) along class k's direction, scaled as
+    class k's rows are; None with fewer than :data:`MIN_OTHER_ROWS` of them."""
+    others = [c for j, c in enumerate(centred) if j != k]
+    if sum(len(c) for c in others) < MIN_OTHER_ROWS:
+        return None
+    return np.abs(np.concatenate(others).astype(np.float64) @ unit_direction - loc) / sc
+
+
+def _share_at_or_above(counts: np.ndarray, loc: float, sc: float, levels: np.ndarray) -> np.ndarray:
+    """Share of a class's rows (its projection histogram, rows counted at their bin's centre) with |z| >= each level."""
     centres = np.r_[PROJECTION_EDGES[0], (PROJECTION_EDGES[:-1] + PROJECTION_EDGES[1:]) / 2, PROJECTION_EDGES[-1]]
-    share = counts[np.abs(centres - loc) / sc >= threshold].sum() / counts.sum()
-    rare_elsewhere = reached * OTHER_CLASS_RATIO < share * len(others) and binom.cdf(reached, len(others), share) <= OTHER_CLASS_SIGNIFICANCE
-    return not rare_elsewhere
+    z = np.abs(centres - loc) / sc
+    order = np.argsort(z, kind="stable")
+    beyond = np.concatenate([np.cumsum(counts[order][::-1])[::-1], [0]])  # rows at or above z[order][i]
+    return beyond[np.searchsorted(z[order], levels, side="left")] / max(counts.sum(), 1)
+
+
+def _rare_elsewhere(reached, n_others: int, share):
+    """The other classes reach a level less than 1 / OTHER_CLASS_RATIO as often as the class, and significantly."""
+    return (np.asarray(reached) * OTHER_CLASS_RATIO < share * n_others) & \
+        (binom.cdf(reached, n_others, share) <= OTHER_CLASS_SIGNIFICANCE)
+
+
+def _other_class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float,
+                       counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): levels and floors, FLOOR_LEVELS each.
+
+    The levels are the largest |z| of the other classes' sample rows and of the class's own rows (bin centres of
+    its projection histogram), FLOOR_LEVELS in all. From one level to the next, the floor is the larger of the
+    share of the other classes' rows beyond it and the share of the class's own rows at or beyond it, except where
+    the class's rows are there much more often than the others' (:func:`_rare_elsewhere`), where it is 0: a tail
+    that every class has is the data's, and the class's own share of it is how often a clean row reaches it.
+    """
+    levels, floors = np.full(FLOOR_LEVELS, np.inf), np.zeros(FLOOR_LEVELS)
+    others = _other_class_z(centred, k, unit_direction, loc, sc)
+    if others is None or counts.sum() == 0:
+        return levels, floors
+    others = np.sort(others)
+    centres = np.r_[PROJECTION_EDGES[0], (PROJECTION_EDGES[:-1] + PROJECTION_EDGES[1:]) / 2, PROJECTION_EDGES[-1]]
+    own = np.abs(centres[counts > 0] - loc) / sc
+    top = np.unique(np.concatenate([others[-FLOOR_LEVELS:], own]))[-FLOOR_LEVELS:]
+    n = len(others)
+    reached = n - np.searchsorted(others, top, side="right")  # other rows beyond each level
+    share = _share_at_or_above(counts, loc, sc, top)
+    floor = np.where(_rare_elsewhere(reached, n, share), 0.0, np.maximum(reached / n, share))
+    levels[:len(top)], floors[:len(top)] = top, floor
+    return levels, floors
 
 
 def _rebin_abs_z(counts: np.ndarray, location: float, scale: float) -> np.ndarray:

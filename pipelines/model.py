@@ -48,7 +48,7 @@ from .runners import RunnerConfig, runner_session
 log = logging.getLogger("poisonguard")
 
 FORMAT = "poisonguard-model"
-FORMAT_VERSION = 2  # 2: the ensemble's per-class member weights
+FORMAT_VERSION = 3  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor
 MANIFEST, ARRAYS, SUITE = "model.json", "arrays.npz", "expectations.json"
 #: Detectors fitted when ``fit --detectors`` is not given.
 DEFAULT_FIT_DETECTORS = ("spectral", "influence", "label")
