@@ -475,9 +475,10 @@ def _other_class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: f
 
     The levels are the largest |z| of the other classes' sample rows and of the class's own rows (bin centres of
     its projection histogram), FLOOR_LEVELS in all. From one level to the next, the floor is the larger of the
-    share of the other classes' rows beyond it and the share of the class's own rows at or beyond it, except where
-    the class's rows are there much more often than the others' (:func:`_rare_elsewhere`), where it is 0: a tail
-    that every class has is the data's, and the class's own share of it is how often a clean row reaches it.
+    share of the other classes' rows beyond it and the share of the class's own rows at or beyond it, up to the first
+    level where the class's rows are there much more often than the others' (:func:`_rare_elsewhere`); from there
+    on it is 0. A tail that every class has is the data's, and the class's own share of it is how often a clean row
+    reaches it.
     """
     levels, floors = np.full(FLOOR_LEVELS, np.inf), np.zeros(FLOOR_LEVELS)
     others = _other_class_z(centred, k, unit_direction, loc, sc)
@@ -490,7 +491,10 @@ def _other_class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: f
     n = len(others)
     reached = n - np.searchsorted(others, top, side="right")  # other rows beyond each level
     share = _share_at_or_above(counts, loc, sc, top)
-    floor = np.where(_rare_elsewhere(reached, n, share), 0.0, np.maximum(reached / n, share))
+    # from the first level where the class's rows are rare elsewhere on, none: the top of a planted cluster has too few
+    # rows beyond it for the test, but it is the same cluster
+    free = np.cumsum(_rare_elsewhere(reached, n, share)) > 0
+    floor = np.where(free, 0.0, np.maximum(reached / n, share))
     levels[:len(top)], floors[:len(top)] = top, floor
     return levels, floors
 
