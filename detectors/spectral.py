@@ -41,7 +41,11 @@ differs from the reference code of ART and BackdoorBench in four ways:
    class's mean) reach it less than a third as often, and significantly so. A class's
    direction is relative to the pooled covariance, so rows added to another class can turn
    it towards a subgroup every class holds (caravan's tractor or moped owners), which its
-   own rule then cuts; a dirty-label cluster is in its target class only.
+   own rule then cuts; a dirty-label cluster is in its target class only. The same comparison
+   floors the p-values the decision layer gives a class's tail (:meth:`SpectralModel.pvalue_floor`):
+   a tail the other classes reach about as often is the data's, and a row in it is not rarer
+   than the class's own share of rows that far out, whatever the tail fitted to the class's
+   quantiles says.
    Alternatively, ``contamination`` flags a fixed share of all rows, or :meth:`calibrate`
    sets the threshold on trusted reference rows.
 
@@ -85,8 +89,10 @@ OTHER_CLASS_SIGNIFICANCE = 1e-3
 #: ... judged on at most this many sample rows of all classes, and only with this many of the other classes.
 OTHER_CLASS_ROWS = 20000
 MIN_OTHER_ROWS = 200
-#: Levels of a class's p-value floor (SpectralModel.pvalue_floor): the other classes' largest |z| along its direction.
+#: Levels of a class's p-value floor (SpectralModel.pvalue_floor): the largest |z| of its own and the other classes' rows.
 FLOOR_LEVELS = 512
+#: Centres of the projection histogram's bins, its underflow and overflow at the grid's ends.
+_CENTRES = np.r_[PROJECTION_EDGES[0], (PROJECTION_EDGES[:-1] + PROJECTION_EDGES[1:]) / 2, PROJECTION_EDGES[-1]]
 
 
 @dataclass(frozen=True)
@@ -125,13 +131,14 @@ class SpectralModel(PerClassModel):
                         self.location, 1.0 / self.scale, np.empty(len(codes)))
 
     def pvalue_floor(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Smallest p-value a row's suspicion may have in its class: the share of the other classes' rows that reach it.
+        """Smallest p-value a row's suspicion may have in its class (the decision layer takes the larger of the two).
 
-        Each other class's sample rows, about their own class's mean, projected on the class's direction and scaled
-        as its own rows are: where they reach a suspicion about as often as the class's own rows do, a row there is
-        not rare in the data, whatever the class's fitted tail says (0 where the class's rows reach it at least
-        :data:`OTHER_CLASS_RATIO` times as often, and significantly so: rows planted in this class). NaN where the
-        score is NaN.
+        The other classes' sample rows, each about its own class's mean, projected on the class's direction and
+        scaled as its own rows are, show whether a tail is the class's own or the data's. Where they reach a
+        suspicion about as often as the class's rows do, a row there is not rarer than the larger of the two shares
+        that reach it, whatever the class's fitted tail says. From the first level the class's rows reach at least
+        :data:`OTHER_CLASS_RATIO` times as often, and significantly so (rows planted in this class), the floor is 0.
+        NaN where the score is NaN. Fitted by :func:`_other_class_floor`.
         """
         codes = label_codes(self.classes, labels)
         out = np.zeros(len(codes))
@@ -456,8 +463,7 @@ def _other_class_z(centred: list, k: int, unit_direction: np.ndarray, loc: float
 
 def _share_at_or_above(counts: np.ndarray, loc: float, sc: float, levels: np.ndarray) -> np.ndarray:
     """Share of a class's rows (its projection histogram, rows counted at their bin's centre) with |z| >= each level."""
-    centres = np.r_[PROJECTION_EDGES[0], (PROJECTION_EDGES[:-1] + PROJECTION_EDGES[1:]) / 2, PROJECTION_EDGES[-1]]
-    z = np.abs(centres - loc) / sc
+    z = np.abs(_CENTRES - loc) / sc
     order = np.argsort(z, kind="stable")
     beyond = np.concatenate([np.cumsum(counts[order][::-1])[::-1], [0]])  # rows at or above z[order][i]
     return beyond[np.searchsorted(z[order], levels, side="left")] / max(counts.sum(), 1)
@@ -485,8 +491,7 @@ def _other_class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: f
     if others is None or counts.sum() == 0:
         return levels, floors
     others = np.sort(others)
-    centres = np.r_[PROJECTION_EDGES[0], (PROJECTION_EDGES[:-1] + PROJECTION_EDGES[1:]) / 2, PROJECTION_EDGES[-1]]
-    own = np.abs(centres[counts > 0] - loc) / sc
+    own = np.abs(_CENTRES[counts > 0] - loc) / sc
     top = np.unique(np.concatenate([others[-FLOOR_LEVELS:], own]))[-FLOOR_LEVELS:]
     n = len(others)
     reached = n - np.searchsorted(others, top, side="right")  # other rows beyond each level

@@ -14,7 +14,7 @@ from conftest import one_error_line, plant_field_backdoor, real_frame, recall_pr
 
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector
 from poisonguard.detectors.persist import BoostedTrees, decode, encode
-from poisonguard.pipelines.model import DEFAULT_FIT_DETECTORS
+from poisonguard.pipelines.model import DEFAULT_FIT_DETECTORS, FORMAT_VERSION
 
 # Smaller label samples than the default keep the fit to seconds; the field backdoor is found by influence.
 FAST = {"label": {"sample_size": 8000, "boosting_rounds": 40}}
@@ -167,7 +167,7 @@ def test_the_model_directory_holds_no_pickle(diamonds_model):
     files = list(_files(diamonds_model))
     assert files and not [f for f in files if f.endswith((".pkl", ".pickle"))]
     manifest = json.load(open(os.path.join(diamonds_model, "model.json")))
-    assert manifest["format_version"] == 2 and manifest["versions"]["scikit_learn"]
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["versions"]["scikit_learn"]
     assert manifest["keeps_reference_rows"] == []
     for path in files:
         data = open(path, "rb").read()
@@ -217,7 +217,7 @@ def test_a_tampered_or_wrong_version_model_is_refused_in_one_line(diamonds_split
     manifest = json.load(open(version / "model.json"))
     manifest["format_version"] = 99
     json.dump(manifest, open(version / "model.json", "w"))
-    one_error_line(_screen_error(capsys, version, batch, tmp_path / "o3"), "format version 99", "reads version 2")
+    one_error_line(_screen_error(capsys, version, batch, tmp_path / "o3"), "format version 99", f"reads version {FORMAT_VERSION}")
     # member weights that do not split the false-discovery budget
     weights = _copy(diamonds_model, tmp_path, "weights")
     with np.load(weights / "arrays.npz", allow_pickle=False) as npz:

@@ -5,8 +5,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
 from sklearn.metrics import roc_auc_score
 
-from conftest import heavy_tailed_table, plant_backdoor, real_table, recall_precision
-from poisonguard.detectors import SpectralSignatureDetector
+from conftest import heavy_tailed_table, plant_backdoor, plant_field_backdoor, real_table, recall_precision
+from poisonguard.detectors import EnsembleDetector, SpectralSignatureDetector
 from poisonguard.detectors.thresholds import cluster_threshold
 
 
@@ -93,6 +93,24 @@ def test_a_subgroup_every_class_holds_is_not_cut(seed):
     det = SpectralSignatureDetector().fit(X2, y2, row_ids=np.r_[ids, ids.max() + 1 + np.arange(len(pick))])
     assert det.thresholds_["No"] == np.inf
     assert (det.predict(X, y) < 0).mean() <= 0.005
+
+
+def test_a_tail_every_class_holds_gets_no_small_pvalue():
+    """caravan with the field test's door3 planting (3% of the rows, from the majority class, MGODRK at its 99th
+    percentile and MGODPR at its 1st, relabelled): the majority class's direction turns to a subgroup both classes
+    hold (zero-inflated policy counts). Its own rule does not cut it, but its fitted tail gave 112 of its clean rows
+    p-values the decision layer cut. The other class's sample rows reach as far out about as often, so those rows'
+    p-values are floored at the class's own share of that tail, and none is flagged."""
+    X, y, ids = real_table("caravan")
+    Xb, yb, truth = plant_field_backdoor(X, y, 0.03, seed=[0, 5, 4], columns=(5, 6))
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(Xb, yb, row_ids=ids)
+    flagged = det.predict(Xb, yb) < 0
+    majority = yb == "No"
+    assert (flagged & majority).sum() <= 0.005 * majority.sum()
+    model = det.model_.models[0]
+    scores = model.suspicion(Xb, yb)
+    far = majority & (scores > np.quantile(scores[majority], 0.99))
+    assert (model.pvalue_floor(scores, yb)[far] > 0).all()
 
 
 def test_large_common_offset_changes_nothing(cancer_backdoor):
