@@ -61,15 +61,18 @@ numba pass. Memory is O(K d^2 + K sample_size d), independent of N.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
 from scipy.stats import binom
+from sklearn.cluster import KMeans
 
 from ._kernels import project_standardized, projection_bins, robust_z, standardize_clip
 from ._sklearn import Interval, StrOptions
 from .base import BaseDetector, PerClassModel, add_class_moments, describe_features, label_codes, robust_feature_scale
+from .clustering import _tail_starts
 from .statistics import add_class_bins, uniform_grid
 from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
@@ -89,8 +92,16 @@ OTHER_CLASS_SIGNIFICANCE = 1e-3
 #: ... judged on at most this many sample rows of all classes, and only with this many of the other classes.
 OTHER_CLASS_ROWS = 20000
 MIN_OTHER_ROWS = 200
-#: Levels of a class's p-value floor (SpectralModel.pvalue_floor): the largest |z| of its own and the other classes' rows.
-FLOOR_LEVELS = 512
+#: Levels of a class's p-value floor (SpectralModel.pvalue_floor): the largest |z| of the other classes' rows, of its
+#: own rows and of its rows below its cut, this many of each.
+FLOOR_LEVELS = 256
+#: ``subspace``: smallest Fisher separation of a cluster whose direction replaces a class's top one. Measured on MNIST
+#: (an MLP's hidden activations, 5-33% of the 7s relabelled 1 with a patch or a blend, seeds 0-2, 4 directions):
+#: the poison 4.6-7.5; no clean class of those batches reached 3.5 (with 8 directions, small clean clusters of 11-43
+#: images reached 3.6-5.8).
+SUBSPACE_MIN_SEPARATION = 3.5
+#: ``subspace``: k-means++ starts of the 2-means search, besides the tail starts.
+SUBSPACE_STARTS = 10
 #: Centres of the projection histogram's bins, its underflow and overflow at the grid's ends.
 _CENTRES = np.r_[PROJECTION_EDGES[0], (PROJECTION_EDGES[:-1] + PROJECTION_EDGES[1:]) / 2, PROJECTION_EDGES[-1]]
 
@@ -112,9 +123,10 @@ class SpectralModel(PerClassModel):
     scale: np.ndarray  # (K,) robust scale of the projections
     counts: np.ndarray  # (K,) rows per class
     top_eigenvalue: np.ndarray  # (K,) variance along the direction, in whitened units
+    separation: np.ndarray  # (K,) of the cluster whose direction replaced the top one (NaN: the top one; ``subspace``)
     thresholds: np.ndarray  # (K,) suspicion above which a row is flagged (inf: never)
-    floor_z: np.ndarray  # (K, FLOOR_LEVELS) ascending suspicion levels of the p-value floor (inf: padding)
-    floor_p: np.ndarray  # (K, FLOOR_LEVELS) the floor from each level to the next (0: none)
+    floor_z: np.ndarray  # (K, 3 FLOOR_LEVELS) ascending suspicion levels of the p-value floor (inf: padding)
+    floor_p: np.ndarray  # (K, 3 FLOOR_LEVELS) the floor from each level to the next (0: none)
 
     def projections(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each row's projection on its class direction (NaN for unseen classes)."""
@@ -138,7 +150,7 @@ class SpectralModel(PerClassModel):
         suspicion about as often as the class's rows do, a row there is not rarer than the larger of the two shares
         that reach it, whatever the class's fitted tail says. From the first level the class's rows reach at least
         :data:`OTHER_CLASS_RATIO` times as often, and significantly so (rows planted in this class), the floor is 0.
-        NaN where the score is NaN. Fitted by :func:`_other_class_floor`.
+        NaN where the score is NaN. Fitted by :func:`_class_floor`, which also floors the rows below a cut.
         """
         codes = label_codes(self.classes, labels)
         out = np.zeros(len(codes))
@@ -176,6 +188,7 @@ class SpectralModel(PerClassModel):
             str(c): {
                 "rows": int(self.counts[k]),
                 "top_eigenvalue": float(self.top_eigenvalue[k]),
+                **({"cluster_separation": float(self.separation[k])} if np.isfinite(self.separation[k]) else {}),
                 "threshold": float(self.thresholds[k]) if np.isfinite(self.thresholds[k]) else None,
             }
             for k, c in enumerate(self.classes)
@@ -245,8 +258,21 @@ class SpectralSignatureDetector(BaseDetector):
         clean rows' quartiles lie one or two bins apart, and the edges decided the tail's
         shape (MNIST, a blend on 5% of the 7s: shape 1 for two seeds of three, the poison
         at p = 5e-4 and nothing flagged; 0 when interpolated, benchmarks/README.md, Images).
+    subspace : int, default 1
+        Top whitened directions of each class searched for a small cluster (1: the top
+        direction alone, as Tran et al.). With more, each class's sample rows are projected
+        on its ``subspace`` top directions and split by 2-means (k-means++ starts and starts
+        that seed the outermost 3% along each direction); where the smaller side holds at
+        least ``min_cluster_size`` rows, at most ``max_cluster_fraction`` of the class, and
+        the discriminant (Fisher) direction between the two sides separates them by at
+        least :data:`SUBSPACE_MIN_SEPARATION`, that direction replaces the top one. The cut,
+        the guards and the decision layer are then the same. A model's embedding of its own
+        poisoned training data learns the trigger as a feature of its own, but the class's
+        top direction is often a direction of its clean rows (measured on MNIST with an MLP's
+        hidden activations: the poison's is the second or third direction at 5-10%). Image
+        batches use 4 (benchmarks/README.md, Images).
     seed : int, default 0
-        Key of the row-id hash that selects the sample.
+        Key of the row-id hash that selects the sample; seed of the 2-means starts.
 
     Attributes
     ----------
@@ -273,6 +299,7 @@ class SpectralSignatureDetector(BaseDetector):
         "min_tail_gap": [Interval(Real, 0.0, None, closed="left")],
         "point_mass_scale": [StrOptions({"fallback", "resolution"})],
         "null_quantiles": [StrOptions({"edge", "interpolated"})],
+        "subspace": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(
@@ -289,6 +316,7 @@ class SpectralSignatureDetector(BaseDetector):
         min_tail_gap=MIN_TAIL_GAP,
         point_mass_scale="fallback",
         null_quantiles="edge",
+        subspace=1,
         seed=0,
     ):
         self.contamination = contamination
@@ -302,6 +330,7 @@ class SpectralSignatureDetector(BaseDetector):
         self.min_tail_gap = min_tail_gap
         self.point_mass_scale = point_mass_scale
         self.null_quantiles = null_quantiles
+        self.subspace = subspace
         self.seed = seed
 
     # -- pass 0: bounded sample -> feature median / scale, pilot means ----------------------
@@ -367,15 +396,23 @@ class SpectralSignatureDetector(BaseDetector):
         whiten = (V / np.sqrt(np.maximum(w, 1e-12 * w.max()))) @ V.T  # symmetric inverse square root
         directions = np.zeros((K, d))
         eigenvalues = np.zeros(K)
+        separation = np.full(K, np.nan)
         for k, c in enumerate(classes):
             if counts[k] < 2:
                 continue
             cov = whiten @ (scatters[k] / (counts[k] - 1)) @ whiten
             vals, vecs = np.linalg.eigh(cov)
-            v = whiten @ vecs[:, -1]
+            u = vecs[:, -1]
+            if self.subspace > 1:
+                found = self._cluster_direction(state["centred"][k] @ whiten @ vecs[:, ::-1][:, :self.subspace])
+                if found is not None:
+                    separation[k], a = found
+                    u = vecs[:, ::-1][:, :self.subspace] @ a
+                    u /= np.linalg.norm(u)
+            v = whiten @ u
             v *= np.sign(v[np.argmax(np.abs(v))]) or 1.0  # deterministic sign
             directions[k] = v
-            eigenvalues[k] = max(vals[-1], 0.0)
+            eigenvalues[k] = max(float(u @ cov @ u), 0.0)
         st = state["standardize"]
         partial = SpectralModel(
             classes=classes,
@@ -388,11 +425,45 @@ class SpectralSignatureDetector(BaseDetector):
             scale=np.ones(K),
             counts=counts,
             top_eigenvalue=eigenvalues,
+            separation=separation,
             thresholds=np.full(K, np.inf),
-            floor_z=np.full((K, FLOOR_LEVELS), np.inf),
-            floor_p=np.zeros((K, FLOOR_LEVELS)),
+            floor_z=np.full((K, 3 * FLOOR_LEVELS), np.inf),
+            floor_p=np.zeros((K, 3 * FLOOR_LEVELS)),
         )
         return {**state, "partial": partial, "rank": rank}
+
+    def _cluster_direction(self, Y: np.ndarray):
+        """The best-separated small 2-means cluster of one class's sample rows ``Y`` (n, m), in its top whitened
+        directions: ``(separation, a)``, ``a`` the (m,) discriminant direction from the rest to the cluster; None
+        where no split has a small side that passes ``min_cluster_size``, ``max_cluster_fraction`` and
+        :data:`SUBSPACE_MIN_SEPARATION`. The separation is ``(mu_s - mu_l) / (sd_s + sd_l)`` of the two sides'
+        projections on ``a``, as the clustering detector's."""
+        n, m = Y.shape
+        if n < max(4 * self.min_cluster_size, 2 * m + 2):
+            return None
+        Y = Y.astype(np.float64) - Y.mean(axis=0)
+        rng = np.random.RandomState(self.seed)
+        seen, best = set(), None
+        for init in [None] * SUBSPACE_STARTS + _tail_starts(Y):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # duplicate points: a degenerate split is skipped below
+                km = KMeans(n_clusters=2, n_init=1, random_state=rng) if init is None else KMeans(n_clusters=2, init=init, n_init=1)
+                labels = km.fit(Y).labels_
+            small = labels == int(np.argmin(np.bincount(labels, minlength=2)))
+            key = np.packbits(small).tobytes()
+            if key in seen or not self.min_cluster_size <= small.sum() <= self.max_cluster_fraction * n:
+                continue
+            seen.add(key)
+            A, B = Y[small] - Y[small].mean(axis=0), Y[~small] - Y[~small].mean(axis=0)
+            within = (A.T @ A + B.T @ B) / (n - 2)
+            a = np.linalg.solve(within + 1e-9 * max(np.trace(within) / m, 1e-300) * np.eye(m),
+                                Y[small].mean(axis=0) - Y[~small].mean(axis=0))
+            p = Y @ a
+            spread = p[small].std() + p[~small].std()
+            sep = (p[small].mean() - p[~small].mean()) / spread if spread > 0 else 0.0
+            if sep >= SUBSPACE_MIN_SEPARATION and (best is None or sep > best[0]):
+                best = (float(sep), a / np.linalg.norm(a))
+        return best
 
     def _fit_thresholds(self, state, histograms: dict) -> SpectralModel:
         model: SpectralModel = state["partial"]
@@ -426,7 +497,7 @@ class SpectralSignatureDetector(BaseDetector):
             unit = model.direction[k] / sd if sd > 0 else model.direction[k]
             if np.isfinite(thresholds[k]) and _held_by_other_classes(state["centred"], k, unit, loc, sc, thresholds[k], counts):
                 thresholds[k] = np.inf
-            floor_z[k], floor_p[k] = _other_class_floor(state["centred"], k, unit, loc, sc, counts)
+            floor_z[k], floor_p[k] = _class_floor(state["centred"], k, unit, loc, sc, counts, thresholds[k])
         fitted = replace(model, location=location, scale=scale, thresholds=thresholds, floor_z=floor_z, floor_p=floor_p)
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
@@ -475,31 +546,40 @@ def _rare_elsewhere(reached, n_others: int, share):
         (binom.cdf(reached, n_others, share) <= OTHER_CLASS_SIGNIFICANCE)
 
 
-def _other_class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float,
-                       counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): levels and floors, FLOOR_LEVELS each.
+def _class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float, counts: np.ndarray,
+                 cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): levels and floors, 3 FLOOR_LEVELS each.
 
-    The levels are the largest |z| of the other classes' sample rows and of the class's own rows (bin centres of
-    its projection histogram), FLOOR_LEVELS in all. From one level to the next, the floor is the larger of the
-    share of the other classes' rows beyond it and the share of the class's own rows at or beyond it, up to the first
-    level where the class's rows are there much more often than the others' (:func:`_rare_elsewhere`); from there
-    on it is 0. A tail that every class has is the data's, and the class's own share of it is how often a clean row
-    reaches it.
+    The levels are the largest |z| of the other classes' sample rows, of the class's own rows and of its rows below
+    its cut (bin centres of its projection histogram), FLOOR_LEVELS of each. From one level to the next the floor is:
+
+    * below the cut, where the class's own rule cut a cluster, the share of the rows below the cut that reach the
+      level: those rows are the class without the cluster, and a row among them is as rare as its rank says;
+    * the larger of the share of the other classes' rows beyond it and the share of the class's own rows at or
+      beyond it, up to the first level where the class's rows are there much more often than the others'
+      (:func:`_rare_elsewhere`), and 0 from there on. A tail that every class has is the data's, and the class's
+      own share of it is how often a clean row reaches it; the top of a planted cluster has too few rows beyond it
+      for the test, but it is the same cluster.
     """
-    levels, floors = np.full(FLOOR_LEVELS, np.inf), np.zeros(FLOOR_LEVELS)
+    levels, floors = np.full(3 * FLOOR_LEVELS, np.inf), np.zeros(3 * FLOOR_LEVELS)
     others = _other_class_z(centred, k, unit_direction, loc, sc)
-    if others is None or counts.sum() == 0:
+    total = counts.sum()
+    if total == 0 or (others is None and not np.isfinite(cut)):
         return levels, floors
-    others = np.sort(others)
-    own = np.abs(_CENTRES[counts > 0] - loc) / sc
-    top = np.unique(np.concatenate([others[-FLOOR_LEVELS:], own]))[-FLOOR_LEVELS:]
-    n = len(others)
-    reached = n - np.searchsorted(others, top, side="right")  # other rows beyond each level
+    own = np.sort(np.abs(_CENTRES[counts > 0] - loc) / sc)
+    others = np.sort(others) if others is not None else np.zeros(0)
+    top = np.unique(np.concatenate([others[-FLOOR_LEVELS:], own[-FLOOR_LEVELS:], own[own < cut][-FLOOR_LEVELS:]]))
     share = _share_at_or_above(counts, loc, sc, top)
-    # from the first level where the class's rows are rare elsewhere on, none: the top of a planted cluster has too few
-    # rows beyond it for the test, but it is the same cluster
-    free = np.cumsum(_rare_elsewhere(reached, n, share)) > 0
-    floor = np.where(free, 0.0, np.maximum(reached / n, share))
+    floor = np.zeros(len(top))
+    if len(others):
+        n = len(others)
+        reached = n - np.searchsorted(others, top, side="right")  # other rows beyond each level
+        free = np.cumsum(_rare_elsewhere(reached, n, share)) > 0
+        floor = np.where(free, 0.0, np.maximum(reached / n, share))
+    if np.isfinite(cut):
+        beyond_cut = _share_at_or_above(counts, loc, sc, np.array([cut]))[0]
+        if beyond_cut < 1.0:
+            floor = np.where(top < cut, np.maximum(floor, (share - beyond_cut) / (1.0 - beyond_cut)), floor)
     levels[:len(top)], floors[:len(top)] = top, floor
     return levels, floors
 

@@ -68,8 +68,11 @@ IMAGE_DEFAULT_DETECTORS = ("spectral",)
 #: and whitening them by it made a stroke that some clean 9s share a "cluster" once a third of the 7s carried a patch
 #: (precision 0.81 at 0.1, 1.00 at 0.3; benchmarks/README.md, Images); and the null's quantiles read inside their bins
 #: (``null_quantiles``): scored in units of the projection grid's resolution, a class's clean quartiles lie a bin or two
-#: apart, and read at the bins' edges they gave the heaviest tail for two seeds of three of a blend on 5% of the 7s.
-IMAGE_DETECTOR_PARAMS = {"spectral": {"point_mass_scale": "resolution", "shrinkage": 0.3, "null_quantiles": "interpolated"}}
+#: apart, and read at the bins' edges they gave the heaviest tail for two seeds of three of a blend on 5% of the 7s; and
+#: the top 4 whitened directions searched for a cluster (``subspace``): in a model's embedding of its poisoned data the
+#: poison's direction is often the class's second or third (MNIST with an MLP's activations, 5% and 10%).
+IMAGE_DETECTOR_PARAMS = {"spectral": {"point_mass_scale": "resolution", "shrinkage": 0.3, "null_quantiles": "interpolated",
+                                      "subspace": 4}}
 
 
 @dataclass(frozen=True)
