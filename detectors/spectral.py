@@ -267,7 +267,10 @@ class SpectralSignatureDetector(BaseDetector):
         quantiles, gave a few clean 1s far out along the poison's direction p-values of
         1e-4 to 1e-7, and the poison itself, cut with p near 0, raised Benjamini-Hochberg's
         cut enough to take them (MNIST, 5% of the 7s: precision 0.94, 1.00 with "rank"). On
-        tables it cost the ranking (field test, caravan: ROC-AUC of 10% flips 0.81 to 0.74).
+        the field test's tables it took clean rows out of backdoored batches too (diamonds and
+        loans door3: 0.17% and 0.31% of clean rows flagged, 0.03% with "rank") but cost the
+        ranking where a natural cluster is cut (caravan, whose 13 boat owners spectral cuts:
+        ROC-AUC of 10% flips 0.81 to 0.74, of a jittered trigger 0.69 to 0.54).
     subspace : int, default 1
         Top whitened directions of each class searched for a small cluster (1: the top
         direction alone, as Tran et al.). With more, each class's sample rows are projected

@@ -186,12 +186,15 @@ def _screen_in_memory(images, labels, detectors=IMAGE_DEFAULT_DETECTORS):
     return det.screen(det.model_, F, labels).flagged
 
 
-@pytest.mark.parametrize("rate, blend", [(0.05, None), (0.10, None), (0.33, None), (0.05, 0.15), (0.10, 0.15), (0.33, 0.15)])
+@pytest.mark.parametrize("rate, blend", [(0.05, None), (0.10, None), (0.33, None), (0.05, 0.15), (0.10, 0.15), (0.33, 0.15),
+                                         (0.05, 0.1), (0.05, 0.2)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mnist_backdoor_floor(mnist, rate, blend, seed):
-    """BadNets 3x3 patch or a blend at alpha 0.15, 7 -> 1, no rate or target given, three seeds of the poisoned rows
+    """BadNets 3x3 patch or a blend at alpha 0.1-0.2, 7 -> 1, no rate or target given, three seeds of the poisoned rows
     and the pattern: recall >= 0.98, precision >= 0.95, clean loss <= 0.5% (the blend on 5% of the 7s needs spectral's
-    ``null_quantiles="interpolated"``: with the bins' edges, seeds 1 and 2 flagged nothing; benchmarks/README.md, Images)."""
+    ``null_quantiles="interpolated"``: with the bins' edges, seeds 1 and 2 flagged nothing; along the top direction
+    alone, at alpha 0.2 and seed 2, three clean 1s far out along it took precision to 0.944; benchmarks/README.md,
+    Images)."""
     images, labels, _ = mnist
     X, y, truth = plant_patch(images, labels, rate, seed=seed, blend=blend)
     flagged = _screen_in_memory(X, y)
@@ -232,7 +235,9 @@ def test_mnist_backdoor_floor_on_a_users_embedding(mnist, rate, blend, seed):
     """The same floors on a user's embedding of the poisoned batch (their MLP learns the trigger: it sends 96-100% of
     the other 7s to 1 once stamped). Along each class's top whitened direction the 5% and 10% poison was not found:
     that direction is the clean 1s' own, and the poison's is the second or third. The image batches' spectral
-    searches the top 4 for a cluster (``subspace``)."""
+    searches the top 4 for a cluster (``subspace``); at 5% (seed 0) three clean 1s far out along the poison's direction
+    still took precision to 0.944 until a row below the cut was given no smaller a p-value than its rank there
+    (``null_below_cut="rank"``)."""
     images, labels, _ = mnist
     X, y, truth = plant_patch(images, labels, rate, seed=seed, blend=blend)
     F = user_embedding(X, y, seed)
