@@ -278,7 +278,8 @@ class SpectralSignatureDetector(BaseDetector):
         that seed the outermost 3% along each direction); where the smaller side holds at
         least ``min_cluster_size`` rows, at most ``max_cluster_fraction`` of the class, and
         the discriminant (Fisher) direction between the two sides separates them by at
-        least :data:`SUBSPACE_MIN_SEPARATION`, that direction replaces the top one. The cut,
+        least :data:`SUBSPACE_MIN_SEPARATION`, that direction replaces the top one (in classes
+        with at least ``CUT_ROWS_PER_DIMENSION`` rows per dimension, as the cut). The cut,
         the guards and the decision layer are then the same. A model's embedding of its own
         poisoned training data learns the trigger as a feature of its own, but the class's
         top direction is often a direction of its clean rows (measured on MNIST with an MLP's
@@ -419,7 +420,8 @@ class SpectralSignatureDetector(BaseDetector):
             cov = whiten @ (scatters[k] / (counts[k] - 1)) @ whiten
             vals, vecs = np.linalg.eigh(cov)
             u = vecs[:, -1]
-            if self.subspace > 1:
+            if self.subspace > 1 and counts[k] >= CUT_ROWS_PER_DIMENSION * rank:  # as the cut: a direction fitted to
+                # a few rows per dimension isolates whatever small subgroup a class holds
                 found = self._cluster_direction(state["centred"][k] @ whiten @ vecs[:, ::-1][:, :self.subspace])
                 if found is not None:
                     separation[k], a = found
