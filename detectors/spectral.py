@@ -157,8 +157,10 @@ class SpectralModel(PerClassModel):
         out = np.zeros(len(codes))
         for k in np.unique(codes[codes >= 0]):
             rows = np.flatnonzero(codes == k)
-            level = np.searchsorted(self.floor_z[k], scores[rows], side="right") - 1
-            out[rows] = np.where(level >= 0, self.floor_p[k][np.maximum(level, 0)], 0.0)
+            # below the lowest level, the lowest level's floor: the floor only grows towards the class's centre, and a
+            # p-value that fell there would rank a row below one further out
+            level = np.maximum(np.searchsorted(self.floor_z[k], scores[rows], side="right") - 1, 0)
+            out[rows] = self.floor_p[k][level]
         return np.where(np.isnan(scores), np.nan, out)
 
     def explain(self, X: np.ndarray, labels: np.ndarray, feature_names=None, top: int = 3) -> list:
