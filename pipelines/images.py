@@ -70,11 +70,9 @@ IMAGE_DEFAULT_DETECTORS = ("spectral",)
 #: (``null_quantiles``): scored in units of the projection grid's resolution, a class's clean quartiles lie a bin or two
 #: apart, and read at the bins' edges they gave the heaviest tail for two seeds of three of a blend on 5% of the 7s; and
 #: the top 4 whitened directions searched for a cluster (``subspace``): in a model's embedding of its poisoned data the
-#: poison's direction is often the class's second or third (MNIST with an MLP's activations, 5% and 10%); and a row
-#: below a class's cut no rarer than its rank there (``null_below_cut``): a few clean 1s far out along the poison's
-#: direction took precision under 0.95.
+#: poison's direction is often the class's second or third (MNIST with an MLP's activations, 5% and 10%).
 IMAGE_DETECTOR_PARAMS = {"spectral": {"point_mass_scale": "resolution", "shrinkage": 0.3, "null_quantiles": "interpolated",
-                                      "null_below_cut": "rank", "subspace": 4}}
+                                      "subspace": 4}}
 
 
 @dataclass(frozen=True)

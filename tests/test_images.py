@@ -236,8 +236,7 @@ def test_mnist_backdoor_floor_on_a_users_embedding(mnist, rate, blend, seed):
     the other 7s to 1 once stamped). Along each class's top whitened direction the 5% and 10% poison was not found:
     that direction is the clean 1s' own, and the poison's is the second or third. The image batches' spectral
     searches the top 4 for a cluster (``subspace``); at 5% (seed 0) three clean 1s far out along the poison's direction
-    still took precision to 0.944 until a row below the cut was given no smaller a p-value than its rank there
-    (``null_below_cut="rank"``)."""
+    still took precision to 0.944 until a row below the cut was given no smaller a p-value than its rank there."""
     images, labels, _ = mnist
     X, y, truth = plant_patch(images, labels, rate, seed=seed, blend=blend)
     F = user_embedding(X, y, seed)
