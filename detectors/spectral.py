@@ -126,8 +126,8 @@ class SpectralModel(PerClassModel):
     top_eigenvalue: np.ndarray  # (K,) variance along the direction, in whitened units
     separation: np.ndarray  # (K,) of the cluster whose direction replaced the top one (NaN: the top one; ``subspace``)
     thresholds: np.ndarray  # (K,) suspicion above which a row is flagged (inf: never)
-    floor_z: np.ndarray  # (K, 3 FLOOR_LEVELS) ascending suspicion levels of the p-value floor (inf: padding)
-    floor_p: np.ndarray  # (K, 3 FLOOR_LEVELS) the floor from each level to the next (0: none)
+    floor_z: np.ndarray  # (K, L <= 3 FLOOR_LEVELS) ascending suspicion levels of the p-value floor (inf: padding)
+    floor_p: np.ndarray  # (K, L) the floor from each level to the next (0: none)
 
     def projections(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each row's projection on its class direction (NaN for unseen classes)."""
@@ -156,7 +156,7 @@ class SpectralModel(PerClassModel):
         """
         codes = label_codes(self.classes, labels)
         out = np.zeros(len(codes))
-        for k in np.unique(codes[codes >= 0]):
+        for k in np.unique(codes[codes >= 0]) if self.floor_z.shape[1] else ():
             rows = np.flatnonzero(codes == k)
             # below the lowest level, the lowest level's floor: the floor only grows towards the class's centre, and a
             # p-value that fell there would rank a row below one further out
@@ -503,8 +503,13 @@ class SpectralSignatureDetector(BaseDetector):
             unit = model.direction[k] / sd if sd > 0 else model.direction[k]
             if np.isfinite(thresholds[k]) and _held_by_other_classes(state["centred"], k, unit, loc, sc, thresholds[k], counts):
                 thresholds[k] = np.inf
-            floor_z[k], floor_p[k] = _class_floor(state["centred"], k, unit, loc, sc, counts, thresholds[k])
-        fitted = replace(model, location=location, scale=scale, thresholds=thresholds, floor_z=floor_z, floor_p=floor_p)
+            if model.counts[k] >= 2 * self.min_cluster_size:  # a class too small to cut has no tail to floor either
+                floor_z[k], floor_p[k] = _class_floor(state["centred"], k, unit, loc, sc, counts, thresholds[k])
+        # the model is a side input of every scoring chunk: keep only the levels some class uses (none for 5,000
+        # classes of 2 rows, where the padded arrays were 61 MB)
+        used = int(np.isfinite(floor_z).sum(axis=1).max(initial=0))
+        fitted = replace(model, location=location, scale=scale, thresholds=thresholds, floor_z=floor_z[:, :used],
+                         floor_p=floor_p[:, :used])
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
         return fitted

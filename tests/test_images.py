@@ -224,10 +224,11 @@ def user_embedding(images, labels, seed, hidden=128):
     return np.maximum(X @ mlp.coefs_[0] + mlp.intercepts_[0], 0.0)
 
 
+#: Two cases in the fast lane, the rest of seed 0 in the slow one (an MLP is trained per case; seeds 1 and 2 of every case
+#: are in benchmarks/README.md, Images).
 _EMBEDDING_CASES = [(0.05, None, 0), (0.10, 0.15, 1)] + [
-    pytest.param(rate, blend, seed, marks=pytest.mark.slow)
-    for seed in (0, 1, 2) for rate, blend in [(0.05, None), (0.10, None), (0.33, None), (0.05, 0.15), (0.10, 0.15), (0.33, 0.15)]
-    if (rate, blend, seed) not in [(0.05, None, 0), (0.10, 0.15, 1)]]
+    pytest.param(rate, blend, 0, marks=pytest.mark.slow)
+    for rate, blend in [(0.10, None), (0.33, None), (0.05, 0.15), (0.10, 0.15), (0.33, 0.15)]]
 
 
 @pytest.mark.parametrize("rate, blend, seed", _EMBEDDING_CASES)
