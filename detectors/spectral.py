@@ -433,8 +433,8 @@ class SpectralSignatureDetector(BaseDetector):
             top_eigenvalue=eigenvalues,
             separation=separation,
             thresholds=np.full(K, np.inf),
-            floor_z=np.full((K, 3 * FLOOR_LEVELS), np.inf),
-            floor_p=np.zeros((K, 3 * FLOOR_LEVELS)),
+            floor_z=np.zeros((K, 0)),
+            floor_p=np.zeros((K, 0)),
         )
         return {**state, "partial": partial, "rank": rank}
 
@@ -475,7 +475,7 @@ class SpectralSignatureDetector(BaseDetector):
         model: SpectralModel = state["partial"]
         K = len(model.classes)
         location, scale, thresholds = np.zeros(K), np.ones(K), np.full(K, np.inf)
-        floor_z, floor_p = model.floor_z.copy(), model.floor_p.copy()
+        floors = {}  # class index -> (levels, floors), for the classes large enough to have one
         z_hist = np.zeros(len(SUSPICION_EDGES) + 1, dtype=np.int64)
         for k, c in enumerate(model.classes):
             counts = histograms[c].counts
@@ -504,12 +504,14 @@ class SpectralSignatureDetector(BaseDetector):
             if np.isfinite(thresholds[k]) and _held_by_other_classes(state["centred"], k, unit, loc, sc, thresholds[k], counts):
                 thresholds[k] = np.inf
             if model.counts[k] >= 2 * self.min_cluster_size:  # a class too small to cut has no tail to floor either
-                floor_z[k], floor_p[k] = _class_floor(state["centred"], k, unit, loc, sc, counts, thresholds[k])
-        # the model is a side input of every scoring chunk: keep only the levels some class uses (none for 5,000
-        # classes of 2 rows, where the padded arrays were 61 MB)
-        used = int(np.isfinite(floor_z).sum(axis=1).max(initial=0))
-        fitted = replace(model, location=location, scale=scale, thresholds=thresholds, floor_z=floor_z[:, :used],
-                         floor_p=floor_p[:, :used])
+                floors[k] = _class_floor(state["centred"], k, unit, loc, sc, counts, thresholds[k])
+        # the model is a side input of every scoring chunk: only as many levels as some class uses (none for 5,000
+        # classes of 2 rows, where padded arrays took 61 MB a copy)
+        used = max((int(np.isfinite(z).sum()) for z, _ in floors.values()), default=0)
+        floor_z, floor_p = np.full((K, used), np.inf), np.zeros((K, used))
+        for k, (z, p) in floors.items():
+            floor_z[k], floor_p[k] = z[:used], p[:used]
+        fitted = replace(model, location=location, scale=scale, thresholds=thresholds, floor_z=floor_z, floor_p=floor_p)
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
         return fitted
