@@ -80,10 +80,12 @@ def test_deep_nesting_is_one_error_not_a_crash(tmp_path):
         load_attack_config(str(path))
 
 
-def test_5000_classes_of_2_rows_stay_within_1_gb_and_a_2_mb_report(tmp_path):
+def test_5000_classes_of_2_rows_add_little_memory_and_keep_a_2_mb_report(tmp_path):
     """Memory grew 1-2 MB per class whatever the rows (dense 20,001-bin histograms per class, a gradient-boosting
     model with a tree per class per round): 5,000 classes of 2 rows took 4.5-8.5 GB and wrote a 40 MB report.json.
-    The screen runs in a child process, which reports its own peak resident memory."""
+    The screen runs in a child process, which reports its own peak resident memory. The same 10,000 rows in 10
+    classes are the baseline, measured in the same environment: the process's own peak depends on it (in the full
+    suite, 150-190 MB above the same command run alone, 2026-11-30), what the classes add does not."""
     import json
     import subprocess
     import sys
@@ -94,16 +96,22 @@ def test_5000_classes_of_2_rows_stay_within_1_gb_and_a_2_mb_report(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(10_000, 8)), columns=[f"f{j}" for j in range(8)])
     frame.insert(0, "id", np.arange(10_000))
-    frame["label"] = np.repeat([f"c{i}" for i in range(5000)], 2)
-    frame.to_parquet(tmp_path / "classes.parquet")
-    out = tmp_path / "out"
     script = ("import resource, sys\nfrom poisonguard.pipelines.cli import main\nrc = main(sys.argv[1:])\n"
               "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", script, "screen", str(tmp_path / "classes.parquet"), "--out", str(out),
-                           "--id-column", "id", "--label-column", "label"], capture_output=True, text=True, timeout=900)
-    rc, peak_kb = done.stdout.split()[-2:]
-    assert rc == "0", done.stderr
-    assert int(peak_kb) < 1 << 20, f"peak resident memory {int(peak_kb) >> 10} MB"  # ru_maxrss is in KB on Linux
+    peaks = {}
+    for classes in (10, 5000):
+        frame["label"] = np.repeat([f"c{i}" for i in range(classes)], 10_000 // classes)
+        frame.to_parquet(tmp_path / f"classes{classes}.parquet")
+        out = tmp_path / f"out{classes}"
+        done = subprocess.run([sys.executable, "-c", script, "screen", str(tmp_path / f"classes{classes}.parquet"), "--out",
+                               str(out), "--id-column", "id", "--label-column", "label"], capture_output=True, text=True,
+                              timeout=900)
+        rc, peak_kb = done.stdout.split()[-2:]
+        assert rc in ("0", "1"), done.stderr
+        peaks[classes] = int(peak_kb) >> 10  # ru_maxrss is in KB on Linux
+    assert rc == "0"
+    # alone, 10 classes peak at 656 MB and 5,000 at 886-912 MB; padded per-class arrays took it to 1,220-1,280 MB
+    assert peaks[5000] - peaks[10] < 400 and peaks[5000] < 1536, f"peak resident memory {peaks} MB"
     assert (out / "report.json").stat().st_size < 2 << 20
     report = json.loads((out / "report.json").read_text())
     assert report["counts"]["cleaned"] + report["counts"]["quarantine"] == 10_000
