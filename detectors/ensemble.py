@@ -123,7 +123,7 @@ class EnsembleModel:
                 s = m.suspicion(X, labels)
                 p = null.pvalues(s, codes)
                 if hasattr(m, "pvalue_floor"):
-                    p = np.maximum(p, m.pvalue_floor(s, labels))
+                    p = np.maximum(p, m.pvalue_floor(s, codes))
             scores.append(s), pvalues.append(p)
         return scores, pvalues
 

@@ -143,7 +143,7 @@ class SpectralModel(PerClassModel):
         return robust_z(np.ascontiguousarray(X), codes, self.median, self.inv_scale, self.clip, self.mean, self.direction,
                         self.location, 1.0 / self.scale, np.empty(len(codes)))
 
-    def pvalue_floor(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def pvalue_floor(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Smallest p-value a row's suspicion may have in its class (the decision layer takes the larger of the two).
 
         The other classes' sample rows, each about its own class's mean, projected on the class's direction and
@@ -152,9 +152,8 @@ class SpectralModel(PerClassModel):
         that reach it, whatever the class's fitted tail says. From the first level the class's rows reach at least
         :data:`OTHER_CLASS_RATIO` times as often, and significantly so (rows planted in this class), the floor is 0.
         Below a class's cut, a row's floor is also its rank among the rows below the cut. NaN where the score is NaN.
-        Fitted by :func:`_class_floor`.
+        Fitted by :func:`_class_floor`. ``codes``: each row's class index (``label_codes``), -1 for an unknown class.
         """
-        codes = label_codes(self.classes, labels)
         out = np.zeros(len(codes))
         for k in np.unique(codes[codes >= 0]) if self.floor_z.shape[1] else ():
             rows = np.flatnonzero(codes == k)
