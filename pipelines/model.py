@@ -417,9 +417,9 @@ def run_screen_model(config):
         report_config = replace(config, target_fpr=target_fpr, alpha=model.alpha, detectors=tuple(model.names), reference=())
         trusted = saved.manifest.get("trusted_inputs", {})
         report = build_report(report_config, detector, contract, files, summary, model,
-                              {"valid": trusted.get("valid_rows", 0), "invalid": trusted.get("invalid_rows", 0)}, timings, validation)
+                              {"valid": trusted.get("valid_rows", 0), "invalid": trusted.get("invalid_rows", 0)}, timings, validation,
+                              duplicates)
         report["reference"] = {"paths": [config.model], "valid": trusted.get("valid_rows", 0), "invalid": trusted.get("invalid_rows", 0)}
-        report["inputs"]["duplicate_ids"] = duplicates.to_json()
         return finish_screen(report_config, outdir, report, summary, validation, t0)
 
 

@@ -37,7 +37,7 @@ from ..schemas import OUTPUTS, ConfigError, PoisonguardError
 from .images import (
     IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract,
 )
-from .ids import check_duplicate_ids, duplicate_ids_pass
+from .ids import Duplicates, check_duplicate_ids, duplicate_ids_pass
 from .history import DriftRule, append_run, check_store, compare_with_history, run_record
 from .html_report import write_html_report
 from .io import discover_shards, part_name, split_units, write_part
@@ -410,8 +410,8 @@ def run_screen(config: ScreenConfig) -> ScreenResult:
         remove_staged(staging)
         _check_conservation(summary, model, files, staging)
         report = build_report(config, detector, contract, files, summary, model,
-                              {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings, validation)
-        report["inputs"]["duplicate_ids"] = duplicates.to_json()
+                              {"valid": reference.valid, "invalid": reference.invalid} if reference else None, timings, validation,
+                              duplicates)
         if isinstance(contract, ImageContract):
             report["inputs"]["image_column"] = contract.image_column
             report["representation"] = contract.representation.describe()
@@ -595,16 +595,16 @@ def _bounded(report: dict, summary: ScreenSummary) -> dict:
 
 
 def build_report(config: ScreenConfig, detector, contract: Contract, files, summary: ScreenSummary, model, reference, timings,
-                 validation: Validation | None = None) -> dict:
+                 validation: Validation | None, duplicates: Duplicates) -> dict:
     members = detector.members()
     threshold_mode = ("reference" if reference and config.target_fpr is not None else
                       "auto" if detector.contamination == "auto" else "contamination")
-    checks = validation_section(validation, summary.validation) if validation is not None else None
+    checks = validation_section(validation, summary.validation, duplicates) if validation is not None else None
     report = {
         "job": "screen",
         "poisonguard_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": inputs_section(config.inputs, files, contract),
+        "inputs": {**inputs_section(config.inputs, files, contract), "duplicate_ids": duplicates.to_json()},
         "counts": {
             "rows_in": summary.rows_in,
             "valid": summary.cleaned + summary.quarantine,

@@ -46,6 +46,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..schemas import ROW_ID, ConfigError
+from .ids import Duplicates
 from .rows import Contract
 
 #: What a failed expectation does: ``report`` (default) records the failures (report,
@@ -462,11 +463,20 @@ class Validation:
         return [_label(e) for e in self.suite["expectations"]]
 
     def stats_columns(self, contract: Contract):
+        """(numeric columns, columns whose values are kept for a uniqueness check) of the merged statistics.
+
+        Row ids are never kept: derived ids are unique by construction, and a user's ids are
+        counted by the duplicate-id check (:mod:`.ids`), whose result the merged result
+        reuses. Keeping them made validation's memory grow by about 120 bytes a row.
+        """
         numeric, unique = set(contract.feature_columns), set()
         for e, scope in zip(self.suite["expectations"], self.scopes):
             col = e.get("kwargs", {}).get("column")
             if scope == "dataset" and col:
-                (unique if e["type"] == "expect_column_values_to_be_unique" else numeric).add(col)
+                if e["type"] != "expect_column_values_to_be_unique":
+                    numeric.add(col)
+                elif col != ROW_ID:
+                    unique.add(col)
         return sorted(numeric), sorted(unique)
 
 
@@ -654,14 +664,18 @@ def _row_result(rc: RowCounts, kw) -> tuple[bool, dict]:
     return _mostly(kw, nonmissing, rc.unexpected), res
 
 
-def _dataset_result(kind: str, kw: dict, stats: FrameStatistics) -> tuple[bool, dict]:
+def _dataset_result(kind: str, kw: dict, stats: FrameStatistics, duplicates) -> tuple[bool, dict]:
     if kind == "expect_table_row_count_to_be_between":
         return _between(stats.rows, kw), {"observed_value": stats.rows}
     if kind == "expect_table_row_count_to_equal":
         return stats.rows == kw.get("value"), {"observed_value": stats.rows}
     col = kw["column"]
     if kind == "expect_column_values_to_be_unique":
-        nonmissing, unexpected, dup_values = stats.duplicates(col)
+        if col == ROW_ID:  # every row has an id; the duplicate-id check counted the repeats
+            nonmissing, unexpected = stats.rows, duplicates.rows
+            dup_values = sorted((i for i, _ in duplicates.examples), key=_sort_key)
+        else:
+            nonmissing, unexpected, dup_values = stats.duplicates(col)
         rc = RowCounts(stats.rows, stats.rows - nonmissing, unexpected, True, [])
         ok, res = _row_result(rc, kw)
         res["partial_unexpected_list"] = [_jsonable(v) for v in dup_values[:PARTIAL_ROWS]]
@@ -678,9 +692,11 @@ def _dataset_result(kind: str, kw: dict, stats: FrameStatistics) -> tuple[bool, 
     return _between(observed, kw), {"observed_value": observed}
 
 
-def merged_result(validation: Validation, acc: ValidationAccumulator | None) -> dict:
-    """Great Expectations' suite-result JSON for the whole run, from the merged chunk results."""
+def merged_result(validation: Validation, acc: ValidationAccumulator | None, duplicates: Duplicates | None = None) -> dict:
+    """Great Expectations' suite-result JSON for the whole run, from the merged chunk results and
+    the duplicate-id check's result (``None``: no id repeats)."""
     acc = acc or ValidationAccumulator()
+    duplicates = duplicates or Duplicates()
     results = []
     for i, (e, scope) in enumerate(zip(validation.suite["expectations"], validation.scopes)):
         kw = e.get("kwargs", {})
@@ -689,7 +705,7 @@ def merged_result(validation: Validation, acc: ValidationAccumulator | None) -> 
             ok, res = False, {}
             exception = {"raised_exception": True, "exception_traceback": None, "exception_message": acc.errors[i]}
         elif scope == "dataset":
-            ok, res = _dataset_result(e["type"], kw, acc.stats)
+            ok, res = _dataset_result(e["type"], kw, acc.stats, duplicates)
         elif i in acc.rows:
             ok, res = _row_result(acc.rows[i], kw)
         elif i in acc.schema:
@@ -720,9 +736,9 @@ def merged_result(validation: Validation, acc: ValidationAccumulator | None) -> 
     }
 
 
-def validation_section(validation: Validation, acc: ValidationAccumulator | None) -> dict:
+def validation_section(validation: Validation, acc: ValidationAccumulator | None, duplicates: Duplicates | None = None) -> dict:
     """The report's ``validation`` section: the policy, the failures in short, and GX's merged result."""
-    gx_result = merged_result(validation, acc)
+    gx_result = merged_result(validation, acc, duplicates)
     failed = [r for r in gx_result["results"] if not r["success"]]
     return {
         "suite": validation.suite.get("name"),
