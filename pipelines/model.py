@@ -407,7 +407,7 @@ def run_screen_model(config):
             summary = screen_pass(session, model, detector, units, contract, config.batch_rows, staging, validation)
             timings["screen_s"] = time.perf_counter() - t
             # with --id-column, repeated ids are counted in what the pass wrote, not by reading the input again
-            duplicates = written_duplicate_ids(session, staging, contract)
+            duplicates = written_duplicate_ids(session, staging, contract, summary.rows_in)
             check_duplicate_ids(duplicates, contract, config.allow_duplicate_ids)
         raise_if_lost(([] if summary.cleaned + summary.quarantine + summary.invalid == summary.rows_in else
                        [f"{summary.rows_in} rows in, but {summary.cleaned} cleaned + {summary.quarantine} quarantined + "
@@ -435,7 +435,7 @@ def _written_ids(path: str):
     yield from bucketed_ids(SimpleNamespace(valid=ids, invalid=ids.slice(0, 0)))
 
 
-def written_duplicate_ids(session, staging: str, contract: Contract):
+def written_duplicate_ids(session, staging: str, contract: Contract, rows: int):
     """Repeated ids among the rows a screen pass wrote (every input row, once): the duplicate-id check without a read."""
     from .ids import Duplicates, count_duplicate_ids
 
@@ -445,7 +445,7 @@ def written_duplicate_ids(session, staging: str, contract: Contract):
                    for name in os.listdir(os.path.join(staging, o)) if name.endswith(".parquet"))
     if not parts:
         return Duplicates()
-    return count_duplicate_ids(session, parts, _written_ids, os.path.join(staging, "_written_ids.pkl"))
+    return count_duplicate_ids(session, parts, _written_ids, os.path.join(staging, "_written_ids.pkl"), rows=rows)
 
 
 def _check_screen_options(config, saved: SavedModel) -> None:

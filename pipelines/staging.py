@@ -86,6 +86,7 @@ class StagedUnit:
     unit: object  # the io.Shard it was read from
     directory: str
     numbers: tuple[int, ...]  # chunk numbers, in reading order
+    rows: int = 0             # valid and invalid rows of all its chunks
 
     @property
     def index(self) -> int:
@@ -121,14 +122,15 @@ def stage_unit(unit, contract, batch_rows: int, directory: str):
     """Read and validate one unit once, writing each chunk's valid and invalid rows to ``directory``."""
     from .transforms import read_and_validate
 
-    numbers = []
+    numbers, rows = [], 0
     staged = StagedUnit(unit, directory, ())
     for chunk in read_and_validate(unit, contract, batch_rows):
         valid_path, invalid_path = staged.chunk_paths(chunk.number)
         _write_ipc(chunk.valid, valid_path)
         _write_ipc(chunk.invalid, invalid_path)
         numbers.append(chunk.number)
-    yield StagedUnit(unit, directory, tuple(numbers))
+        rows += chunk.valid.num_rows + chunk.invalid.num_rows
+    yield StagedUnit(unit, directory, tuple(numbers), rows)
 
 
 def stage_pass(session, units, contract, batch_rows: int, staging: str, name: str = "input") -> list[StagedUnit]:

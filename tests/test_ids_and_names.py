@@ -19,7 +19,7 @@ import pytest
 
 from conftest import one_error_line, run_cli
 from poisonguard.pipelines import read_output
-from poisonguard.pipelines.ids import BUCKETS, Duplicates, IdCounts, bucketed_ids
+from poisonguard.pipelines.ids import BUCKETS, BucketIds, Duplicates, bucketed_ids
 from poisonguard.pipelines.transforms import Chunk
 
 
@@ -76,6 +76,33 @@ def test_duplicate_ids_are_an_error_by_default(tmp_path, capsys):
     assert report(tmp_path / "out")["counts"]["rows_in"] == 60
 
 
+@pytest.mark.parametrize("with_model", [False, True], ids=["staged-input", "written-parts"])
+def test_duplicates_counted_a_group_of_buckets_at_a_time_are_the_same(tmp_path, monkeypatch, with_model):
+    """Above IDS_PER_GROUP ids the buckets are counted in groups, one pipeline each (flat memory): same result."""
+    from poisonguard.pipelines import ids
+
+    df = frame()
+    df.loc[10, "cust"] = "c001"
+    df.loc[[20, 30], "cust"] = "c002"
+    df.to_csv(tmp_path / "a.csv", index=False)
+    argv = ["screen", tmp_path / "a.csv", "--id-column", "cust", "--allow-duplicate-ids", "-q"]
+    if with_model:
+        frame(seed=5).to_csv(tmp_path / "trusted.csv", index=False)
+        assert run_cli(["fit", tmp_path / "trusted.csv", "--out", tmp_path / "model", "--detectors", "spectral", "-q"]) == 0
+        argv += ["--model", tmp_path / "model"]
+    else:
+        argv += ["--detectors", "spectral"]
+    assert run_cli([*argv, "--out", tmp_path / "one"]) == 0
+    groups, bucket_groups = [], ids.bucket_groups
+    monkeypatch.setattr(ids, "IDS_PER_GROUP", 7)
+    monkeypatch.setattr(ids, "bucket_groups", lambda rows: groups.append(bucket_groups(rows)) or groups[-1])
+    assert run_cli([*argv, "--out", tmp_path / "groups"]) == 0
+    assert groups == [9]  # 60 rows, 7 ids a group
+    expected = {"rows": 5, "ids": 2, "examples": [{"id": "c002", "rows": 3}, {"id": "c001", "rows": 2}]}
+    assert report(tmp_path / "one")["inputs"]["duplicate_ids"] == expected
+    assert report(tmp_path / "groups")["inputs"]["duplicate_ids"] == expected
+
+
 def test_duplicates_across_files_and_invalid_rows_count(tmp_path, capsys):
     a, b = frame(), frame(seed=1).astype({"f1": object})
     b["cust"] = [f"d{i:03d}" for i in range(60)]
@@ -112,7 +139,7 @@ def test_duplicate_counts_do_not_depend_on_chunking_or_merge_order():
 
     for sizes, seed in (((1000,), 0), ((1, 99, 300, 600), 1), ((250,) * 4, 2)):
         pieces = np.split(ids, np.cumsum(sizes)[:-1])
-        per_bucket: dict[int, IdCounts] = {}
+        per_bucket: dict[int, BucketIds] = {}
         order = np.random.default_rng(seed).permutation(len(pieces))
         for i in order:
             for bucket, counts in bucketed_ids(chunk(pieces[i])):
