@@ -310,3 +310,34 @@ def test_written_suite_applied_back_gives_the_same_results(dirty, dirty_baseline
 def test_rounded_bounds_never_exclude_the_value(x):
     assert _bound(x, up=False) <= x <= _bound(x, up=True)
     assert abs(_bound(x, up=True) - x) <= 1e-5 * abs(x)
+
+
+def test_the_engines_frame_fingerprint_is_off_only_while_we_validate():
+    """The pandas engine's batch fingerprint (a hash of every frame) is switched off during our validations, and
+    the engine's own threshold is back afterwards, also when validations overlap in threads."""
+    import threading
+
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    from poisonguard.pipelines.validation import _no_frame_fingerprint
+
+    before = engine.HASH_THRESHOLD
+    with _no_frame_fingerprint():
+        assert engine.HASH_THRESHOLD == 0
+        with _no_frame_fingerprint():
+            assert engine.HASH_THRESHOLD == 0
+        assert engine.HASH_THRESHOLD == 0
+    assert engine.HASH_THRESHOLD == before
+    barrier, seen = threading.Barrier(8), []
+
+    def validate():
+        with _no_frame_fingerprint():
+            barrier.wait()
+            seen.append(engine.HASH_THRESHOLD)
+
+    threads = [threading.Thread(target=validate) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [0] * 8 and engine.HASH_THRESHOLD == before
