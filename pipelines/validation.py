@@ -22,7 +22,9 @@ Where each expectation is evaluated:
   pass; the observed value is the same in every chunk;
 * **dataset level** (row count, uniqueness, mean, min, max, sum, standard deviation): on
   statistics merged over all chunks (exact sums, so the result does not depend on how the
-  rows were chunked), never per chunk.
+  rows were chunked), never per chunk. The row ids' uniqueness is the duplicate-id check's
+  result (:mod:`.ids`: bucketed, flat in memory); no id is kept here. Another column's
+  uniqueness keeps its values until the end: memory grows with them.
 
 An expectation that fits none of these (a median, say, which does not combine) is refused
 when the suite is loaded, with a one-line error naming the file and the expectation.
