@@ -6,6 +6,7 @@ Run from the repository root (poisonguard installed)::
     python benchmarks/bench_model.py --rows 100000 --quick    # smoke run
     python benchmarks/bench_model.py --detectors spectral     # the cheapest model
     python benchmarks/bench_model.py --profile                # cProfile of the 1M screen, top functions
+    python benchmarks/bench_model.py --ids                    # rows with a text id column, screened with --id-column
 
 What is measured, all in one invocation on the same seeded files:
 
@@ -21,6 +22,10 @@ What is measured, all in one invocation on the same seeded files:
     outputs and the reports), rows/s, and the ratio to pyarrow's read;
   - **peak memory**: the child interpreter's peak resident set (``VmHWM``), and the part of it
     above the interpreter after imports, to see whether it is flat in N.
+
+With ``--ids`` every row has a text id (``tx_id``, ``tx-000000042``) and the model is fitted and
+the batches screened with ``--id-column tx_id``: the duplicate-id check runs (without it the
+ids are derived from file and offset, unique by construction, and there is nothing to check).
 
 BLAS/numba threads are pinned to ``--threads`` (default 1). No assertions: figures only.
 """
@@ -43,12 +48,17 @@ p.add_argument("--repeat", type=int, default=2)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--quick", action="store_true", help="small fit and no validation run")
 p.add_argument("--profile", action="store_true", help="cProfile one screen --model run of the first size")
+p.add_argument("--ids", action="store_true", help="a text id column (tx_id), screened with --id-column")
 p.add_argument("--json", metavar="PATH")
 p.add_argument("--workdir", default=None)
 p.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
 args = p.parse_args()
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[var] = str(args.threads)
+
+
+#: The text id column written with --ids.
+ID_COLUMN = "tx_id"
 
 
 def vm_hwm() -> int:
@@ -78,7 +88,10 @@ def make_table(path, rows, seed):
         n = min(500_000, rows - start)
         y = rng.integers(0, args.classes, n)
         X = rng.normal(size=(n, args.features)).astype(np.float32) + ((y[:, None] % 7) * 0.3).astype(np.float32)
-        table = pa.table({**{f"f{j:02d}": X[:, j] for j in range(args.features)}, "label": y})
+        columns = {**{f"f{j:02d}": X[:, j] for j in range(args.features)}, "label": y}
+        if args.ids:
+            columns[ID_COLUMN] = pa.array([f"tx-{i:09d}" for i in range(start, start + n)], pa.string())
+        table = pa.table(columns)
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table, row_group_size=65536)
     writer.close()
@@ -110,7 +123,8 @@ def child(kind, path, model, out, validate):
     import great_expectations  # noqa: F401
 
     base = vm_rss()
-    config = ScreenConfig(inputs=(path,), out=out, model=model, validate=validate == "1", policy=Policy(max_flagged_fraction=1.0))
+    config = ScreenConfig(inputs=(path,), out=out, model=model, validate=validate == "1", policy=Policy(max_flagged_fraction=1.0),
+                          id_column=ID_COLUMN if args.ids else None)
     if kind == "profile":
         import cProfile
         import pstats
@@ -130,7 +144,8 @@ def child(kind, path, model, out, validate):
 
 
 def run_child(*argv):
-    out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--repeat", str(args.repeat), "--child", *argv],
+    out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--repeat", str(args.repeat),
+                          *(["--ids"] if args.ids else []), "--child", *argv],
                          capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"child {argv} failed:\n{out.stderr[-3000:]}")
@@ -140,28 +155,30 @@ def run_child(*argv):
 def main():
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-model-")
     os.makedirs(workdir, exist_ok=True)
-    trusted = os.path.join(workdir, "trusted.parquet")
+    tag = "-ids" if args.ids else ""
+    trusted = os.path.join(workdir, f"trusted{tag}.parquet")
     fit_rows = 50_000 if args.quick else args.fit_rows
     make_table(trusted, fit_rows, seed=1)
     from poisonguard.pipelines.model import FitConfig, run_fit
 
-    model = os.path.join(workdir, "model")
+    model = os.path.join(workdir, f"model{tag}")
     t = time.perf_counter()
-    run_fit(FitConfig(inputs=(trusted,), out=model, detectors=tuple(args.detectors.split(",")) if args.detectors else None))
+    run_fit(FitConfig(inputs=(trusted,), out=model, detectors=tuple(args.detectors.split(",")) if args.detectors else None,
+                      id_column=ID_COLUMN if args.ids else None))
     fit_s = time.perf_counter() - t
     manifest = json.load(open(os.path.join(model, "model.json")))
     names = [d["name"] for d in manifest["detectors"]]
     print(f"model: {', '.join(names)} fitted on {fit_rows:,} rows x {args.features} float32 in {fit_s:.1f} s; threads {args.threads}")
     results = []
     for n in [int(r) for r in args.rows.split(",")]:
-        path = os.path.join(workdir, f"batch-{n}.parquet")
+        path = os.path.join(workdir, f"batch-{n}{tag}.parquet")
         if not os.path.exists(path):
             make_table(path, n, seed=n)
         size = os.path.getsize(path)
         arrow = json.loads(run_child("pyarrow", path, "-", "-", "0"))
         row = {"rows": n, "file_bytes": size, "pyarrow": arrow}
         for validate in (("0",) if args.quick else ("0", "1")):
-            out = os.path.join(workdir, f"out-{n}-{validate}")
+            out = os.path.join(workdir, f"out-{n}{tag}-{validate}")
             row["screen_validate" if validate == "1" else "screen"] = json.loads(run_child("screen", path, model, out, validate))
         results.append(row)
         read = arrow["iter_batches_s"]
@@ -178,10 +195,11 @@ def main():
     if args.profile:
         n = int(args.rows.split(",")[0])
         print("\nprofile of one screen --model run (no validation), by own time:")
-        print(run_child("profile", os.path.join(workdir, f"batch-{n}.parquet"), model, os.path.join(workdir, "out-profile"), "0"))
+        print(run_child("profile", os.path.join(workdir, f"batch-{n}{tag}.parquet"), model, os.path.join(workdir, "out-profile"), "0"))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"detectors": names, "fit_rows": fit_rows, "fit_s": fit_s, "threads": args.threads, "results": results}, fh, indent=2)
+            json.dump({"detectors": names, "fit_rows": fit_rows, "fit_s": fit_s, "threads": args.threads, "ids": args.ids,
+                       "results": results}, fh, indent=2)
 
 
 if __name__ == "__main__":
