@@ -506,10 +506,10 @@ class SpectralSignatureDetector(BaseDetector):
                 floors[k] = _class_floor(state["centred"], k, unit, loc, sc, counts, thresholds[k])
         # the model is a side input of every scoring chunk: only as many levels as some class uses (none for 5,000
         # classes of 2 rows, where padded arrays took 61 MB a copy)
-        used = max((int(np.isfinite(z).sum()) for z, _ in floors.values()), default=0)
+        used = max((len(z) for z, _ in floors.values()), default=0)
         floor_z, floor_p = np.full((K, used), np.inf), np.zeros((K, used))
         for k, (z, p) in floors.items():
-            floor_z[k], floor_p[k] = z[:used], p[:used]
+            floor_z[k, :len(z)], floor_p[k, :len(p)] = z, p
         fitted = replace(model, location=location, scale=scale, thresholds=thresholds, floor_z=floor_z, floor_p=floor_p)
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
@@ -560,7 +560,8 @@ def _rare_elsewhere(reached, n_others: int, share):
 
 def _class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float, counts: np.ndarray,
                  cut: float) -> tuple[np.ndarray, np.ndarray]:
-    """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): levels and floors, 3 FLOOR_LEVELS each.
+    """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): ascending levels and their floors, at most
+    3 FLOOR_LEVELS of each (none where nothing bounds the class).
 
     The levels are the largest |z| of the other classes' sample rows, of the class's own rows and of its rows below
     ``cut`` (bin centres of its projection histogram), FLOOR_LEVELS of each. From one level to the next the floor is:
@@ -578,11 +579,10 @@ def _class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, 
       own share of it is how often a clean row reaches it; the top of a planted cluster has too few rows beyond it
       for the test, but it is the same cluster.
     """
-    levels, floors = np.full(3 * FLOOR_LEVELS, np.inf), np.zeros(3 * FLOOR_LEVELS)
     others = _other_class_z(centred, k, unit_direction, loc, sc)
     total = counts.sum()
     if total == 0 or (others is None and not np.isfinite(cut)):
-        return levels, floors
+        return np.zeros(0), np.zeros(0)
     own = np.sort(np.abs(_CENTRES[counts > 0] - loc) / sc)
     others = np.sort(others) if others is not None else np.zeros(0)
     top = np.unique(np.concatenate([others[-FLOOR_LEVELS:], own[-FLOOR_LEVELS:], own[own < cut][-FLOOR_LEVELS:]]))
@@ -597,8 +597,7 @@ def _class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, 
         beyond_cut = _share_at_or_above(counts, loc, sc, np.array([cut]))[0]
         if beyond_cut < 1.0:
             floor = np.where(top < cut, np.maximum(floor, (share - beyond_cut) / (1.0 - beyond_cut)), floor)
-    levels[:len(top)], floors[:len(top)] = top, floor
-    return levels, floors
+    return top, floor
 
 
 def _rebin_abs_z(counts: np.ndarray, location: float, scale: float) -> np.ndarray:
