@@ -500,10 +500,13 @@ class SpectralSignatureDetector(BaseDetector):
                     min_tail_gap=self.min_tail_gap,
                 )
             unit = model.direction[k] / sd if sd > 0 else model.direction[k]
-            if np.isfinite(thresholds[k]) and _held_by_other_classes(state["centred"], k, unit, loc, sc, thresholds[k], counts):
+            has_floor = model.counts[k] >= 2 * self.min_cluster_size  # a class too small to cut has no tail to floor either
+            # the other classes' sample rows along this class's direction, projected once for the cut's check and the floor
+            others = _other_class_z(state["centred"], k, unit, loc, sc) if has_floor or np.isfinite(thresholds[k]) else None
+            if np.isfinite(thresholds[k]) and _held_by_other_classes(others, loc, sc, thresholds[k], counts):
                 thresholds[k] = np.inf
-            if model.counts[k] >= 2 * self.min_cluster_size:  # a class too small to cut has no tail to floor either
-                floors[k] = _class_floor(state["centred"], k, unit, loc, sc, counts, thresholds[k])
+            if has_floor:
+                floors[k] = _class_floor(others, loc, sc, counts, thresholds[k])
         # the model is a side input of every scoring chunk: only as many levels as some class uses (none for 5,000
         # classes of 2 rows, where padded arrays took 61 MB a copy)
         used = max((len(z) for z, _ in floors.values()), default=0)
@@ -516,8 +519,7 @@ class SpectralSignatureDetector(BaseDetector):
         return fitted
 
 
-def _held_by_other_classes(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float, threshold: float,
-                           counts: np.ndarray) -> bool:
+def _held_by_other_classes(others: np.ndarray | None, loc: float, sc: float, threshold: float, counts: np.ndarray) -> bool:
     """Whether the other classes' rows reach class k's cut along its direction (each about its own class's mean)
     about as often as class k's rows do: unless they reach it less than a third as often, and significantly so, the
     cluster is structure the data has in every class, not rows planted in this one.
@@ -527,8 +529,7 @@ def _held_by_other_classes(centred: list, k: int, unit_direction: np.ndarray, lo
     rows). A dirty-label cluster is in its target class only: the rows it was taken from lost their place when
     they were stamped. Needs :data:`MIN_OTHER_ROWS` sample rows of the other classes (else False). In the field
     test's caravan door3 batch: 71 of the majority class's 5,300 rows beyond its cut, 2 of 522 sample rows of the
-    other class (binomial p = 0.03): not cut."""
-    others = _other_class_z(centred, k, unit_direction, loc, sc)
+    other class (binomial p = 0.03): not cut. ``others``: :func:`_other_class_z`."""
     if others is None or counts.sum() == 0:
         return False
     reached = int(np.count_nonzero(others >= threshold))
@@ -558,8 +559,7 @@ def _rare_elsewhere(reached, n_others: int, share):
         (binom.cdf(reached, n_others, share) <= OTHER_CLASS_SIGNIFICANCE)
 
 
-def _class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float, counts: np.ndarray,
-                 cut: float) -> tuple[np.ndarray, np.ndarray]:
+def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.ndarray, cut: float) -> tuple[np.ndarray, np.ndarray]:
     """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): ascending levels and their floors, at most
     3 FLOOR_LEVELS of each (none where nothing bounds the class).
 
@@ -578,8 +578,9 @@ def _class_floor(centred: list, k: int, unit_direction: np.ndarray, loc: float, 
       (:func:`_rare_elsewhere`), and 0 from there on. A tail that every class has is the data's, and the class's
       own share of it is how often a clean row reaches it; the top of a planted cluster has too few rows beyond it
       for the test, but it is the same cluster.
+
+    ``others``: the other classes' |z| along the class's direction (:func:`_other_class_z`; None: too few).
     """
-    others = _other_class_z(centred, k, unit_direction, loc, sc)
     total = counts.sum()
     if total == 0 or (others is None and not np.isfinite(cut)):
         return np.zeros(0), np.zeros(0)
