@@ -2,7 +2,7 @@
 
 Notation: S sample rows, d features, K classes. For a pair of features (a, b), a *cell* is a
 range of a's codes by a range of b's codes; ``k`` is the cell's rows of class c, ``O`` all
-its rows, ``E`` the rows independence of a and b predicts.
+its rows, ``E`` the rows it would hold by chance (step 2).
 
 A tabular backdoor stamps two features with fixed values and gives the stamped rows the
 target label: ``amount = 950 and n_items = 12``, all of class "fraud". Spectral methods see
@@ -16,10 +16,17 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    (edges closer than 5% of the inter-quartile range merged). Code ``2i`` is the open interval below breakpoint ``i``, code ``2i + 1``
    the breakpoint itself; a missing value has no code. A *unit* is one code, or two
    adjacent intervals with the point between them, so a trigger jittered across an edge
-   still falls in one unit.
+   still falls in one unit. A point mass alone inside a bump also has a *hollow* unit: the two
+   intervals around it without it. A stamp jittered around a value the feature often holds (an
+   integer code) lies on both sides of a point that thousands of clean rows hold. (Hollow units
+   at every point mass also let natural tails through, such as diamonds' ``depth < 58.4 and
+   depth != 58.2``, all of cut Fair.)
 2. **Candidates.** For every pair of features, every unit cell and class c with
    ``k >= max(10, 0.1% of S)``: purity ``k / O >= min_purity``, lift ``O / E >= min_lift``
-   (``E = n_a n_b / S`` from the units' row counts), and a spike: ``O`` at least
+   against two nulls (``E = n_a n_b / S`` from the units' row counts if a and b were independent,
+   and the cell's mass under a Gaussian copula of a and b fitted on the other classes' rows: a
+   flight's distance nearly fixes its air time, so every cell along their curve is over-represented
+   against independence alone), and a spike: ``O`` at least
    ``min_spike`` times the rows of other classes in any cell within two codes of it on both
    features. Real interactions are smooth over neighbouring values; a stamp is a point (and
    a jittered stamp's neighbouring cells hold its own class).
@@ -34,8 +41,9 @@ this only as a direction in feature space; here it is mined as a rule an analyst
 4. **The rest of the row.** A dirty-label backdoor relabels rows of another class. Per kept
    pattern, each row of its class gets a naive-Bayes margin over its *other* features (their
    codes' class frequencies in the sample): its log-likelihood under c less the largest under
-   another class. The pattern stays only if its rows favour another class significantly more
-   often than the class's other rows do (binomial, ``p <= 1e-3``).
+   another class. The pattern stays only if its rows' margins are significantly lower than the
+   class's other rows' (one-sided Mann-Whitney, ``p <= 1e-3``; a sign count, as this step first
+   was, loses the relabelled rows of a class that the features only partly tell apart from c).
 5. **Natural subgroups.** A flight number and a distance name a route, and a route leaves
    from one airport: such a pair is as pure, as over-represented and as much of a spike as a
    trigger. But its rows are one recurring entity and agree on their other features too (the
@@ -83,7 +91,7 @@ from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.stats import beta, binom
+from scipy.stats import beta, binom, mannwhitneyu, multivariate_normal, norm
 
 from ._config import njit
 from ._sklearn import Interval
@@ -123,12 +131,13 @@ SUBGROUP_AGREEMENT = 0.015
 SUBGROUP_DRAWS = 20
 
 
-def breakpoints(values: np.ndarray, bins: int) -> np.ndarray:
+def breakpoints(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted breakpoints of one feature from its sample values (step 1): point masses, the edges of narrow bumps,
-    and merged quantiles."""
+    and merged quantiles; and the indices of the point masses that are the only one inside a bump (each has a
+    hollow unit, step 1)."""
     v = values[~np.isnan(values)]
     if len(v) == 0:
-        return np.empty(0)
+        return np.empty(0), np.empty(0, dtype=np.int64)
     u, counts = np.unique(v, return_counts=True)
     floor = max(5.0, MASS_SHARE * len(v))
     masses = u[counts >= floor]
@@ -141,7 +150,9 @@ def breakpoints(values: np.ndarray, bins: int) -> np.ndarray:
         inside = any(lo - MERGE_IQR * scale < edge < hi + MERGE_IQR * scale for lo, hi in edges)
         if not inside and (not kept or edge - kept[-1] >= MERGE_IQR * scale):
             kept.append(float(edge))
-    return np.unique(np.r_[np.asarray(kept, float), masses, np.asarray(edges, float).ravel()])
+    points = np.unique(np.r_[np.asarray(kept, float), masses, np.asarray(edges, float).ravel()])
+    inner = [inside[0] for inside in (masses[(masses > lo) & (masses < hi)] for lo, hi in edges) if len(inside) == 1]
+    return points, np.searchsorted(points, np.asarray(inner, float)).astype(np.int64)
 
 
 def _bump_edges(s: np.ndarray, width: float, min_rows: float) -> list:
@@ -173,17 +184,21 @@ def value_codes(x: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), -1, 2 * i + hit).astype(np.int64)
 
 
-def unit_ranges(n_codes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(lo, hi)`` code ranges of the units: each code alone, then a window of :data:`WINDOW_SPANS` codes (two
-    intervals and the point between them) starting at each interval."""
+def unit_ranges(n_codes: int, inner: np.ndarray = np.empty(0, dtype=np.int64)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, hollow)`` code ranges of the units: each code alone, then a window of :data:`WINDOW_SPANS` codes
+    (two intervals and the point between them) starting at each interval, then for each point ``i`` of ``inner``
+    (:func:`breakpoints`) the two intervals around it without it (``hollow``)."""
     lo, hi = [np.arange(n_codes)], [np.arange(n_codes)]
     for span in WINDOW_SPANS:
         starts = np.arange(0, n_codes - span + 1, 2)
         lo.append(starts), hi.append(starts + span - 1)
-    return np.concatenate(lo), np.concatenate(hi)
+    lo.append(2 * np.asarray(inner, np.int64)), hi.append(2 * np.asarray(inner, np.int64) + 2)
+    hollow = np.zeros(sum(len(x) for x in lo), bool)
+    hollow[len(hollow) - len(inner):] = True
+    return np.concatenate(lo), np.concatenate(hi), hollow
 
 
-def _unit_sums(T: np.ndarray, axis: int) -> np.ndarray:
+def _unit_sums(T: np.ndarray, axis: int, inner: np.ndarray = np.empty(0, dtype=np.int64)) -> np.ndarray:
     """``T`` summed over each unit along ``axis`` (:func:`unit_ranges` order)."""
     T = np.moveaxis(T, axis, 0)
     cumulative = np.concatenate([np.zeros((1, *T.shape[1:])), np.cumsum(T, axis=0)])
@@ -191,7 +206,13 @@ def _unit_sums(T: np.ndarray, axis: int) -> np.ndarray:
     for span in WINDOW_SPANS:
         starts = np.arange(0, len(T) - span + 1, 2)
         parts.append(cumulative[starts + span] - cumulative[starts])
+    parts.append(T[2 * inner] + T[2 * inner + 2])
     return np.moveaxis(np.concatenate(parts), 0, axis)
+
+
+def in_unit(code: np.ndarray, lo, hi, hollow) -> np.ndarray:
+    """Whether each code lies in the unit ``lo..hi`` (without its middle point where ``hollow``)."""
+    return (code >= lo) & (code <= hi) & ~(hollow & (code == lo + 1))
 
 
 def _context(marginal: np.ndarray, lo: int, hi: int, O: float, k: float, c: int) -> tuple[float, float]:
@@ -208,13 +229,14 @@ def shrunk_share(k: float, n: float, prior: float) -> float:
     return (k + SHRINK_ROWS * prior) / (n + SHRINK_ROWS)
 
 
-def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, params) -> tuple[list, int]:
+def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, inner: list, params) -> tuple[list, int]:
     """Steps 2-5 on the coded sample ``codes`` (S, d) with class indices ``y``: the patterns kept, and ``T``.
 
+    ``n_codes`` and ``inner`` are per feature: its number of codes, and the points that have a hollow unit.
     ``params`` has ``min_purity``, ``min_lift``, ``min_spike``, ``significance`` and ``seed``. Each
     pattern is a dict: features ``a`` < ``b``, code ranges ``lo_a``..``hi_a`` and ``lo_b``..``hi_b``,
-    class ``c`` (an index into the K classes), counts ``k`` and ``O``, ``E``, the tested share
-    ``p0`` and the unadjusted ``pvalue``. The statistics are per mining group (:func:`~.label.class_groups`),
+    class ``c`` (an index into the K classes), whether each range is hollow (``hollow_a``, ``hollow_b``),
+    counts ``k`` and ``O``, ``E``, the tested share ``p0`` and the unadjusted ``pvalue``. The statistics are per mining group (:func:`~.label.class_groups`),
     and a pair's class table holds :data:`CLASS_CHUNK` groups at a time, so memory does not grow
     with K.
     """
@@ -232,7 +254,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, param
     for j in range(d):
         ok = codes[:, j] >= 0
         marginals.append(np.bincount(codes[ok, j] * G + g[ok], minlength=n_codes[j] * G).reshape(n_codes[j], G).astype(float))
-    units = [unit_ranges(n) for n in n_codes]
+    units = [unit_ranges(n, i) for n, i in zip(n_codes, inner)]
     found, n_tests = [], 0
     for a in range(d):
         for b in range(a + 1, d):
@@ -242,31 +264,37 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, param
             na, nb = n_codes[a], n_codes[b]
             cell_of, g_ok = codes[ok, a] * nb + codes[ok, b], g[ok]
             total = np.bincount(cell_of, minlength=na * nb).reshape(na, nb).astype(float)
-            O = _unit_sums(_unit_sums(total, 0), 1)
+            ia, ib = inner[a], inner[b]
+            O = _unit_sums(_unit_sums(total, 0, ia), 1, ib)
             tested = O >= min_rows
             n_tests += int(np.count_nonzero(tested))
-            E = np.outer(_unit_sums(total.sum(axis=1), 0), _unit_sums(total.sum(axis=0), 0)) / total.sum()
+            E = np.outer(_unit_sums(total.sum(axis=1), 0, ia), _unit_sums(total.sum(axis=0), 0, ib)) / total.sum()
             over = tested & (O >= params.min_lift * E)
+            pair = _PairDependence(codes, g, a, b, ok, total) if over.any() else None
             for c0 in range(0, len(mined) if over.any() else 0, CLASS_CHUNK):
                 width = min(CLASS_CHUNK, len(mined) - c0)
                 chunk = (g_ok >= c0) & (g_ok < c0 + width)
                 T = np.bincount(cell_of[chunk] * width + (g_ok[chunk] - c0), minlength=na * nb * width).reshape(na, nb, width)
-                cells = _unit_sums(_unit_sums(T.astype(float), 0), 1)
+                cells = _unit_sums(_unit_sums(T.astype(float), 0, ia), 1, ib)
                 candidate = (cells >= min_rows) & (cells >= params.min_purity * O[..., None]) & over[..., None]
                 for x, z, w in zip(*np.nonzero(candidate)):
                     c = c0 + int(w)
-                    (la, ha), (lb, hb) = (units[a][0][x], units[a][1][x]), (units[b][0][z], units[b][1][z])
+                    (la, ha, wa), (lb, hb, wb) = (u[x] for u in units[a]), (u[z] for u in units[b])
                     ra, rb = max(0, la - NEIGHBOURHOOD), max(0, lb - NEIGHBOURHOOD)
                     near = (slice(ra, ha + NEIGHBOURHOOD + 1), slice(rb, hb + NEIGHBOURHOOD + 1))
                     around = total[near] - T[near][..., w]
-                    around[la - ra: ha - ra + 1, lb - rb: hb - rb + 1] = 0.0
+                    around[la - ra: ha - ra + 1, lb - rb: hb - rb + 1] = 0.0  # a hollow unit's middle point too
                     if O[x, z] < params.min_spike * max(1.0, around.max()):
                         continue
                     k, o = cells[x, z, w], O[x, z]
+                    expected = max(E[x, z], pair.expected(c, (la, ha, wa), (lb, hb, wb)))
+                    if o < params.min_lift * expected:
+                        continue
                     shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
                     p0 = min(max(prior[c], *shares), 1.0 - 1e-12)
-                    found.append({"a": a, "b": b, "lo_a": la, "hi_a": ha, "lo_b": lb, "hi_b": hb, "c": c, "k": k, "O": o,
-                                  "E": E[x, z], "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
+                    found.append({"a": a, "b": b, "lo_a": la, "hi_a": ha, "lo_b": lb, "hi_b": hb, "hollow_a": wa, "hollow_b": wb,
+                                  "c": c, "k": k, "O": o,
+                                  "E": expected, "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
     level = params.significance / max(n_tests, 1)
     rest = _RestOfRow(codes, g, marginals)
     found = [f for f in found if f["pvalue"] <= level and rest.disagrees(f)]
@@ -279,10 +307,58 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, param
     return [{**f, "c": int(mined[f["c"]])} for f in found if not natural_subgroup(codes, g, f, patterned, rng)], n_tests
 
 
+class _PairDependence:
+    """Step 2's dependence-aware expected count of a pair's cells: a Gaussian copula of the two features.
+
+    Independence is the wrong null for two features one of which nearly determines the other (a flight's distance
+    and its air time): every cell along their curve is over-represented against it. The copula's correlation is
+    the Pearson correlation of the codes' normal scores (mid-rank, so ties stay ties), estimated on the sample rows
+    of the *other* classes, which a dirty-label trigger leaves alone; a cell's expected count is the bivariate
+    normal mass of its two units' quantile ranges. The candidate must be over-represented against both nulls.
+    """
+
+    def __init__(self, codes: np.ndarray, g: np.ndarray, a: int, b: int, ok: np.ndarray, total: np.ndarray):
+        self.n = total.sum()
+        self.cum_a = np.r_[0.0, np.cumsum(total.sum(axis=1))] / self.n
+        self.cum_b = np.r_[0.0, np.cumsum(total.sum(axis=0))] / self.n
+        self.za = norm.ppf((self.cum_a[:-1] + self.cum_a[1:]) / 2)[codes[ok, a]]
+        self.zb = norm.ppf((self.cum_b[:-1] + self.cum_b[1:]) / 2)[codes[ok, b]]
+        self.g = g[ok]
+        self._copulas: dict = {}
+
+    def rho(self, c: int) -> float:
+        """The copula's correlation for class ``c``'s cells: the normal scores' on the other classes' rows."""
+        other = self.g != c
+        za, zb = self.za[other], self.zb[other]
+        r = 0.0
+        if len(za) >= MIN_CONTEXT_ROWS and za.std() > 0 and zb.std() > 0:
+            r = float(np.corrcoef(za, zb)[0, 1])
+        return float(np.clip(r, -0.999, 0.999))
+
+    def expected(self, c: int, unit_a: tuple, unit_b: tuple) -> float:
+        """Rows expected in the cell of units ``(lo, hi, hollow)`` of a and of b for class ``c``."""
+        if c not in self._copulas:
+            r = self.rho(c)
+            # seeded: scipy's integration may draw points, and must not touch the global random state
+            self._copulas[c] = multivariate_normal(mean=[0.0, 0.0], cov=[[1.0, r], [r, 1.0]], abseps=1e-8, seed=0)
+        copula = self._copulas[c]
+        mass = 0.0
+        for la, ha in _pieces(*unit_a):
+            for lb, hb in _pieces(*unit_b):
+                lower = norm.ppf(np.clip([self.cum_a[la], self.cum_b[lb]], 0.0, 1.0))
+                upper = norm.ppf(np.clip([self.cum_a[ha + 1], self.cum_b[hb + 1]], 0.0, 1.0))
+                mass += float(copula.cdf(np.clip(upper, -9.0, 9.0), lower_limit=np.clip(lower, -9.0, 9.0)))
+        return mass * self.n
+
+
+def _pieces(lo: int, hi: int, hollow: bool) -> tuple:
+    """The contiguous code ranges of a unit: a hollow one is its two intervals."""
+    return ((lo, lo), (hi, hi)) if hollow else ((lo, hi),)
+
+
 def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
     """Whether each coded row lies in pattern ``f``'s cell, whatever its class."""
-    ca, cb = codes[:, f["a"]], codes[:, f["b"]]
-    return (ca >= f["lo_a"]) & (ca <= f["hi_a"]) & (cb >= f["lo_b"]) & (cb <= f["hi_b"])
+    return in_unit(codes[:, f["a"]], f["lo_a"], f["hi_a"], f["hollow_a"]) & in_unit(codes[:, f["b"]], f["lo_b"], f["hi_b"], f["hollow_b"])
 
 
 def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, patterned: np.ndarray, rng: np.random.Generator) -> bool:
@@ -329,6 +405,7 @@ class _RestOfRow:
         self.codes, self.y = codes, y
         self.log_f = [np.log((M + 0.5) / (M.sum(axis=0) + 0.5 * len(M))) for M in marginals]  # (codes, K) per feature
         self._sums: dict = {}
+        self._last: tuple = (None, None)
 
     def _terms(self, rows: np.ndarray, j: int) -> np.ndarray:
         """(rows, K) feature j's log-likelihood terms (0 for a missing value)."""
@@ -341,13 +418,16 @@ class _RestOfRow:
             rows = np.flatnonzero(self.y == c)
             self._sums[c] = (rows, sum(self._terms(rows, j) for j in range(len(self.log_f))))
         rows, total = self._sums[c]
-        loglik = total - self._terms(rows, a) - self._terms(rows, b)
-        margin = loglik[:, c] - np.delete(loglik, c, axis=1).max(axis=1)
+        if self._last[0] != (c, a, b):  # patterns come pair by pair: the margins of the last pair and class are kept
+            loglik = total - self._terms(rows, a) - self._terms(rows, b)
+            self._last = ((c, a, b), loglik[:, c] - np.delete(loglik, c, axis=1).max(axis=1))
+        margin = self._last[1]
         inside = in_cell(self.codes[rows], f)
         others = margin[~inside]
-        p0 = np.mean(others < 0) if len(others) >= MIN_CONTEXT_ROWS else 0.5
-        against = int(np.count_nonzero(margin[inside] < 0))
-        return against > 0 and binom.sf(against - 1, int(inside.sum()), p0) <= REST_SIGNIFICANCE
+        if len(others) < MIN_CONTEXT_ROWS:
+            against = int(np.count_nonzero(margin[inside] < 0))
+            return against > 0 and binom.sf(against - 1, int(inside.sum()), 0.5) <= REST_SIGNIFICANCE
+        return mannwhitneyu(margin[inside], others, alternative="less").pvalue <= REST_SIGNIFICANCE
 
 
 @dataclass(frozen=True)
@@ -368,10 +448,12 @@ class PatternModel(OwnPValueModel):
     hi_a: np.ndarray
     lo_b: np.ndarray
     hi_b: np.ndarray
+    hollow_a: np.ndarray  # (R,) bool: the range is its two intervals without the point between them
+    hollow_b: np.ndarray
     pattern_class: np.ndarray
     rows: np.ndarray  # (R,) k: the cell's sample rows of the class
     cell_rows: np.ndarray  # (R,) O: all the cell's sample rows
-    expected: np.ndarray  # (R,) E: the cell's rows if a and b were independent
+    expected: np.ndarray  # (R,) E: the cell's rows expected (the larger of independence's and the copula's)
     null_share: np.ndarray  # (R,) p0: the class's share the cell is tested against
     pvalue: np.ndarray  # (R,) Bonferroni-adjusted p-value of the pattern
     n_tests: int
@@ -402,7 +484,7 @@ class PatternModel(OwnPValueModel):
         if len(self.pvalue) and len(codes):
             X = np.asarray(X, dtype=np.float64)
             _best_pattern(self.codes(X), codes, self.feature_a, self.feature_b, self.lo_a, self.hi_a, self.lo_b, self.hi_b,
-                          self.pattern_class, -np.log10(np.clip(self.pvalue, 1e-300, 1.0)), L, best)
+                          self.hollow_a, self.hollow_b, self.pattern_class, -np.log10(np.clip(self.pvalue, 1e-300, 1.0)), L, best)
         return np.where(codes >= 0, L, np.nan), best
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -414,12 +496,17 @@ class PatternModel(OwnPValueModel):
 
     def describe(self, r: int, feature_names=None) -> str:
         """Pattern ``r`` in plain words: ``carat = 2.18 and 3.7 < y <= 3.73``."""
-        return " and ".join(self._describe_range(j, lo, hi, feature_names) for j, lo, hi in
-                            ((self.feature_a[r], self.lo_a[r], self.hi_a[r]), (self.feature_b[r], self.lo_b[r], self.hi_b[r])))
+        return " and ".join(self._describe_range(j, lo, hi, hollow, feature_names) for j, lo, hi, hollow in
+                            ((self.feature_a[r], self.lo_a[r], self.hi_a[r], self.hollow_a[r]),
+                             (self.feature_b[r], self.lo_b[r], self.hi_b[r], self.hollow_b[r])))
 
-    def _describe_range(self, j: int, lo: int, hi: int, feature_names) -> str:
+    def _describe_range(self, j: int, lo: int, hi: int, hollow: bool, feature_names) -> str:
         name = feature_names[j] if feature_names is not None else f"x[{j}]"
         points = self.feature_points(int(j))
+        if hollow:
+            low = f"{points[lo // 2 - 1]:.6g} < " if lo // 2 > 0 else ""
+            high = f" < {points[hi // 2]:.6g}" if hi // 2 < len(points) else ""
+            return f"{low}{name}{high} and {name} != {points[lo // 2]:.6g}"
         if lo == hi and lo % 2 == 1:
             return f"{name} = {points[lo // 2]:.6g}"
         low = (f"{points[lo // 2 - 1]:.6g} < " if lo // 2 > 0 else "") if lo % 2 == 0 else f"{points[lo // 2]:.6g} <= "
@@ -452,7 +539,8 @@ class PatternModel(OwnPValueModel):
 
 
 @njit
-def _best_pattern(codes, classes, feature_a, feature_b, lo_a, hi_a, lo_b, hi_b, pattern_class, strength, out, best):
+def _best_pattern(codes, classes, feature_a, feature_b, lo_a, hi_a, lo_b, hi_b, hollow_a, hollow_b, pattern_class, strength, out,
+                  best):
     """``out[i]``: the largest ``strength`` among the patterns of row i's class whose cell holds it; ``best[i]`` that pattern."""
     for i in range(codes.shape[0]):
         for r in range(len(strength)):
@@ -460,7 +548,8 @@ def _best_pattern(codes, classes, feature_a, feature_b, lo_a, hi_a, lo_b, hi_b, 
                 continue
             ca = codes[i, feature_a[r]]
             cb = codes[i, feature_b[r]]
-            if lo_a[r] <= ca <= hi_a[r] and lo_b[r] <= cb <= hi_b[r]:
+            if lo_a[r] <= ca <= hi_a[r] and lo_b[r] <= cb <= hi_b[r] and not (hollow_a[r] and ca == lo_a[r] + 1) \
+                    and not (hollow_b[r] and cb == lo_b[r] + 1):
                 out[i] = strength[r]
                 best[i] = r
 
@@ -495,7 +584,7 @@ class TriggerPatternDetector(BaseDetector):
     min_purity : float in [0, 1], default 0.85
         Smallest share of a cell's rows in the pattern's class.
     min_lift : float >= 1, default 3.0
-        Smallest ratio of a cell's rows to what independence of its two features predicts.
+        Smallest ratio of a cell's rows to what chance predicts: independence of its two features, and their Gaussian copula.
     min_spike : float >= 1, default 3.0
         Smallest ratio of a cell's rows to the largest cell within two codes of it.
     significance : float in (0, 1), default 0.01
@@ -564,11 +653,11 @@ class TriggerPatternDetector(BaseDetector):
         else:
             rows, labels = np.zeros((0, n_features)), np.zeros(0, dtype=object)
         y = label_codes(classes, labels)
-        points = [breakpoints(rows[:, j], int(self.bins)) for j in range(n_features)]
+        points, inner = zip(*(breakpoints(rows[:, j], int(self.bins)) for j in range(n_features))) if n_features else ((), ())
         offsets = np.r_[0, np.cumsum([len(p) for p in points])].astype(np.int64)
         codes = np.stack([value_codes(rows[:, j], points[j]) for j in range(n_features)], axis=1) if n_features else \
             np.zeros((len(rows), 0), dtype=np.int64)
-        found, n_tests = mine_patterns(codes, y, len(classes), [2 * len(p) + 1 for p in points], self)
+        found, n_tests = mine_patterns(codes, y, len(classes), [2 * len(p) + 1 for p in points], list(inner), self)
         found = sorted(found, key=lambda f: f["pvalue"])[: int(self.max_patterns)]
 
         def column(key, dtype):
@@ -576,7 +665,9 @@ class TriggerPatternDetector(BaseDetector):
 
         return PatternModel(
             classes, counts, np.concatenate(points) if points else np.zeros(0), offsets,
-            *(column(key, np.int64) for key in ("a", "b", "lo_a", "hi_a", "lo_b", "hi_b", "c", "k", "O")),
+            *(column(key, np.int64) for key in ("a", "b", "lo_a", "hi_a", "lo_b", "hi_b")),
+            *(column(key, bool) for key in ("hollow_a", "hollow_b")),
+            *(column(key, np.int64) for key in ("c", "k", "O")),
             column("E", np.float64), column("p0", np.float64),
             np.minimum(1.0, column("pvalue", np.float64) * max(n_tests, 1)),
             int(n_tests), len(rows), float(self.significance), np.full(len(classes), np.inf))
@@ -591,12 +682,13 @@ class TriggerPatternDetector(BaseDetector):
         null = np.where(n > 0, np.maximum(model.null_share, upper), model.null_share)
         pvalue = np.minimum(1.0, binom.sf(model.rows - 1, model.cell_rows, np.minimum(null, 1 - 1e-12)) * max(model.n_tests, 1))
         keep = pvalue <= model.significance
-        per_pattern = ("feature_a", "feature_b", "lo_a", "hi_a", "lo_b", "hi_b", "pattern_class", "rows", "cell_rows", "expected")
+        per_pattern = ("feature_a", "feature_b", "lo_a", "hi_a", "lo_b", "hi_b", "hollow_a", "hollow_b", "pattern_class", "rows",
+                       "cell_rows", "expected")
         return replace(model, **{f: getattr(model, f)[keep] for f in per_pattern}, null_share=null[keep], pvalue=pvalue[keep])
 
 
 def _cells_of(model: PatternModel, X: np.ndarray, class_codes: np.ndarray):
     """(codes, (N, R) whether each row lies in each pattern's cell, whatever its class)."""
     codes = model.codes(np.asarray(X, dtype=np.float64))
-    ca, cb = codes[:, model.feature_a], codes[:, model.feature_b]
-    return codes, (ca >= model.lo_a) & (ca <= model.hi_a) & (cb >= model.lo_b) & (cb <= model.hi_b)
+    return codes, in_unit(codes[:, model.feature_a], model.lo_a, model.hi_a, model.hollow_a) & \
+        in_unit(codes[:, model.feature_b], model.lo_b, model.hi_b, model.hollow_b)

@@ -48,7 +48,7 @@ from .runners import RunnerConfig, runner_session
 log = logging.getLogger("poisonguard")
 
 FORMAT = "poisonguard-model"
-FORMAT_VERSION = 3  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor
+FORMAT_VERSION = 4  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor; 4: pattern's hollow units
 MANIFEST, ARRAYS, SUITE = "model.json", "arrays.npz", "expectations.json"
 #: Detectors fitted when ``fit --detectors`` is not given.
 DEFAULT_FIT_DETECTORS = ("spectral", "influence", "label")

@@ -13,7 +13,8 @@ import pytest
 from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli, write_frame
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector, TriggerPatternDetector
 from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
-from poisonguard.detectors.pattern import PatternModel, _bump_edges, _unit_sums, breakpoints, unit_ranges, value_codes
+from poisonguard.detectors.pattern import (PatternModel, _PairDependence, _bump_edges, _unit_sums, breakpoints, in_unit,
+                                           unit_ranges, value_codes)
 from poisonguard.detectors.persist import decode, encode
 
 
@@ -29,7 +30,7 @@ def screen_with_patterns(X, y, ids, feature_names=None, reference=None, **params
 def test_codes_give_point_masses_their_own_code_and_missing_values_none():
     rng = np.random.default_rng(0)
     values = np.r_[np.zeros(300), rng.normal(5, 1, 9700)]  # a censoring value at 0 for 3% of rows
-    points = breakpoints(values, 64)
+    points, _ = breakpoints(values, 64)
     assert 0.0 in points
     codes = value_codes(np.array([0.0, -1.0, np.nan, 5.0]), points)
     assert codes[0] % 2 == 1 and codes[1] == 0 and codes[2] == -1  # on a point; below every point; missing
@@ -40,7 +41,7 @@ def test_a_jittered_stamp_is_one_interval_and_a_smooth_feature_has_no_bump():
     rng = np.random.default_rng(0)
     clean = rng.normal(0, 1, 20000)
     stamp = 2.3 + rng.normal(0, 0.02 * 1.35, 600)  # 3% of rows, jittered by 2% of the inter-quartile range
-    points = breakpoints(np.r_[clean, stamp], 64)
+    points, _ = breakpoints(np.r_[clean, stamp], 64)
     assert len(np.unique(value_codes(stamp, points))) == 1
     for smooth in (clean, rng.exponential(1, 20000), rng.lognormal(0, 2, 20000)):
         assert len(_bump_edges(np.sort(smooth), 0.1 * np.subtract(*np.quantile(smooth, [0.75, 0.25])), 40)) == 0
@@ -48,12 +49,16 @@ def test_a_jittered_stamp_is_one_interval_and_a_smooth_feature_has_no_bump():
 
 def test_unit_sums_add_the_codes_each_unit_spans():
     T = np.arange(9 * 7 * 2, dtype=float).reshape(9, 7, 2)
-    cells = _unit_sums(_unit_sums(T, 0), 1)
-    (la, ha), (lb, hb) = unit_ranges(9), unit_ranges(7)
-    assert cells.shape == (len(la), len(lb), 2)
+    inner_a, inner_b = np.array([1, 3]), np.array([2])  # points with a hollow unit: codes 2i and 2i + 2 without 2i + 1
+    cells = _unit_sums(_unit_sums(T, 0, inner_a), 1, inner_b)
+    (la, ha, wa), (lb, hb, wb) = unit_ranges(9, inner_a), unit_ranges(7, inner_b)
+    assert cells.shape == (len(la), len(lb), 2) and wa.sum() == 2 and wb.sum() == 1
     for i in range(len(la)):
         for j in range(len(lb)):
-            assert np.array_equal(cells[i, j], T[la[i]:ha[i] + 1, lb[j]:hb[j] + 1].sum(axis=(0, 1)))
+            ra, rb = np.arange(9), np.arange(7)
+            ina, inb = in_unit(ra, la[i], ha[i], wa[i]), in_unit(rb, lb[j], hb[j], wb[j])
+            assert np.array_equal(cells[i, j], T[np.ix_(ina, inb)].sum(axis=(0, 1)))
+            assert ina.sum() == (2 if wa[i] else ha[i] - la[i] + 1)
 
 
 # -- on real tables -------------------------------------------------------------------------------
@@ -64,19 +69,53 @@ def test_clean_real_tables_lose_no_row(table):
     assert flagged.sum() == 0, det.model_.models[0].summary()
 
 
-def test_natural_rules_of_the_flights_table_are_not_taken_for_triggers():
+@pytest.mark.parametrize("seed,text_ids", [(0, False), (2, True)])
+def test_natural_rules_of_the_flights_table_are_not_taken_for_triggers(seed, text_ids):
     """Flights: a flight number and a distance name a route, and a route leaves from one airport. Such pairs are as
-    pure as a trigger, but their rows agree on their other features too (the same flight every day)."""
+    pure as a trigger, but their rows agree on their other features too (the same flight every day), and a distance
+    nearly fixes the air time. Seed 2 with text ids once mined LaGuardia's Denver route (``213 < air_time < 223.188
+    and 1608 < distance < 1626``, 130 of 134 sample rows against 9.6 expected if independent) and lost 263 clean
+    rows: its rows agreed just under step 5's bar, and only the copula's expected count (about the cell's own rows)
+    rejects it."""
     df, feats = real_frame("flights")
     df = df.sample(100_000, random_state=0)  # as the field test samples it
-    det, flagged = screen_with_patterns(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), df["id"].to_numpy())
+    ids = df["id"].to_numpy()
+    det, flagged = screen_with_patterns(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object),
+                                        ids.astype(str).astype(object) if text_ids else ids, seed=seed)
     assert flagged.mean() <= 0.001, det.model_.models[0].summary(feats)
+
+
+def test_the_copula_expects_a_routes_rows_and_not_a_trigger_against_the_correlation():
+    """Air time and distance (rank correlation 0.98): the cells along their curve hold about the rows the Gaussian
+    copula expects, many times what independence does; a cell against the correlation (a 99th percentile by a
+    1st) stays near independence's count, so a trigger there still stands out."""
+    df, feats = real_frame("flights")
+    X = df[feats].to_numpy(float)[:50_000]
+    a, b = feats.index("air_time"), feats.index("distance")
+    codes = np.stack([value_codes(X[:, j], breakpoints(X[:, j], 64)[0]) for j in (a, b)], axis=1)
+    na, nb = codes.max(axis=0) + 1
+    total = np.bincount(codes[:, 0] * nb + codes[:, 1], minlength=na * nb).reshape(na, nb).astype(float)
+    pair = _PairDependence(codes, np.zeros(len(codes), np.int64), 0, 1, np.ones(len(codes), bool), total)
+    assert pair.rho(1) > 0.95  # class 1 has no row: every row is another class's
+    ma, mb = total.sum(axis=1), total.sum(axis=0)
+    busy = np.nonzero(total >= 50)  # 110 cells, all along the curve
+    assert len(busy[0]) >= 50
+    independent = ma[busy[0]] * mb[busy[1]] / total.sum()
+    copula = np.array([pair.expected(1, (i, i, False), (j, j, False)) for i, j in zip(*busy)])
+    # over the detector's lift of 3: every one of them against independence, 16% against the copula
+    assert np.mean(total[busy] >= 3 * independent) >= 0.9
+    assert np.mean(total[busy] >= 3 * copula) <= 0.25
+    top, bottom = na - 2, 0  # the last interval of air time by the first of distance
+    independent = ma[top] * mb[bottom] / total.sum()
+    assert pair.expected(1, (top, top, False), (bottom, bottom, False)) <= independent
 
 
 @pytest.mark.parametrize("table,columns,rate,jitter", [
     ("credit", (2, 4), 0.03, 0.0), ("diamonds", (0, 3), 0.01, 0.0), ("diamonds", (0, 3), 0.10, 0.0), ("loans", (1, 8), 0.03, 0.0),
     # jittered by 2% of the inter-quartile range, as the field test's jdoor3 (before bumps: recall 0.40 and 0.00)
-    ("credit", (0, 3), 0.03, 0.02), ("loans", (1, 8), 0.03, 0.02)])
+    ("credit", (0, 3), 0.03, 0.02), ("loans", (1, 8), 0.03, 0.02),
+    # integer codes jittered: the stamp straddles a value the feature often holds (recall 0 before hollow units)
+    ("caravan", (4, 5), 0.03, 0.02)])
 def test_a_planted_trigger_is_found_and_named(table, columns, rate, jitter):
     df, feats = real_frame(table)
     X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), rate, 0, columns,
@@ -89,6 +128,19 @@ def test_a_planted_trigger_is_found_and_named(table, columns, rate, jitter):
     assert rules and all(feats[columns[0]] in r and feats[columns[1]] in r for r in rules[:1]), rules
     reasons = det.screen(det.model_, X[truth][:3], y[truth][:3]).reasons
     assert all(feats[columns[0]] in r and "pattern" in r for r in reasons), reasons
+
+
+def test_a_stamp_jittered_around_a_value_the_feature_often_holds_is_one_rule_without_that_value():
+    """Caravan's features are integer codes: jittered, the field test's stamp puts its rows on both sides of an
+    integer that thousands of clean rows hold (MOSHOOFD near 10, MGODRK near 0). The bump around each is one hollow
+    unit, the two intervals without the integer, so the rule holds the stamp and none of the clean rows on it."""
+    df, feats = real_frame("caravan")
+    X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), 0.03, 1, (4, 5), 0.02)
+    det, flagged = screen_with_patterns(X, y, df["id"].to_numpy(), feature_names=tuple(feats))
+    assert recall_precision(truth, flagged) == (1.0, 1.0)
+    rule = next(p["rule"] for facts in det.model_.models[0].summary(feats).values() for p in facts["patterns"])
+    assert "MOSHOOFD" in rule and "MGODRK != 0" in rule, rule
+    assert not flagged[(X[:, 5] == 0) & ~truth].any()
 
 
 def test_a_value_that_merely_predicts_the_label_is_not_a_pattern():
