@@ -16,10 +16,11 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    (edges closer than 5% of the inter-quartile range merged). Code ``2i`` is the open interval below breakpoint ``i``, code ``2i + 1``
    the breakpoint itself; a missing value has no code. A *unit* is one code, or two
    adjacent intervals with the point between them, so a trigger jittered across an edge
-   still falls in one unit. A point mass alone inside a bump also has a *hollow* unit: the two
-   intervals around it without it. A stamp jittered around a value the feature often holds (an
-   integer code) lies on both sides of a point that thousands of clean rows hold. (Hollow units
-   at every point mass also let natural tails through, such as diamonds' ``depth < 58.4 and
+   still falls in one unit. A bump that holds point masses also has a *hollow* unit: its
+   intervals without them. A stamp jittered around a value the feature often holds (an
+   integer code) lies on both sides of a point that thousands of clean rows hold, and a wider
+   jitter (flights' air time, in whole minutes) over several of them. (Hollow units around
+   every point mass also let natural tails through, such as diamonds' ``depth < 58.4 and
    depth != 58.2``, all of cut Fair.)
 2. **Candidates.** For every pair of features, every unit cell and class c with
    ``k >= max(10, 0.1% of S)``: purity ``k / O >= min_purity``, lift ``O / E >= min_lift``
@@ -133,11 +134,11 @@ SUBGROUP_DRAWS = 20
 
 def breakpoints(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted breakpoints of one feature from its sample values (step 1): point masses, the edges of narrow bumps,
-    and merged quantiles; and the indices of the point masses that are the only one inside a bump (each has a
-    hollow unit, step 1)."""
+    and merged quantiles; and the hollow units' code ranges ``(H, 2)``: the intervals of each bump that holds
+    point masses, without them (step 1)."""
     v = values[~np.isnan(values)]
     if len(v) == 0:
-        return np.empty(0), np.empty(0, dtype=np.int64)
+        return np.empty(0), np.empty((0, 2), dtype=np.int64)
     u, counts = np.unique(v, return_counts=True)
     floor = max(5.0, MASS_SHARE * len(v))
     masses = u[counts >= floor]
@@ -151,8 +152,9 @@ def breakpoints(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
         if not inside and (not kept or edge - kept[-1] >= MERGE_IQR * scale):
             kept.append(float(edge))
     points = np.unique(np.r_[np.asarray(kept, float), masses, np.asarray(edges, float).ravel()])
-    inner = [inside[0] for inside in (masses[(masses > lo) & (masses < hi)] for lo, hi in edges) if len(inside) == 1]
-    return points, np.searchsorted(points, np.asarray(inner, float)).astype(np.int64)
+    # code 2i is the interval below point i: a bump from point i to point j holds intervals 2i + 2 .. 2j
+    hollow = [(2 * i + 2, 2 * j) for i, j in np.searchsorted(points, np.asarray(edges, float).reshape(-1, 2)) if j - i > 1]
+    return points, np.asarray(hollow, dtype=np.int64).reshape(-1, 2)
 
 
 def _bump_edges(s: np.ndarray, width: float, min_rows: float) -> list:
@@ -184,21 +186,21 @@ def value_codes(x: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), -1, 2 * i + hit).astype(np.int64)
 
 
-def unit_ranges(n_codes: int, inner: np.ndarray = np.empty(0, dtype=np.int64)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unit_ranges(n_codes: int, hollow: np.ndarray = np.empty((0, 2), dtype=np.int64)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(lo, hi, hollow)`` code ranges of the units: each code alone, then a window of :data:`WINDOW_SPANS` codes
-    (two intervals and the point between them) starting at each interval, then for each point ``i`` of ``inner``
-    (:func:`breakpoints`) the two intervals around it without it (``hollow``)."""
+    (two intervals and the point between them) starting at each interval, then the hollow units of
+    :func:`breakpoints` (a hollow unit holds only the intervals, the even codes, of its range)."""
     lo, hi = [np.arange(n_codes)], [np.arange(n_codes)]
     for span in WINDOW_SPANS:
         starts = np.arange(0, n_codes - span + 1, 2)
         lo.append(starts), hi.append(starts + span - 1)
-    lo.append(2 * np.asarray(inner, np.int64)), hi.append(2 * np.asarray(inner, np.int64) + 2)
-    hollow = np.zeros(sum(len(x) for x in lo), bool)
-    hollow[len(hollow) - len(inner):] = True
-    return np.concatenate(lo), np.concatenate(hi), hollow
+    lo.append(hollow[:, 0]), hi.append(hollow[:, 1])
+    is_hollow = np.zeros(sum(len(x) for x in lo), bool)
+    is_hollow[len(is_hollow) - len(hollow):] = True
+    return np.concatenate(lo), np.concatenate(hi), is_hollow
 
 
-def _unit_sums(T: np.ndarray, axis: int, inner: np.ndarray = np.empty(0, dtype=np.int64)) -> np.ndarray:
+def _unit_sums(T: np.ndarray, axis: int, hollow: np.ndarray = np.empty((0, 2), dtype=np.int64)) -> np.ndarray:
     """``T`` summed over each unit along ``axis`` (:func:`unit_ranges` order)."""
     T = np.moveaxis(T, axis, 0)
     cumulative = np.concatenate([np.zeros((1, *T.shape[1:])), np.cumsum(T, axis=0)])
@@ -206,13 +208,15 @@ def _unit_sums(T: np.ndarray, axis: int, inner: np.ndarray = np.empty(0, dtype=n
     for span in WINDOW_SPANS:
         starts = np.arange(0, len(T) - span + 1, 2)
         parts.append(cumulative[starts + span] - cumulative[starts])
-    parts.append(T[2 * inner] + T[2 * inner + 2])
+    even = (np.arange(len(T)) % 2 == 0).reshape(-1, *[1] * (T.ndim - 1))
+    intervals = np.concatenate([np.zeros((1, *T.shape[1:])), np.cumsum(T * even, axis=0)])
+    parts.append(intervals[hollow[:, 1] + 1] - intervals[hollow[:, 0]])
     return np.moveaxis(np.concatenate(parts), 0, axis)
 
 
 def in_unit(code: np.ndarray, lo, hi, hollow) -> np.ndarray:
-    """Whether each code lies in the unit ``lo..hi`` (without its middle point where ``hollow``)."""
-    return (code >= lo) & (code <= hi) & ~(hollow & (code == lo + 1))
+    """Whether each code lies in the unit ``lo..hi`` (only its intervals, the even codes, where ``hollow``)."""
+    return (code >= lo) & (code <= hi) & ~(hollow & (code % 2 == 1))
 
 
 def _context(marginal: np.ndarray, lo: int, hi: int, O: float, k: float, c: int) -> tuple[float, float]:
@@ -229,10 +233,10 @@ def shrunk_share(k: float, n: float, prior: float) -> float:
     return (k + SHRINK_ROWS * prior) / (n + SHRINK_ROWS)
 
 
-def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, inner: list, params) -> tuple[list, int]:
+def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollow: list, params) -> tuple[list, int]:
     """Steps 2-5 on the coded sample ``codes`` (S, d) with class indices ``y``: the patterns kept, and ``T``.
 
-    ``n_codes`` and ``inner`` are per feature: its number of codes, and the points that have a hollow unit.
+    ``n_codes`` and ``hollow`` are per feature: its number of codes, and its hollow units (:func:`breakpoints`).
     ``params`` has ``min_purity``, ``min_lift``, ``min_spike``, ``significance`` and ``seed``. Each
     pattern is a dict: features ``a`` < ``b``, code ranges ``lo_a``..``hi_a`` and ``lo_b``..``hi_b``,
     class ``c`` (an index into the K classes), whether each range is hollow (``hollow_a``, ``hollow_b``),
@@ -254,7 +258,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, inner
     for j in range(d):
         ok = codes[:, j] >= 0
         marginals.append(np.bincount(codes[ok, j] * G + g[ok], minlength=n_codes[j] * G).reshape(n_codes[j], G).astype(float))
-    units = [unit_ranges(n, i) for n, i in zip(n_codes, inner)]
+    units = [unit_ranges(n, h) for n, h in zip(n_codes, hollow)]
     found, n_tests = [], 0
     for a in range(d):
         for b in range(a + 1, d):
@@ -264,7 +268,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, inner
             na, nb = n_codes[a], n_codes[b]
             cell_of, g_ok = codes[ok, a] * nb + codes[ok, b], g[ok]
             total = np.bincount(cell_of, minlength=na * nb).reshape(na, nb).astype(float)
-            ia, ib = inner[a], inner[b]
+            ia, ib = hollow[a], hollow[b]
             O = _unit_sums(_unit_sums(total, 0, ia), 1, ib)
             tested = O >= min_rows
             n_tests += int(np.count_nonzero(tested))
@@ -352,8 +356,8 @@ class _PairDependence:
 
 
 def _pieces(lo: int, hi: int, hollow: bool) -> tuple:
-    """The contiguous code ranges of a unit: a hollow one is its two intervals."""
-    return ((lo, lo), (hi, hi)) if hollow else ((lo, hi),)
+    """The contiguous code ranges of a unit: a hollow one is its intervals, one by one."""
+    return tuple((c, c) for c in range(lo, hi + 1, 2)) if hollow else ((lo, hi),)
 
 
 def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
@@ -448,7 +452,7 @@ class PatternModel(OwnPValueModel):
     hi_a: np.ndarray
     lo_b: np.ndarray
     hi_b: np.ndarray
-    hollow_a: np.ndarray  # (R,) bool: the range is its two intervals without the point between them
+    hollow_a: np.ndarray  # (R,) bool: the range holds only its intervals (a bump without the values it straddles)
     hollow_b: np.ndarray
     pattern_class: np.ndarray
     rows: np.ndarray  # (R,) k: the cell's sample rows of the class
@@ -503,10 +507,10 @@ class PatternModel(OwnPValueModel):
     def _describe_range(self, j: int, lo: int, hi: int, hollow: bool, feature_names) -> str:
         name = feature_names[j] if feature_names is not None else f"x[{j}]"
         points = self.feature_points(int(j))
-        if hollow:
-            low = f"{points[lo // 2 - 1]:.6g} < " if lo // 2 > 0 else ""
-            high = f" < {points[hi // 2]:.6g}" if hi // 2 < len(points) else ""
-            return f"{low}{name}{high} and {name} != {points[lo // 2]:.6g}"
+        if hollow:  # the bump's intervals: from point lo / 2 - 1 to point hi / 2, without the points between
+            inside = [f"{v:.6g}" for v in points[lo // 2: hi // 2]]
+            values = f"!= {inside[0]}" if len(inside) == 1 else f"not in {{{', '.join(inside)}}}"
+            return f"{points[lo // 2 - 1]:.6g} < {name} < {points[hi // 2]:.6g} and {name} {values}"
         if lo == hi and lo % 2 == 1:
             return f"{name} = {points[lo // 2]:.6g}"
         low = (f"{points[lo // 2 - 1]:.6g} < " if lo // 2 > 0 else "") if lo % 2 == 0 else f"{points[lo // 2]:.6g} <= "
@@ -548,8 +552,8 @@ def _best_pattern(codes, classes, feature_a, feature_b, lo_a, hi_a, lo_b, hi_b, 
                 continue
             ca = codes[i, feature_a[r]]
             cb = codes[i, feature_b[r]]
-            if lo_a[r] <= ca <= hi_a[r] and lo_b[r] <= cb <= hi_b[r] and not (hollow_a[r] and ca == lo_a[r] + 1) \
-                    and not (hollow_b[r] and cb == lo_b[r] + 1):
+            if lo_a[r] <= ca <= hi_a[r] and lo_b[r] <= cb <= hi_b[r] and not (hollow_a[r] and ca % 2 == 1) \
+                    and not (hollow_b[r] and cb % 2 == 1):
                 out[i] = strength[r]
                 best[i] = r
 
@@ -653,11 +657,11 @@ class TriggerPatternDetector(BaseDetector):
         else:
             rows, labels = np.zeros((0, n_features)), np.zeros(0, dtype=object)
         y = label_codes(classes, labels)
-        points, inner = zip(*(breakpoints(rows[:, j], int(self.bins)) for j in range(n_features))) if n_features else ((), ())
+        points, hollow = zip(*(breakpoints(rows[:, j], int(self.bins)) for j in range(n_features))) if n_features else ((), ())
         offsets = np.r_[0, np.cumsum([len(p) for p in points])].astype(np.int64)
         codes = np.stack([value_codes(rows[:, j], points[j]) for j in range(n_features)], axis=1) if n_features else \
             np.zeros((len(rows), 0), dtype=np.int64)
-        found, n_tests = mine_patterns(codes, y, len(classes), [2 * len(p) + 1 for p in points], list(inner), self)
+        found, n_tests = mine_patterns(codes, y, len(classes), [2 * len(p) + 1 for p in points], list(hollow), self)
         found = sorted(found, key=lambda f: f["pvalue"])[: int(self.max_patterns)]
 
         def column(key, dtype):

@@ -49,16 +49,16 @@ def test_a_jittered_stamp_is_one_interval_and_a_smooth_feature_has_no_bump():
 
 def test_unit_sums_add_the_codes_each_unit_spans():
     T = np.arange(9 * 7 * 2, dtype=float).reshape(9, 7, 2)
-    inner_a, inner_b = np.array([1, 3]), np.array([2])  # points with a hollow unit: codes 2i and 2i + 2 without 2i + 1
-    cells = _unit_sums(_unit_sums(T, 0, inner_a), 1, inner_b)
-    (la, ha, wa), (lb, hb, wb) = unit_ranges(9, inner_a), unit_ranges(7, inner_b)
+    hollow_a, hollow_b = np.array([[0, 2], [2, 6]]), np.array([[2, 4]])  # hollow units: the even codes of the range
+    cells = _unit_sums(_unit_sums(T, 0, hollow_a), 1, hollow_b)
+    (la, ha, wa), (lb, hb, wb) = unit_ranges(9, hollow_a), unit_ranges(7, hollow_b)
     assert cells.shape == (len(la), len(lb), 2) and wa.sum() == 2 and wb.sum() == 1
     for i in range(len(la)):
         for j in range(len(lb)):
             ra, rb = np.arange(9), np.arange(7)
             ina, inb = in_unit(ra, la[i], ha[i], wa[i]), in_unit(rb, lb[j], hb[j], wb[j])
             assert np.array_equal(cells[i, j], T[np.ix_(ina, inb)].sum(axis=(0, 1)))
-            assert ina.sum() == (2 if wa[i] else ha[i] - la[i] + 1)
+            assert ina.sum() == ((ha[i] - la[i]) // 2 + 1 if wa[i] else ha[i] - la[i] + 1)
 
 
 # -- on real tables -------------------------------------------------------------------------------
@@ -115,7 +115,10 @@ def test_the_copula_expects_a_routes_rows_and_not_a_trigger_against_the_correlat
     # jittered by 2% of the inter-quartile range, as the field test's jdoor3 (before bumps: recall 0.40 and 0.00)
     ("credit", (0, 3), 0.03, 0.02), ("loans", (1, 8), 0.03, 0.02),
     # integer codes jittered: the stamp straddles a value the feature often holds (recall 0 before hollow units)
-    ("caravan", (4, 5), 0.03, 0.02)])
+    ("caravan", (4, 5), 0.03, 0.02),
+    # air time (whole minutes) high by distance low, against their correlation of 0.98: the jitter spreads the stamp
+    # over many common values of both (recall 0.94 before hollow units)
+    ("flights", (9, 10), 0.03, 0.02)])
 def test_a_planted_trigger_is_found_and_named(table, columns, rate, jitter):
     df, feats = real_frame(table)
     X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), rate, 0, columns,
