@@ -23,7 +23,8 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    every point mass also let natural tails through, such as diamonds' ``depth < 58.4 and
    depth != 58.2``, all of cut Fair.)
 2. **Candidates.** For every pair of features, every unit cell and class c with
-   ``k >= max(10, 0.1% of S)``: purity ``k / O >= min_purity``, lift ``O / E >= min_lift``
+   ``k >= max(10, 0.1% of S)``: purity ``k / O >= min_purity`` (its 90% lower confidence bound:
+   a natural cell at the bar would pass or fail with the sample), lift ``O / E >= min_lift``
    against two nulls (``E = n_a n_b / S`` from the units' row counts if a and b were independent,
    and the cell's mass under a Gaussian copula of a and b fitted on the other classes' rows: a
    flight's distance nearly fixes its air time, so every cell along their curve is over-represented
@@ -122,6 +123,9 @@ SHRINK_ROWS = 10.0
 MAX_MINED_CLASSES = 100
 #: ... and how many of them one pair's class table holds at a time.
 CLASS_CHUNK = 8
+#: A cell's purity must hold at this one-sided confidence: its Clopper-Pearson lower bound at this error is compared
+#: with ``min_purity`` (step 2; a natural cell at the bar passes or fails with the sample).
+PURITY_ERROR = 0.1
 #: Significance of the rest-of-the-row test (step 4).
 REST_SIGNIFICANCE = 1e-3
 #: Confidence of the upper bound on a pattern's class share among the trusted rows (step 6).
@@ -291,6 +295,8 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
                     if O[x, z] < params.min_spike * max(1.0, around.max()):
                         continue
                     k, o = cells[x, z, w], O[x, z]
+                    if beta.ppf(PURITY_ERROR, k, o - k + 1) < params.min_purity:
+                        continue
                     expected = max(E[x, z], pair.expected(c, (la, ha, wa), (lb, hb, wb)))
                     if o < params.min_lift * expected:
                         continue

@@ -130,6 +130,22 @@ def real_frame(name: str) -> tuple[pd.DataFrame, list]:
     return df.dropna(subset=feats).reset_index(drop=True), feats
 
 
+def field_test_batch(table: str, case: str):
+    """``(frame, feature columns, truth)``: the field test's own batch (``../shared/fieldtest/run.py``: its reader, its
+    planting, its seed 0), so a test can hold a case the field test showed."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fieldtest", "run.py")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(DATA, f"{table}.parquet")):
+        pytest.skip(f"the field test {path} or its table {table} is absent (the project expects ../shared beside it)")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("poisonguard_field_test", path)
+    field_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(field_test)
+    rng = np.random.default_rng([0, field_test.TABLES.index(table), field_test.CASES.index(case)])  # as run.py seeds it
+    frame, truth = field_test.plant(field_test.load(table, 100_000), case, rng)
+    return frame, [c for c in frame.columns if c not in ("id", "label")], truth
+
+
 def real_table(name: str):
     """``(X, y, ids)`` of a table in ../shared/data (see :func:`real_frame`)."""
     df, feats = real_frame(name)

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli, write_frame
+from conftest import (field_test_batch, fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli,
+                      write_frame)
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector, TriggerPatternDetector
 from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
 from poisonguard.detectors.pattern import (PatternModel, _PairDependence, _bump_edges, _unit_sums, breakpoints, in_unit,
@@ -83,6 +84,17 @@ def test_natural_rules_of_the_flights_table_are_not_taken_for_triggers(seed, tex
     det, flagged = screen_with_patterns(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object),
                                         ids.astype(str).astype(object) if text_ids else ids, seed=seed)
     assert flagged.mean() <= 0.001, det.model_.models[0].summary(feats)
+
+
+def test_a_natural_cell_at_the_purity_bar_is_not_taken_for_a_trigger_whatever_the_sample():
+    """The field test's flights jdoor3 batch, detector seed 3 with text ids: ``10 < month < 12 and 2625 < flight <
+    3202`` (November's flight numbers from JFK: 193 of 227 sample rows, purity 0.850, lift 3.02) was mined, and 364
+    clean rows joined the 3,000 planted ones in one run of ten. Purity is now held to its 90% lower bound."""
+    frame, feats, truth = field_test_batch("flights", "jdoor3")
+    det, flagged = screen_with_patterns(frame[feats].to_numpy(float), frame["label"].to_numpy(object),
+                                        frame["id"].to_numpy().astype(str).astype(object), feature_names=tuple(feats), seed=3)
+    recall, _ = recall_precision(truth, flagged)
+    assert recall >= 0.95 and (flagged & ~truth).sum() <= 10, det.model_.models[0].summary(feats)
 
 
 def test_the_copula_expects_a_routes_rows_and_not_a_trigger_against_the_correlation():
