@@ -244,9 +244,9 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
     ``params`` has ``min_purity``, ``min_lift``, ``min_spike``, ``significance`` and ``seed``. Each
     pattern is a dict: features ``a`` < ``b``, code ranges ``lo_a``..``hi_a`` and ``lo_b``..``hi_b``,
     class ``c`` (an index into the K classes), whether each range is hollow (``hollow_a``, ``hollow_b``),
-    counts ``k`` and ``O``, ``E``, the tested share ``p0`` and the unadjusted ``pvalue``. The statistics are per mining group (:func:`~.label.class_groups`),
-    and a pair's class table holds :data:`CLASS_CHUNK` groups at a time, so memory does not grow
-    with K.
+    counts ``k`` and ``O``, ``E``, the tested share ``p0`` and the unadjusted ``pvalue``. The statistics are per
+    mining group (:func:`~.label.class_groups`), and a pair's class table holds :data:`CLASS_CHUNK` groups at a
+    time, so memory does not grow with K.
     """
     S, d = codes.shape
     if K < 2 or S == 0:
@@ -291,7 +291,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
                     ra, rb = max(0, la - NEIGHBOURHOOD), max(0, lb - NEIGHBOURHOOD)
                     near = (slice(ra, ha + NEIGHBOURHOOD + 1), slice(rb, hb + NEIGHBOURHOOD + 1))
                     around = total[near] - T[near][..., w]
-                    around[la - ra: ha - ra + 1, lb - rb: hb - rb + 1] = 0.0  # a hollow unit's middle point too
+                    around[la - ra: ha - ra + 1, lb - rb: hb - rb + 1] = 0.0  # a hollow unit's points too
                     if O[x, z] < params.min_spike * max(1.0, around.max()):
                         continue
                     k, o = cells[x, z, w], O[x, z]
@@ -303,8 +303,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
                     shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
                     p0 = min(max(prior[c], *shares), 1.0 - 1e-12)
                     found.append({"a": a, "b": b, "lo_a": la, "hi_a": ha, "lo_b": lb, "hi_b": hb, "hollow_a": wa, "hollow_b": wb,
-                                  "c": c, "k": k, "O": o,
-                                  "E": expected, "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
+                                  "c": c, "k": k, "O": o, "E": expected, "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
     level = params.significance / max(n_tests, 1)
     rest = _RestOfRow(codes, g, marginals)
     found = [f for f in found if f["pvalue"] <= level and rest.disagrees(f)]
@@ -368,7 +367,8 @@ def _pieces(lo: int, hi: int, hollow: bool) -> tuple:
 
 def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
     """Whether each coded row lies in pattern ``f``'s cell, whatever its class."""
-    return in_unit(codes[:, f["a"]], f["lo_a"], f["hi_a"], f["hollow_a"]) & in_unit(codes[:, f["b"]], f["lo_b"], f["hi_b"], f["hollow_b"])
+    return in_unit(codes[:, f["a"]], f["lo_a"], f["hi_a"], f["hollow_a"]) & \
+        in_unit(codes[:, f["b"]], f["lo_b"], f["hi_b"], f["hollow_b"])
 
 
 def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, patterned: np.ndarray, rng: np.random.Generator) -> bool:
