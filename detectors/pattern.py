@@ -328,10 +328,13 @@ class _PairDependence:
 
     def __init__(self, codes: np.ndarray, g: np.ndarray, a: int, b: int, ok: np.ndarray, total: np.ndarray):
         self.n = total.sum()
-        self.cum_a = np.r_[0.0, np.cumsum(total.sum(axis=1))] / self.n
-        self.cum_b = np.r_[0.0, np.cumsum(total.sum(axis=0))] / self.n
-        self.za = norm.ppf((self.cum_a[:-1] + self.cum_a[1:]) / 2)[codes[ok, a]]
-        self.zb = norm.ppf((self.cum_b[:-1] + self.cum_b[1:]) / 2)[codes[ok, b]]
+        cum_a = np.r_[0.0, np.cumsum(total.sum(axis=1))] / self.n
+        cum_b = np.r_[0.0, np.cumsum(total.sum(axis=0))] / self.n
+        # each code's lower edge in normal scores (code i spans edges i..i + 1), once for every cell of the pair
+        self.edges_a = np.clip(norm.ppf(np.clip(cum_a, 0.0, 1.0)), -9.0, 9.0)
+        self.edges_b = np.clip(norm.ppf(np.clip(cum_b, 0.0, 1.0)), -9.0, 9.0)
+        self.za = norm.ppf((cum_a[:-1] + cum_a[1:]) / 2)[codes[ok, a]]
+        self.zb = norm.ppf((cum_b[:-1] + cum_b[1:]) / 2)[codes[ok, b]]
         self.g = g[ok]
         self._copulas: dict = {}
 
@@ -354,9 +357,8 @@ class _PairDependence:
         mass = 0.0
         for la, ha in _pieces(*unit_a):
             for lb, hb in _pieces(*unit_b):
-                lower = norm.ppf(np.clip([self.cum_a[la], self.cum_b[lb]], 0.0, 1.0))
-                upper = norm.ppf(np.clip([self.cum_a[ha + 1], self.cum_b[hb + 1]], 0.0, 1.0))
-                mass += float(copula.cdf(np.clip(upper, -9.0, 9.0), lower_limit=np.clip(lower, -9.0, 9.0)))
+                upper, lower = [self.edges_a[ha + 1], self.edges_b[hb + 1]], [self.edges_a[la], self.edges_b[lb]]
+                mass += float(copula.cdf(upper, lower_limit=lower))
         return mass * self.n
 
 
