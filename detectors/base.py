@@ -305,6 +305,11 @@ class OwnPValueModel:
     def with_threshold(self, threshold: float):
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
 
+    def tie_scores(self, scores: np.ndarray, pvalues: np.ndarray) -> np.ndarray:
+        """Per row, in [0, 1], higher = more suspicious: what orders rows whose p-values tie (one minus the p-value
+        here; a model whose score is finer than its p-value says so)."""
+        return 1.0 - pvalues
+
 
 @dataclass(frozen=True)
 class Screened:

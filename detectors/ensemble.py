@@ -49,6 +49,7 @@ from .decision import (
     SCORE_EDGES,
     TailNull,
     bh_cut,
+    break_ties,
     combine_pvalues,
     excess_over_null,
     member_weights,
@@ -163,6 +164,15 @@ class EnsembleModel:
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Combined ``L = -log10 p`` per row (NaN for a class no member knows)."""
         return to_log_p(self.combine(self.member_scores_and_pvalues(X, labels)[1], labels))
+
+    def ranking(self, combined: np.ndarray, scores: list[np.ndarray], pvalues: list[np.ndarray],
+                labels: np.ndarray) -> np.ndarray:
+        """The output's ``suspicion``: ``combined`` (``L``) with its ties broken by what the members still say
+        (:func:`~poisonguard.detectors.decision.break_ties`): a member's own finer score where it has one (the label
+        member's ``1 - pi_c``), else one minus its p-value."""
+        tie_scores = [m.tie_scores(s, p) if null is None else 1.0 - p
+                      for m, null, s, p in zip(self.models, self.nulls, scores, pvalues)]
+        return break_ties(combined, tie_scores, self.row_weights(labels))
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         codes = label_codes(self.classes, labels)
@@ -438,4 +448,4 @@ class EnsembleDetector(BaseDetector):
                 cut = f"{rule} cut p <= {10.0 ** -cuts[i]:.2g}" if by_cut else \
                     f"family-wise cut of a group of rows p <= {model.alpha:.2g} x weight"
                 reasons[i] = f"class {str(labels[i])!r}: " + "; ".join(parts) + f" [{cut}]"
-        return Screened(dict(zip(model.names, scores)), combined, flagged, reasons)
+        return Screened(dict(zip(model.names, scores)), model.ranking(combined, scores, pvalues, labels), flagged, reasons)

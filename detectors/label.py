@@ -209,6 +209,11 @@ class LabelModel(OwnPValueModel):
         own, p = self._evaluate(X, labels)
         return 1.0 - own, p
 
+    def tie_scores(self, scores: np.ndarray, pvalues: np.ndarray) -> np.ndarray:
+        """``1 - pi_c`` (cleanlab's self-confidence ranking), finer than the p-value: that is 1 for every row whose
+        label the model finds the most probable, and steps with the calibration grid."""
+        return scores
+
     def _evaluate(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Self-confidence ``pi_c`` and calibrated p-value per row, from one ``probabilities`` call."""
         codes = self.groups(labels)

@@ -560,7 +560,8 @@ def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary
     return {
         "members": list(model.names),
         "suspicion": ("-log10 of the combined p-value: min(1, smallest member p-value / its weight) (weighted Bonferroni; "
-                       "each class's member weights are under classes.<class>.members)"),
+                       "each class's member weights are under classes.<class>.members), plus at most 1e-4 to order rows "
+                       "whose p-values tie, by the members' finer scores; the cuts read the p-value alone"),
         "threshold_mode": mode,
         "rule": rule,
         "alpha": alpha if mode == "auto" else None,

@@ -12,7 +12,7 @@ import pytest
 from conftest import plant_field_backdoor, real_table, recall_precision
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, NoveltyDetector, SpectralSignatureDetector
 from poisonguard.detectors.decision import (
-    LOGP_EDGES, QUIET_MEMBER_SHARE, SCORE_EDGES, TailNull, bh_cut, combine_pvalues, excess_over_null, member_weights, to_log_p,
+    LOGP_EDGES, QUIET_MEMBER_SHARE, SCORE_EDGES, TIE_BREAK, TailNull, bh_cut, combine_pvalues, excess_over_null, member_weights, to_log_p,
 )
 from poisonguard.detectors.statistics import Histogram
 
@@ -121,9 +121,18 @@ def test_default_pair_ranks_label_flips_of_a_real_table_as_its_label_member_does
     model = det.model_
     assert np.allclose(model.weights[:, 1], 10 / 11)  # spectral quiet in every class
     label_alone = roc_auc_score(flip, -model.member_scores_and_pvalues(X, y)[1][1])
-    combined = roc_auc_score(flip, model.suspicion(X, y))
+    L = model.suspicion(X, y)
+    combined = roc_auc_score(flip, L)
     assert combined >= 0.88 and combined >= label_alone - 0.03
     assert ((det.predict(X, y) < 0) & ~flip).mean() <= 0.005
+    # the output's suspicion breaks the ties of L (most rows: combined p-value 1) by the label member's 1 - pi_c,
+    # and decides nothing: the flags are L's, and it stays within TIE_BREAK of L
+    screened = det.screen(model, X, y)
+    print(f"ROC-AUC: L {combined:.4f}, suspicion {roc_auc_score(flip, screened.suspicion):.4f}, "
+          f"label p-values {label_alone:.4f}, label 1 - pi_c {roc_auc_score(flip, screened.columns['label']):.4f}")
+    assert np.array_equal(screened.flagged, det.predict(X, y) < 0)
+    assert np.all((screened.suspicion >= L) & (screened.suspicion <= L + TIE_BREAK))
+    assert roc_auc_score(flip, screened.suspicion) >= combined + 0.005
 
 
 def test_default_pair_keeps_a_backdoor_its_spectral_member_finds():
