@@ -25,7 +25,8 @@ detector through it, one member or several: it is where scores become decisions.
   that found no cluster in the class keeps a tenth of a share, and so does one made to
   compare the batch with trusted rows where the class's batch rows show no excess over its
   null, :func:`~poisonguard.detectors.decision.excess_over_null`) and its ``suspicion`` is
-  ``-log10`` of that.
+  ``-log10`` of that, ``L``, with its ties broken by at most ``1e-4`` (the members' finer scores,
+  :func:`~poisonguard.detectors.decision.break_ties`); the cuts read ``L`` alone.
 * **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
   ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
   trusted reference rows: one cut so that at most ``target_fpr`` of them would be
@@ -161,9 +162,15 @@ class EnsembleModel:
         """Combined p-value per row from the members' p-values (weighted Bonferroni)."""
         return combine_pvalues(pvalues, self.row_weights(labels))
 
-    def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Combined ``L = -log10 p`` per row (NaN for a class no member knows)."""
+    def combined_suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Combined ``L = -log10 p`` per row (NaN for a class no member knows): what the cuts read."""
         return to_log_p(self.combine(self.member_scores_and_pvalues(X, labels)[1], labels))
+
+    def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The output's ``suspicion`` per row: ``L`` with its ties broken (:meth:`ranking`). A cut set on it (on
+        trusted rows) holds for ``L``, which is never larger."""
+        scores, pvalues = self.member_scores_and_pvalues(X, labels)
+        return self.ranking(to_log_p(self.combine(pvalues, labels)), scores, pvalues, labels)
 
     def ranking(self, combined: np.ndarray, scores: list[np.ndarray], pvalues: list[np.ndarray],
                 labels: np.ndarray) -> np.ndarray:
@@ -338,7 +345,7 @@ class EnsembleDetector(BaseDetector):
                             key = (self.name, (source, j, model.classes[k]))
                             out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[rows])
                 else:
-                    L = model.suspicion(X, labels)
+                    L = model.combined_suspicion(X, labels)
                     for k, rows in group_rows(codes):
                         key = (self.name, ("cut", model.classes[k]))
                         out.setdefault(key, Histogram(LOGP_EDGES)).add_batch(L[rows])

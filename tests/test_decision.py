@@ -121,7 +121,7 @@ def test_default_pair_ranks_label_flips_of_a_real_table_as_its_label_member_does
     model = det.model_
     assert np.allclose(model.weights[:, 1], 10 / 11)  # spectral quiet in every class
     label_alone = roc_auc_score(flip, -model.member_scores_and_pvalues(X, y)[1][1])
-    L = model.suspicion(X, y)
+    L = model.combined_suspicion(X, y)
     combined = roc_auc_score(flip, L)
     assert combined >= 0.88 and combined >= label_alone - 0.03
     assert ((det.predict(X, y) < 0) & ~flip).mean() <= 0.005
@@ -132,6 +132,7 @@ def test_default_pair_ranks_label_flips_of_a_real_table_as_its_label_member_does
           f"label p-values {label_alone:.4f}, label 1 - pi_c {roc_auc_score(flip, screened.columns['label']):.4f}")
     assert np.array_equal(screened.flagged, det.predict(X, y) < 0)
     assert np.all((screened.suspicion >= L) & (screened.suspicion <= L + TIE_BREAK))
+    np.testing.assert_array_equal(screened.suspicion, model.suspicion(X, y))
     assert roc_auc_score(flip, screened.suspicion) >= combined + 0.005
 
 
