@@ -137,8 +137,10 @@ class EnsembleModel:
         equal = np.full((1, len(self.models)), 1.0 / len(self.models))
         return np.where((codes >= 0)[:, None], self.weights[np.maximum(codes, 0)] if len(self.classes) else equal, equal)
 
-    def decide(self, pvalues: list[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(combined L, cut per row, margin)`` from the members' p-values; a row is flagged where the margin is
+    def decide(self, pvalues: list[np.ndarray], labels: np.ndarray,
+               weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(combined L, cut per row, margin)`` from the members' p-values and the rows' weights
+        (:meth:`row_weights`, which the caller computes once per batch); a row is flagged where the margin is
         negative.
 
         The cut is the class's (Benjamini-Hochberg under "auto"). Under "auto", a member whose p-value is a
@@ -147,7 +149,6 @@ class EnsembleModel:
         with it all its rows. A clean class loses a row that way with probability at most ``alpha * w``. Row by
         row, Benjamini-Hochberg would ask a 60-row cell of an 800-row class for ``p <= alpha * 60 / 800``.
         """
-        weights = self.row_weights(labels)
         combined = to_log_p(combine_pvalues(pvalues, weights))
         cuts = self.thresholds_for(labels)
         margin = np.nextafter(cuts, -np.inf) - combined
@@ -170,16 +171,17 @@ class EnsembleModel:
         """The output's ``suspicion`` per row: ``L`` with its ties broken (:meth:`ranking`). A cut set on it (on
         trusted rows) holds for ``L``, which is never larger."""
         scores, pvalues = self.member_scores_and_pvalues(X, labels)
-        return self.ranking(to_log_p(self.combine(pvalues, labels)), scores, pvalues, labels)
+        weights = self.row_weights(labels)
+        return self.ranking(to_log_p(combine_pvalues(pvalues, weights)), scores, pvalues, weights)
 
     def ranking(self, combined: np.ndarray, scores: list[np.ndarray], pvalues: list[np.ndarray],
-                labels: np.ndarray) -> np.ndarray:
+                weights: np.ndarray | None) -> np.ndarray:
         """The output's ``suspicion``: ``combined`` (``L``) with its ties broken by what the members still say
         (:func:`~poisonguard.detectors.decision.break_ties`): a member's own finer score where it has one (the label
         member's ``1 - pi_c``), else one minus its p-value."""
         tie_scores = [m.tie_scores(s, p) if null is None else 1.0 - p
                       for m, null, s, p in zip(self.models, self.nulls, scores, pvalues)]
-        return break_ties(combined, tie_scores, self.row_weights(labels))
+        return break_ties(combined, tie_scores, weights)
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         codes = label_codes(self.classes, labels)
@@ -187,7 +189,7 @@ class EnsembleModel:
 
     def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Negative for flagged rows (:meth:`decide`)."""
-        return self.decide(self.member_scores_and_pvalues(X, labels)[1], labels)[2]
+        return self.decide(self.member_scores_and_pvalues(X, labels)[1], labels, self.row_weights(labels))[2]
 
     def with_threshold(self, threshold: float) -> EnsembleModel:
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)), mode="reference")
@@ -433,13 +435,13 @@ class EnsembleDetector(BaseDetector):
     # -- scoring ----------------------------------------------------------------------------------
     def screen(self, model: EnsembleModel, X: np.ndarray, labels: np.ndarray) -> Screened:
         scores, pvalues = model.member_scores_and_pvalues(X, labels)
-        combined, cuts, margin = model.decide(pvalues, labels)
+        weights = model.row_weights(labels)
+        combined, cuts, margin = model.decide(pvalues, labels, weights)
         flagged = margin < 0
         reasons = np.full(len(X), None, dtype=object)
         rows = np.flatnonzero(flagged)
         if len(rows):
             M = len(model.models)
-            weights = model.row_weights(labels)
             w = np.full((len(rows), M), 1.0 / M) if weights is None else weights[rows]
             member_L = [to_log_p(np.minimum(1.0, p[rows] / w[:, j])) for j, p in enumerate(pvalues)]
             names = self.feature_names
@@ -455,4 +457,4 @@ class EnsembleDetector(BaseDetector):
                 cut = f"{rule} cut p <= {10.0 ** -cuts[i]:.2g}" if by_cut else \
                     f"family-wise cut of a group of rows p <= {model.alpha:.2g} x weight"
                 reasons[i] = f"class {str(labels[i])!r}: " + "; ".join(parts) + f" [{cut}]"
-        return Screened(dict(zip(model.names, scores)), model.ranking(combined, scores, pvalues, labels), flagged, reasons)
+        return Screened(dict(zip(model.names, scores)), model.ranking(combined, scores, pvalues, weights), flagged, reasons)
