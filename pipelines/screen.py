@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector, PatternModel
-from ..detectors.decision import DEFAULT_ALPHA
+from ..detectors.decision import DEFAULT_ALPHA, TIE_BREAK
 from ..schemas import OUTPUTS, ConfigError, PoisonguardError
 from .images import (
     IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract,
@@ -560,8 +560,8 @@ def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary
     return {
         "members": list(model.names),
         "suspicion": ("-log10 of the combined p-value: min(1, smallest member p-value / its weight) (weighted Bonferroni; "
-                       "each class's member weights are under classes.<class>.members), plus at most 1e-4 to order rows "
-                       "whose p-values tie, by the members' finer scores; the cuts read the p-value alone"),
+                       f"each class's member weights are under classes.<class>.members), plus at most {TIE_BREAK:g} to order "
+                       "rows whose p-values tie, by the members' finer scores; the cuts read the p-value alone"),
         "threshold_mode": mode,
         "rule": rule,
         "alpha": alpha if mode == "auto" else None,
