@@ -11,12 +11,23 @@ probabilities of every row, held in memory in one process. Here:
    smallest keyed hash of their row id (the class proportions of the data), plus per class
    its ``min_class_sample`` smallest-hash rows, so a rare class is represented.
 2. **K hash folds, out of fold for every row.** A row's fold is a hash of its feature
-   values (``n_folds`` folds), so it depends only on the row: fold model ``f`` (scikit-
-   learn's ``HistGradientBoostingClassifier`` by default, which takes missing values as
-   they are) is fitted on the sample rows of the other folds, and every row, in the sample
-   or not, is scored by the model of its own fold, which never saw it, nor any exact copy
-   of it (a copy has the same fold). The model is small (K fold models) and a row's score
-   depends only on the model and the row, never on the batch.
+   values and its label (``n_folds`` folds), so it depends only on the row: fold model ``f``
+   (scikit-learn's ``HistGradientBoostingClassifier`` by default, which takes missing values
+   as they are) is fitted on the sample rows of the other folds, and every row, in the
+   sample or not, is scored by the model of its own fold, which never saw it, nor any exact
+   copy of it under the same label (such a copy has the same fold). A copy under another
+   label mostly falls in another fold, so the model that scores it has seen the same point
+   with the other label: one of the two labels is wrong, and an injected copy is the row the
+   model finds the less likely (duplicates injected under another class: ROC-AUC 0.91-0.94
+   -> 0.94-0.98 on the credit and cells tables, measured over three fold seeds). The folds
+   are drawn ``n_repeats`` times with independent hash keys, and a row's probabilities are
+   the mean over the repeats: one draw of 3 folds moved the ROC-AUC of 10% flips and of
+   duplicates on the loans table by up to 0.18 between hash keys. Two repeats of 5 folds
+   ranked the field test's flips and duplicates at 0.85-0.99 on loans, cells, credit and
+   caravan, one draw of 3 folds at 0.70-0.98, cleanlab at 0.75-0.99 on the same rows; for
+   four times the fit and twice the scoring. The model is small (``n_folds x n_repeats``
+   fold models) and a row's score depends only on the model and the row, never on the
+   batch.
 3. **The score** is cleanlab's self-confidence label-quality score ``pi_c``
    (``cleanlab.rank.get_label_quality_scores(method="self_confidence")``); ``suspicion`` is
    ``1 - pi_c``.
@@ -77,9 +88,11 @@ from .statistics import Histogram, group_rows
 from .thresholds import counts_at_or_above
 
 
-def feature_folds(X: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold of each row from a hash of its feature values (:func:`~poisonguard.schemas.hashing.value_hash`)."""
-    return (value_hash(X, seed) % np.uint64(n_folds)).astype(np.int64)
+def feature_folds(X: np.ndarray, n_folds: int, seed: int, codes: np.ndarray | None = None,
+                  repeat: int = 0) -> np.ndarray:
+    """Fold of each row from a hash of its feature values, and of its label's class index ``codes`` where given
+    (:func:`~poisonguard.schemas.hashing.value_hash`); each ``repeat`` of the folds has its own hash key."""
+    return (value_hash(X, seed + (repeat << 32), codes) % np.uint64(n_folds)).astype(np.int64)
 
 
 def class_groups(sample_rows: np.ndarray, max_classes: int, min_class_rows: float) -> tuple[np.ndarray, np.ndarray]:
@@ -96,12 +109,14 @@ def class_groups(sample_rows: np.ndarray, max_classes: int, min_class_rows: floa
     return group_of, eligible
 
 
-def fit_fold_models(rows: np.ndarray, target: np.ndarray, n_folds: int, seed: int, **options) -> list:
+def fit_fold_models(rows: np.ndarray, target: np.ndarray, n_folds: int, seed: int, codes: np.ndarray | None = None,
+                    repeat: int = 0, **options) -> list:
     """One ``HistGradientBoostingClassifier`` per hash fold, each fitted on the rows of the other folds
-    (:func:`feature_folds`); None for a fold whose other folds hold a single class. ``options`` go to the model."""
+    (:func:`feature_folds`, with ``codes`` and ``repeat``); None for a fold whose other folds hold a single class.
+    ``options`` go to the model."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    folds = feature_folds(rows, n_folds, seed)
+    folds = feature_folds(rows, n_folds, seed, codes, repeat)
     models = []
     for f in range(n_folds):
         train = folds != f
@@ -149,7 +164,7 @@ class LabelModel(OwnPValueModel):
 
     classes: tuple
     group_of: np.ndarray  # (K,) each class's group: its own for modelled classes, the shared last one for the rest
-    models: tuple  # n_folds fitted classifiers (None where a fold had one group or no rows)
+    models: tuple  # n_repeats x n_folds fitted classifiers, repeat by repeat (None: a fold with one group or no rows)
     fallback: np.ndarray  # (G,) group shares of the sample: a fold without a model predicts these
     n_folds: int
     seed: int
@@ -175,23 +190,36 @@ class LabelModel(OwnPValueModel):
 
     def groups(self, labels: np.ndarray) -> np.ndarray:
         """Each label's group; -1 for a label the model has not seen."""
-        codes = label_codes(self.classes, labels)
-        return np.where(codes >= 0, self.group_of[np.maximum(codes, 0)], -1)
+        return self._groups(label_codes(self.classes, labels))
 
-    def probabilities(self, X: np.ndarray) -> np.ndarray:
-        """Out-of-fold group probabilities (N, G), each row from its own fold's model, smoothed."""
+    def _groups(self, class_codes: np.ndarray) -> np.ndarray:
+        return np.where(class_codes >= 0, self.group_of[np.maximum(class_codes, 0)], -1)
+
+    @property
+    def n_repeats(self) -> int:
+        return len(self.models) // self.n_folds
+
+    def probabilities(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Out-of-fold group probabilities (N, G), smoothed: in each repeat, from the model of the row's own fold (a
+        hash of its features and its label), averaged over the repeats."""
+        return self._probabilities(X, label_codes(self.classes, labels))
+
+    def _probabilities(self, X: np.ndarray, class_codes: np.ndarray) -> np.ndarray:
         G = self.n_groups
         X = np.asarray(X, dtype=np.float64)
-        P = np.tile(self.fallback, (len(X), 1))
-        folds = feature_folds(X, self.n_folds, self.seed)
-        for f, model in enumerate(self.models):
-            rows = np.flatnonzero(folds == f)
-            if model is None or len(rows) == 0:
-                continue
-            proba = model.predict_proba(X[rows])
-            P[rows] = 0.0
-            P[np.ix_(rows, model.classes_)] = proba
-        return (1.0 - self.smoothing) * P + self.smoothing / max(G, 1)
+        total = np.zeros((len(X), G))
+        for r in range(self.n_repeats):
+            P = np.tile(self.fallback, (len(X), 1))
+            folds = feature_folds(X, self.n_folds, self.seed, class_codes, r)
+            for f, model in enumerate(self.models[r * self.n_folds:(r + 1) * self.n_folds]):
+                rows = np.flatnonzero(folds == f)
+                if model is None or len(rows) == 0:
+                    continue
+                proba = model.predict_proba(X[rows])
+                P[rows] = 0.0
+                P[np.ix_(rows, model.classes_)] = proba
+            total += P
+        return (1.0 - self.smoothing) * total / max(self.n_repeats, 1) + self.smoothing / max(G, 1)
 
     def self_confidence_scores(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """cleanlab's self-confidence label-quality score ``pi_c`` (higher = more likely correct); NaN for unseen classes."""
@@ -216,8 +244,9 @@ class LabelModel(OwnPValueModel):
 
     def _evaluate(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Self-confidence ``pi_c`` and calibrated p-value per row, from one ``probabilities`` call."""
-        codes = self.groups(labels)
-        P = self.probabilities(X)
+        class_codes = label_codes(self.classes, labels)
+        codes = self._groups(class_codes)
+        P = self._probabilities(X, class_codes)
         own = np.where(codes >= 0, P[np.arange(len(P)), np.maximum(codes, 0)], np.nan)
         p = pvalue_from_probabilities(P, codes)
         return own, (calibrate_pvalues(p, self.calibration[np.maximum(codes, 0)]) if self.n_groups else p)
@@ -278,8 +307,11 @@ class ConfidentLabelDetector(BaseDetector):
         Rows of the pooled hash sample the fold models are fitted on.
     min_class_sample : int, default 200
         Each class also contributes its smallest-hash rows up to this many.
-    n_folds : int, default 3
+    n_folds : int, default 5
         Hash folds (each model trains on the other folds of the sample).
+    n_repeats : int, default 2
+        Independent fold assignments (each its own hash key); a row's probabilities are the mean over the repeats
+        of its fold model's. The fit trains ``n_folds x n_repeats`` models; scoring runs ``n_repeats`` per row.
     boosting_rounds : int, default 100
         Boosting iterations of each ``HistGradientBoostingClassifier``.
     smoothing : float in [0, 0.5), default 0.001
@@ -305,17 +337,19 @@ class ConfidentLabelDetector(BaseDetector):
         "sample_size": [Interval(Integral, 10, None, closed="left")],
         "min_class_sample": [Interval(Integral, 1, None, closed="left")],
         "n_folds": [Interval(Integral, 2, None, closed="left")],
+        "n_repeats": [Interval(Integral, 1, None, closed="left")],
         "boosting_rounds": [Interval(Integral, 1, None, closed="left")],
         "smoothing": [Interval(Real, 0.0, 0.5, closed="left")],
         "max_classes": [Interval(Integral, 2, None, closed="left")],
         "min_class_rows": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=3, boosting_rounds=100, smoothing=0.001,
-                 max_classes=100, min_class_rows=20, seed=0):
+    def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=5, n_repeats=2, boosting_rounds=100,
+                 smoothing=0.001, max_classes=100, min_class_rows=20, seed=0):
         self.sample_size = sample_size
         self.min_class_sample = min_class_sample
         self.n_folds = n_folds
+        self.n_repeats = n_repeats
         self.boosting_rounds = boosting_rounds
         self.smoothing = smoothing
         self.max_classes = max_classes
@@ -330,7 +364,7 @@ class ConfidentLabelDetector(BaseDetector):
         if stage == 2:
             model: LabelModel = state
             codes = model.groups(labels)
-            L = to_log_p(pvalue_from_probabilities(model.probabilities(X), codes))
+            L = to_log_p(pvalue_from_probabilities(model.probabilities(X, labels), codes))
             for g, rows in group_rows(codes):
                 stats.setdefault((_TRUSTED, g), Histogram(LOGP_EDGES)).add_batch(L[rows])
             return stats
@@ -338,7 +372,7 @@ class ConfidentLabelDetector(BaseDetector):
             return add_stratified_sample(stats, X, self.row_hashes(row_ids), labels, self.sample_size, self.min_class_sample)
         model: LabelModel = state["partial"]
         codes = model.groups(labels)
-        P = model.probabilities(X)
+        P = model.probabilities(X, labels)
         confident = np.where(P >= model.self_confidence[None, :], P, -1.0)
         true = np.argmax(confident, axis=1)
         ok = (codes >= 0) & (confident.max(axis=1) >= 0)
@@ -374,12 +408,14 @@ class ConfidentLabelDetector(BaseDetector):
         K = int(group_of.max()) + 1 if len(group_of) else 0  # groups
         fallback = np.bincount(codes, minlength=K).astype(float) + 1.0
         fallback /= fallback.sum()
-        models = fit_fold_models(rows, codes, int(self.n_folds), int(self.seed), max_iter=int(self.boosting_rounds))
+        models = [m for r in range(int(self.n_repeats)) for m in
+                  fit_fold_models(rows, codes, int(self.n_folds), int(self.seed), class_codes, r,
+                                  max_iter=int(self.boosting_rounds))]
         model = LabelModel(classes, group_of, tuple(models), fallback, int(self.n_folds), int(self.seed),
                            float(self.smoothing), counts, np.bincount(codes, minlength=K), np.zeros(K),
                            np.zeros((K, len(CALIBRATION_GRID))), np.zeros((K, K), dtype=np.int64),
                            np.full(len(classes), np.inf))
-        P = model.probabilities(rows)
+        P = model._probabilities(rows, class_codes)
         own = P[np.arange(len(P)), codes]
         sums = np.bincount(codes, weights=own, minlength=K)
         n = np.bincount(codes, minlength=K)

@@ -48,7 +48,8 @@ from .runners import RunnerConfig, runner_session
 log = logging.getLogger("poisonguard")
 
 FORMAT = "poisonguard-model"
-FORMAT_VERSION = 4  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor; 4: pattern's hollow units
+FORMAT_VERSION = 5  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor; 4: pattern's hollow units;
+# 5: the label detector's folds hash the label with the features, in repeats
 MANIFEST, ARRAYS, SUITE = "model.json", "arrays.npz", "expectations.json"
 #: Detectors fitted when ``fit --detectors`` is not given.
 DEFAULT_FIT_DETECTORS = ("spectral", "influence", "label")
@@ -344,8 +345,9 @@ def _label_problems(name: str, member, K: int, d: int) -> list[str]:
             problems.append(f"{name}.{fname} has shape {value.shape}, expected {shape} for {G} groups")
     if len(member.calibrated_on) != G:
         problems.append(f"{name}.calibrated_on has {len(member.calibrated_on)} entries, expected {G} (one per group)")
-    if len(member.models) != member.n_folds:
-        problems.append(f"{name} has {len(member.models)} fold models for {member.n_folds} folds")
+    if member.n_folds < 1 or not member.models or len(member.models) % member.n_folds:
+        problems.append(f"{name} has {len(member.models)} fold models, expected a whole number of repeats of "
+                        f"{member.n_folds} folds")
     for trees in member.models:
         if trees is None:
             continue

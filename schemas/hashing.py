@@ -52,8 +52,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def value_hash(X: np.ndarray, seed: int) -> np.ndarray:
-    """A keyed uint64 hash of each row's feature values (N, d), at float32 precision.
+def value_hash(X: np.ndarray, seed: int, codes: np.ndarray | None = None) -> np.ndarray:
+    """A keyed uint64 hash of each row's feature values (N, d), at float32 precision, and of its integer
+    code (N,) where ``codes`` is given (a label's class index).
 
     It depends on the values alone (-0 as 0, every NaN alike), not on the row id or its
     type, so a row read as float32 or float64, and any exact copy of it, hash alike.
@@ -65,6 +66,8 @@ def value_hash(X: np.ndarray, seed: int) -> np.ndarray:
     h = np.full(len(X), (int(seed) * 0x9E3779B97F4A7C15 + 1) % (1 << 64), dtype=np.uint64)
     for j in range(bits.shape[1]):
         h = _splitmix64(h ^ bits[:, j])
+    if codes is not None:
+        h = _splitmix64(h ^ np.asarray(codes, dtype=np.int64).view(np.uint64))
     return h
 
 
