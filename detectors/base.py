@@ -212,7 +212,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ignored.
         """
         check_is_fitted(self, "model_")
-        hist = Histogram(SUSPICION_EDGES).add_batch(self.suspicion(X, y))
+        hist = Histogram(SUSPICION_EDGES).add_batch(self._chunked("decision_values", X, y))
         self._set_model(self.model_.with_threshold(calibrated_threshold(hist, target_fpr)))
         return self
 
@@ -287,6 +287,10 @@ class PerClassModel:
         """``threshold - suspicion``: negative for flagged rows."""
         return self.thresholds_for(labels) - self.suspicion(X, labels)
 
+    def decision_values(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """What the thresholds cut (a threshold set on trusted rows is set on these): the suspicion."""
+        return self.suspicion(X, labels)
+
     def with_threshold(self, threshold: float):
         """The same model with one threshold for every class (calibration)."""
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
@@ -302,8 +306,18 @@ class OwnPValueModel:
     def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return self.thresholds_for(labels) - self.suspicion(X, labels)
 
+    def decision_values(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.suspicion(X, labels)
+
     def with_threshold(self, threshold: float):
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
+
+    def scores_pvalues_ranking(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scores, pvalues, ranking p-values)`` from one evaluation of the model: the decision layer cuts the
+        p-values and ranks by the ranking p-values (the same here; the label detector ranks by its p-value before
+        the per-class calibration)."""
+        scores, pvalues = self.scores_and_pvalues(X, labels)
+        return scores, pvalues, pvalues
 
     def tie_scores(self, scores: np.ndarray, pvalues: np.ndarray) -> np.ndarray:
         """Per row, in [0, 1], higher = more suspicious: what orders rows whose p-values tie (one minus the p-value

@@ -23,8 +23,10 @@ class (how a clean row of that class scores), written as ``L = -log10 p``:
 
 Several detectors combine on this scale, never by raw score magnitudes: a row's combined
 p-value is ``min(1, min_j p_j / w_j)``, a weighted Bonferroni bound (valid whatever the
-members' dependence, for weights ``w_j`` of the row's class that sum to 1), and its
-``suspicion`` is ``L`` of that. The weights (:func:`member_weights`) split the false-discovery
+members' dependence, for weights ``w_j`` of the row's class that sum to 1); the rules cut ``L``
+of that. The output's ``suspicion`` ranks: the same combination of the members' *ranking* p-values (the
+label detector's before its calibration), with a quiet member's share cut further
+(:func:`ranking_weights`) and ties broken (:func:`break_ties`). The weights (:func:`member_weights`) split the false-discovery
 budget by where a member has something to say. A score member whose own rule found no
 outlying cluster in the class (and that is not made to compare with trusted rows) gives clean rows
 uniform p-values and the class's poison, if any, nothing it can single out; with equal
@@ -188,6 +190,8 @@ def bh_cut(log_p_counts: np.ndarray, alpha: float) -> float:
 
 #: Share of a full weight kept by a member with nothing to say in a class (:func:`member_weights`).
 QUIET_MEMBER_SHARE = 0.1
+#: The same share in the ranking ``suspicion`` (:func:`ranking_weights`).
+RANKING_QUIET_SHARE = 0.01
 #: :func:`excess_over_null`: the p-value level whose share of rows is compared with the level itself ...
 EXCESS_LEVEL = 0.01
 #: ... and how improbable, for rows that follow the null, the share found must be.
@@ -232,6 +236,25 @@ def member_weights(engaged: np.ndarray) -> np.ndarray:
     engaged = np.asarray(engaged, bool)
     share = np.where(engaged, 1.0, QUIET_MEMBER_SHARE)
     return share / share.sum(axis=1, keepdims=True) if share.size else share
+
+
+def ranking_weights(weights: np.ndarray) -> np.ndarray:
+    """(N, M) the weights of the ranking ``suspicion`` from the decisions' (:func:`member_weights`, per row): a
+    quiet member keeps :data:`RANKING_QUIET_SHARE` of an engaged one's share instead of ``QUIET_MEMBER_SHARE``.
+
+    The decisions need the tenth: it bounds what a quiet member's p-values can cost the budget, and lets a
+    strong one through. In a ranking, the p-values of a member with nothing to say in the class are noise that
+    rows of the engaged members' evidence compete with: with a tenth, a clean row at spectral ``p = 0.05``
+    ranked with a flipped label at label ``p = 0.5``. Measured in memory on the field test's rows, default set,
+    10% flips (ROC-AUC of the ranking, label p-values before calibration): a tenth 0.853 / 0.822 / 0.930 on cells,
+    credit, caravan, a hundredth 0.872 / 0.835 / 0.940, the label member alone 0.876 / 0.837 / 0.955; every
+    backdoor ranked as before (0.99-1.00 where found).
+    """
+    if weights.size == 0:
+        return weights
+    engaged = weights >= weights.max(axis=1, keepdims=True) * (1.0 - 1e-9)
+    share = np.where(engaged, 1.0, RANKING_QUIET_SHARE)
+    return share / share.sum(axis=1, keepdims=True)
 
 
 #: Width, in ``L = -log10 p``, of the tie-break in the ranking ``suspicion`` (:func:`break_ties`).

@@ -24,9 +24,11 @@ detector through it, one member or several: it is where scores become decisions.
   of its class from :func:`~poisonguard.detectors.decision.member_weights`: a score member
   that found no cluster in the class keeps a tenth of a share, and so does one made to
   compare the batch with trusted rows where the class's batch rows show no excess over its
-  null, :func:`~poisonguard.detectors.decision.excess_over_null`) and its ``suspicion`` is
-  ``-log10`` of that, ``L``, with its ties broken by at most ``1e-4`` (the members' finer scores,
-  :func:`~poisonguard.detectors.decision.break_ties`); the cuts read ``L`` alone.
+  null, :func:`~poisonguard.detectors.decision.excess_over_null`); the cuts read ``-log10`` of that,
+  ``L``. The output's ``suspicion`` ranks (:meth:`EnsembleModel.ranking`): the members' ranking p-values
+  (the label member's before calibration) combined with a quiet member at a hundredth of a share
+  (:func:`~poisonguard.detectors.decision.ranking_weights`), its ties broken by at most ``1e-4`` (the
+  members' finer scores, :func:`~poisonguard.detectors.decision.break_ties`).
 * **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
   ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
   trusted reference rows: one cut so that at most ``target_fpr`` of them would be
@@ -54,6 +56,7 @@ from .decision import (
     combine_pvalues,
     excess_over_null,
     member_weights,
+    ranking_weights,
     to_log_p,
 )
 from .statistics import Histogram, group_rows
@@ -110,24 +113,25 @@ class EnsembleModel:
     def counts(self) -> np.ndarray:
         return self.models[0].counts
 
-    def member_scores_and_pvalues(self, X: np.ndarray, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Each member's score and p-value per row: its own p-value, or its score under its fitted null.
+    def member_evidence(self, X: np.ndarray, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Each member's score, p-value and ranking p-value per row: its own p-values, or its score under its
+        fitted null (then the ranking p-value is the p-value itself).
 
-        A member with p-values of its own gives both from one evaluation of its model
-        (``scores_and_pvalues``), so the label detector's classifiers run once per batch.
+        A member with p-values of its own gives all three from one evaluation of its model
+        (``scores_pvalues_ranking``), so the label detector's classifiers run once per batch.
         """
         codes = label_codes(self.classes, labels)
-        scores, pvalues = [], []
+        scores, pvalues, ranking = [], [], []
         for m, null in zip(self.models, self.nulls):
             if null is None:
-                s, p = m.scores_and_pvalues(X, labels)
+                s, p, r = m.scores_pvalues_ranking(X, labels)
             else:
                 s = m.suspicion(X, labels)
-                p = null.pvalues(s, codes)
+                p = r = null.pvalues(s, codes)
                 if hasattr(m, "pvalue_floor"):
-                    p = np.maximum(p, m.pvalue_floor(s, codes))
-            scores.append(s), pvalues.append(p)
-        return scores, pvalues
+                    p = r = np.maximum(p, m.pvalue_floor(s, codes))
+            scores.append(s), pvalues.append(p), ranking.append(r)
+        return scores, pvalues, ranking
 
     def row_weights(self, labels: np.ndarray) -> np.ndarray | None:
         """(N, M) each row's class weights (equal for a class the model has not seen); None for equal weights."""
@@ -163,25 +167,27 @@ class EnsembleModel:
         """Combined p-value per row from the members' p-values (weighted Bonferroni)."""
         return combine_pvalues(pvalues, self.row_weights(labels))
 
-    def combined_suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def decision_values(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Combined ``L = -log10 p`` per row (NaN for a class no member knows): what the cuts read."""
-        return to_log_p(self.combine(self.member_scores_and_pvalues(X, labels)[1], labels))
+        return to_log_p(self.combine(self.member_evidence(X, labels)[1], labels))
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """The output's ``suspicion`` per row: ``L`` with its ties broken (:meth:`ranking`). A cut set on it (on
-        trusted rows) holds for ``L``, which is never larger."""
-        scores, pvalues = self.member_scores_and_pvalues(X, labels)
-        weights = self.row_weights(labels)
-        return self.ranking(to_log_p(combine_pvalues(pvalues, weights)), scores, pvalues, weights)
+        """The output's ``suspicion`` per row (:meth:`ranking`)."""
+        scores, pvalues, ranking = self.member_evidence(X, labels)
+        return self.ranking(scores, pvalues, ranking, self.row_weights(labels))
 
-    def ranking(self, combined: np.ndarray, scores: list[np.ndarray], pvalues: list[np.ndarray],
+    def ranking(self, scores: list[np.ndarray], pvalues: list[np.ndarray], ranking: list[np.ndarray],
                 weights: np.ndarray | None) -> np.ndarray:
-        """The output's ``suspicion``: ``combined`` (``L``) with its ties broken by what the members still say
-        (:func:`~poisonguard.detectors.decision.break_ties`): a member's own finer score where it has one (the label
-        member's ``1 - pi_c``), else one minus its p-value."""
+        """The output's ``suspicion``: the members' ranking p-values (the label member's before calibration) combined
+        as the decisions combine their p-values (``L`` of the weighted Bonferroni bound), but with a quiet member's
+        share cut to :data:`~poisonguard.detectors.decision.RANKING_QUIET_SHARE`
+        (:func:`~poisonguard.detectors.decision.ranking_weights`), and with ties broken by what the members still
+        say (:func:`~poisonguard.detectors.decision.break_ties`): a member's own finer score where it has one (the
+        label member's ``1 - pi_c``), else one minus its p-value."""
+        weights = None if weights is None else ranking_weights(weights)
         tie_scores = [m.tie_scores(s, p) if null is None else 1.0 - p
                       for m, null, s, p in zip(self.models, self.nulls, scores, pvalues)]
-        return break_ties(combined, tie_scores, weights)
+        return break_ties(to_log_p(combine_pvalues(ranking, weights)), tie_scores, weights)
 
     def thresholds_for(self, labels: np.ndarray) -> np.ndarray:
         codes = label_codes(self.classes, labels)
@@ -189,7 +195,7 @@ class EnsembleModel:
 
     def margin(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Negative for flagged rows (:meth:`decide`)."""
-        return self.decide(self.member_scores_and_pvalues(X, labels)[1], labels, self.row_weights(labels))[2]
+        return self.decide(self.member_evidence(X, labels)[1], labels, self.row_weights(labels))[2]
 
     def with_threshold(self, threshold: float) -> EnsembleModel:
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)), mode="reference")
@@ -347,7 +353,7 @@ class EnsembleDetector(BaseDetector):
                             key = (self.name, (source, j, model.classes[k]))
                             out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[rows])
                 else:
-                    L = model.combined_suspicion(X, labels)
+                    L = model.decision_values(X, labels)
                     for k, rows in group_rows(codes):
                         key = (self.name, ("cut", model.classes[k]))
                         out.setdefault(key, Histogram(LOGP_EDGES)).add_batch(L[rows])
@@ -434,7 +440,7 @@ class EnsembleDetector(BaseDetector):
 
     # -- scoring ----------------------------------------------------------------------------------
     def screen(self, model: EnsembleModel, X: np.ndarray, labels: np.ndarray) -> Screened:
-        scores, pvalues = model.member_scores_and_pvalues(X, labels)
+        scores, pvalues, ranking = model.member_evidence(X, labels)
         weights = model.row_weights(labels)
         combined, cuts, margin = model.decide(pvalues, labels, weights)
         flagged = margin < 0
@@ -457,4 +463,4 @@ class EnsembleDetector(BaseDetector):
                 cut = f"{rule} cut p <= {10.0 ** -cuts[i]:.2g}" if by_cut else \
                     f"family-wise cut of a group of rows p <= {model.alpha:.2g} x weight"
                 reasons[i] = f"class {str(labels[i])!r}: " + "; ".join(parts) + f" [{cut}]"
-        return Screened(dict(zip(model.names, scores)), model.ranking(combined, scores, pvalues, weights), flagged, reasons)
+        return Screened(dict(zip(model.names, scores)), model.ranking(scores, pvalues, ranking, weights), flagged, reasons)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import __version__
 from ..detectors import DETECTORS, BaseDetector, EnsembleDetector, PatternModel
-from ..detectors.decision import DEFAULT_ALPHA, TIE_BREAK
+from ..detectors.decision import DEFAULT_ALPHA, RANKING_QUIET_SHARE, TIE_BREAK
 from ..schemas import OUTPUTS, ConfigError, PoisonguardError
 from .images import (
     IMAGE_DEFAULT_DETECTORS, IMAGE_DETECTOR_PARAMS, ImageContract, ImageOptions, is_image_input, representation_pass, resolve_image_contract,
@@ -559,9 +559,11 @@ def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary
         rule = f"one cut set on trusted rows to a false-positive rate of {target_fpr:g}"
     return {
         "members": list(model.names),
-        "suspicion": ("-log10 of the combined p-value: min(1, smallest member p-value / its weight) (weighted Bonferroni; "
-                       f"each class's member weights are under classes.<class>.members), plus at most {TIE_BREAK:g} to order "
-                       "rows whose p-values tie, by the members' finer scores; the cuts read the p-value alone"),
+        "suspicion": ("the ranking: -log10 of the members' p-values combined as the cuts combine them, min(1, smallest "
+                       "member p-value / its weight) (weighted Bonferroni; each class's member weights are under "
+                       "classes.<class>.members), except that the label member enters before its per-class calibration "
+                       f"and a quiet member with {RANKING_QUIET_SHARE:g} of a share, plus at most {TIE_BREAK:g} to order "
+                       "rows whose p-values tie, by the members' finer scores; the cuts read the calibrated combination"),
         "threshold_mode": mode,
         "rule": rule,
         "alpha": alpha if mode == "auto" else None,

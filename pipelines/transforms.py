@@ -213,7 +213,7 @@ class ScreenChunks(beam.PTransform):
 # -- calibration on trusted reference rows -------------------------------------------------------
 @dataclass
 class ReferenceSummary:
-    """Suspicion histogram of the reference rows, and how many were valid / invalid."""
+    """Histogram of the reference rows' decision values (what a threshold cuts), and how many were valid / invalid."""
 
     histogram: Histogram
     valid: int
@@ -227,8 +227,8 @@ class ReferenceSummary:
 
 
 def reference_summary(chunk: Chunk, model, contract: Contract) -> ReferenceSummary:
-    suspicion = model.suspicion(contract.features(chunk.valid), contract.labels(chunk.valid))
-    return ReferenceSummary(Histogram(SUSPICION_EDGES).add_batch(suspicion), chunk.valid.num_rows, chunk.invalid.num_rows)
+    values = model.decision_values(contract.features(chunk.valid), contract.labels(chunk.valid))
+    return ReferenceSummary(Histogram(SUSPICION_EDGES).add_batch(values), chunk.valid.num_rows, chunk.invalid.num_rows)
 
 
 def check_reference(reference: ReferenceSummary | None, where: str = "--reference") -> ReferenceSummary:

@@ -12,7 +12,8 @@ import pytest
 from conftest import plant_field_backdoor, real_table, recall_precision
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, NoveltyDetector, SpectralSignatureDetector
 from poisonguard.detectors.decision import (
-    LOGP_EDGES, QUIET_MEMBER_SHARE, SCORE_EDGES, TIE_BREAK, TailNull, bh_cut, combine_pvalues, excess_over_null, member_weights, to_log_p,
+    LOGP_EDGES, QUIET_MEMBER_SHARE, SCORE_EDGES, TailNull, bh_cut, combine_pvalues, excess_over_null, member_weights,
+    ranking_weights, to_log_p,
 )
 from poisonguard.detectors.statistics import Histogram
 
@@ -86,6 +87,10 @@ def test_quiet_members_keep_a_tenth_of_a_share_and_the_weights_divide_the_p_valu
     assert np.allclose(w, [[10 / 11, 1 / 11], [0.5, 0.5], [0.5, 0.5]])
     p = combine_pvalues([np.array([0.01, 0.01, np.nan]), np.array([0.01, 0.5, 0.2])], w)
     assert np.allclose(p, [0.011, 0.02, 0.4])
+    # the ranking keeps a hundredth for a quiet member, and equal weights equal
+    assert np.allclose(ranking_weights(w), [[100 / 101, 1 / 101], [0.5, 0.5], [0.5, 0.5]])
+    three = ranking_weights(member_weights(np.array([[True, True, False]])))
+    assert np.allclose(three, [[100 / 201, 100 / 201, 1 / 201]])
 
 
 def test_excess_over_null_tells_new_rows_from_rows_like_the_trusted_ones():
@@ -112,7 +117,8 @@ def _flip(y, share, seed):
 def test_default_pair_ranks_label_flips_of_a_real_table_as_its_label_member_does():
     """loans (7 grades), 10% of the labels flipped: spectral finds no cluster in any class, so it keeps a tenth
     of a share and its uniform p-values on clean rows no longer fill the ranking (with equal weights the combined
-    suspicion ranked the flips at ROC-AUC 0.75, the label member's p-values alone at 0.93)."""
+    suspicion ranked the flips at ROC-AUC 0.75, the label member's p-values alone at 0.93). The ranking takes
+    the label member's p-values before their per-class calibration, which only the decisions need."""
     from sklearn.metrics import roc_auc_score
 
     X, y, ids = real_table("loans")
@@ -120,20 +126,20 @@ def test_default_pair_ranks_label_flips_of_a_real_table_as_its_label_member_does
     det = EnsembleDetector(detectors=[SpectralSignatureDetector(), ConfidentLabelDetector()]).fit(X, y, row_ids=ids)
     model = det.model_
     assert np.allclose(model.weights[:, 1], 10 / 11)  # spectral quiet in every class
-    label_alone = roc_auc_score(flip, -model.member_scores_and_pvalues(X, y)[1][1])
-    L = model.combined_suspicion(X, y)
+    label_alone = roc_auc_score(flip, -model.member_evidence(X, y)[1][1])
+    L = model.decision_values(X, y)
     combined = roc_auc_score(flip, L)
     assert combined >= 0.88 and combined >= label_alone - 0.03
     assert ((det.predict(X, y) < 0) & ~flip).mean() <= 0.005
-    # the output's suspicion breaks the ties of L (most rows: combined p-value 1) by the label member's 1 - pi_c,
-    # and decides nothing: the flags are L's, and it stays within TIE_BREAK of L
+    # the output's suspicion ranks; it decides nothing: the flags are L's
     screened = det.screen(model, X, y)
-    print(f"ROC-AUC: L {combined:.4f}, suspicion {roc_auc_score(flip, screened.suspicion):.4f}, "
-          f"label p-values {label_alone:.4f}, label 1 - pi_c {roc_auc_score(flip, screened.columns['label']):.4f}")
+    self_confidence = roc_auc_score(flip, screened.columns["label"])
+    suspicion = roc_auc_score(flip, screened.suspicion)
+    print(f"ROC-AUC: L {combined:.4f}, suspicion {suspicion:.4f}, label p-values {label_alone:.4f}, "
+          f"label 1 - pi_c {self_confidence:.4f}")
     assert np.array_equal(screened.flagged, det.predict(X, y) < 0)
-    assert np.all((screened.suspicion >= L) & (screened.suspicion <= L + TIE_BREAK))
     np.testing.assert_array_equal(screened.suspicion, model.suspicion(X, y))
-    assert roc_auc_score(flip, screened.suspicion) >= combined + 0.005
+    assert suspicion >= combined + 0.02 and suspicion >= self_confidence - 0.01
 
 
 def test_default_pair_keeps_a_backdoor_its_spectral_member_finds():
