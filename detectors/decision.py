@@ -24,24 +24,25 @@ class (how a clean row of that class scores), written as ``L = -log10 p``:
 Several detectors combine on this scale, never by raw score magnitudes: a row's combined
 p-value is ``min(1, min_j p_j / w_j)``, a weighted Bonferroni bound (valid whatever the
 members' dependence, for weights ``w_j`` of the row's class that sum to 1); the rules cut ``L``
-of that. The output's ``suspicion`` ranks: the same combination of the members' *ranking* p-values (the
-label detector's before its calibration), with a quiet member's share cut further
-(:func:`ranking_weights`) and ties broken (:func:`break_ties`). The weights (:func:`member_weights`) split the false-discovery
-budget by where a member has something to say. A score member whose own rule found no
-outlying cluster in the class (and that is not made to compare with trusted rows) gives clean rows
-uniform p-values and the class's poison, if any, nothing it can single out; with equal
-weights it took half the budget from the label member and filled the ranking with its
-noise (measured in memory on the field-test tables with 10% label flips, ``spectral,label``:
-ROC-AUC of the combined suspicion 0.92 / 0.79 / 0.75 / 0.66 / 0.72 on flights, diamonds,
-loans, credit, cells with equal weights, 0.98 / 0.92 / 0.90 / 0.75 / 0.81 with these; no
-backdoor found with equal weights was lost). Such a member keeps a tenth of a full share.
-So does a member made to compare the batch with trusted rows (novelty) in a class whose batch
-rows are no more often far from the trusted ones than its null, fitted on the trusted rows,
-allows (:func:`excess_over_null`): label flips put few rows there that the class's trusted
-rows lack, and at a full share novelty's uniform p-values cost the flips' ranking what a quiet
-spectral did (in memory, the field test's split with 30% held out, ``spectral,label,novelty``,
-10% flips: ROC-AUC 0.93 / 0.89 / 0.73 / 0.71 / 0.82 / 0.68 on flights, diamonds, loans,
-credit, cells, caravan, and 0.95 / 0.91 / 0.86 / 0.75 / 0.83 / 0.78 with the test).
+of that. The output's ``suspicion`` ranks: the same combination of the members' *ranking*
+p-values (the label detector's before its calibration), with a quiet member's share cut further
+(:func:`ranking_weights`) and ties broken (:func:`break_ties`). The weights
+(:func:`member_weights`) split the false-discovery budget by where a member has something to
+say. A score member whose own rule found no outlying cluster in the class (and that is not made
+to compare with trusted rows) gives clean rows uniform p-values and the class's poison, if any,
+nothing it can single out; with equal weights it took half the budget from the label member and
+filled the ranking with its noise (measured in memory on the field-test tables with 10% label
+flips, ``spectral,label``: ROC-AUC of the combined suspicion 0.92 / 0.79 / 0.75 / 0.66 / 0.72
+on flights, diamonds, loans, credit, cells with equal weights, 0.98 / 0.92 / 0.90 / 0.75 / 0.81
+with these; no backdoor found with equal weights was lost). Such a member keeps a tenth of a
+full share. So does a member made to compare the batch with trusted rows (novelty) in a class
+whose batch rows are no more often far from the trusted ones than its null, fitted on the
+trusted rows, allows (:func:`excess_over_null`): label flips put few rows there that the
+class's trusted rows lack, and at a full share novelty's uniform p-values cost the flips'
+ranking what a quiet spectral did (in memory, the field test's split with 30% held out,
+``spectral,label,novelty``, 10% flips: ROC-AUC 0.93 / 0.89 / 0.73 / 0.71 / 0.82 / 0.68 on
+flights, diamonds, loans, credit, cells, caravan, and 0.95 / 0.91 / 0.86 / 0.75 / 0.83 / 0.78
+with the test).
 
 The rules (``DecisionRule.mode``):
 
@@ -246,9 +247,9 @@ def ranking_weights(weights: np.ndarray) -> np.ndarray:
     strong one through. In a ranking, the p-values of a member with nothing to say in the class are noise that
     rows of the engaged members' evidence compete with: with a tenth, a clean row at spectral ``p = 0.05``
     ranked with a flipped label at label ``p = 0.5``. Measured in memory on the field test's rows, default set,
-    10% flips (ROC-AUC of the ranking, label p-values before calibration): a tenth 0.853 / 0.822 / 0.930 on cells,
-    credit, caravan, a hundredth 0.872 / 0.835 / 0.940, the label member alone 0.876 / 0.837 / 0.955; every
-    backdoor ranked as before (0.99-1.00 where found).
+    10% flips, label folds drawn once (ROC-AUC of the ranking, label p-values before calibration): a tenth
+    0.853 / 0.822 / 0.930 on cells, credit, caravan, a hundredth 0.872 / 0.835 / 0.940, the label member alone
+    0.876 / 0.837 / 0.955; every backdoor ranked as before (0.99-1.00 where found).
     """
     if weights.size == 0:
         return weights
