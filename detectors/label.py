@@ -209,6 +209,11 @@ class LabelModel(OwnPValueModel):
         hash of its features and its label), averaged over the repeats."""
         return self._probabilities(X, label_codes(self.classes, labels))
 
+    def groups_and_probabilities(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(groups(labels), probabilities(X, labels))``, looking the labels up once."""
+        class_codes = label_codes(self.classes, labels)
+        return self._groups(class_codes), self._probabilities(X, class_codes)
+
     def _probabilities(self, X: np.ndarray, class_codes: np.ndarray) -> np.ndarray:
         G = self.n_groups
         X = np.asarray(X, dtype=np.float64)
@@ -257,9 +262,7 @@ class LabelModel(OwnPValueModel):
     def _evaluate(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Self-confidence ``pi_c``, calibrated p-value and p-value before calibration per row, from one
         ``probabilities`` call."""
-        class_codes = label_codes(self.classes, labels)
-        codes = self._groups(class_codes)
-        P = self._probabilities(X, class_codes)
+        codes, P = self.groups_and_probabilities(X, labels)
         own = np.where(codes >= 0, P[np.arange(len(P)), np.maximum(codes, 0)], np.nan)
         p = pvalue_from_probabilities(P, codes)
         return own, (calibrate_pvalues(p, self.calibration[np.maximum(codes, 0)]) if self.n_groups else p), p
@@ -376,16 +379,15 @@ class ConfidentLabelDetector(BaseDetector):
         stats = {} if into is None else into
         if stage == 2:
             model: LabelModel = state
-            codes = model.groups(labels)
-            L = to_log_p(pvalue_from_probabilities(model.probabilities(X, labels), codes))
+            codes, P = model.groups_and_probabilities(X, labels)
+            L = to_log_p(pvalue_from_probabilities(P, codes))
             for g, rows in group_rows(codes):
                 stats.setdefault((_TRUSTED, g), Histogram(LOGP_EDGES)).add_batch(L[rows])
             return stats
         if stage == 0:
             return add_stratified_sample(stats, X, self.row_hashes(row_ids), labels, self.sample_size, self.min_class_sample)
         model: LabelModel = state["partial"]
-        codes = model.groups(labels)
-        P = model.probabilities(X, labels)
+        codes, P = model.groups_and_probabilities(X, labels)
         confident = np.where(P >= model.self_confidence[None, :], P, -1.0)
         true = np.argmax(confident, axis=1)
         ok = (codes >= 0) & (confident.max(axis=1) >= 0)
