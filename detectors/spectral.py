@@ -585,7 +585,8 @@ def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.nd
       for the test, but it is the same cluster. Only a class with a finite ``cut`` has such a level: in the field
       test's caravan dup3 batch, the majority class's farmers and tractor owners were rarer among the other class's
       rows (diluted by the copies), its rule did not cut them, and the tail fitted to its quantiles gave 191 of
-      them p-values down to 1e-28 that the decision layer cut (2.97% of the clean rows; 0.22% with this floor).
+      them p-values down to 1e-28 in memory, which the decision layer cut (2.97% of the clean rows; 0.22% with
+      this floor).
 
     ``others``: the other classes' |z| along the class's direction (:func:`_other_class_z`; None: too few).
     """
