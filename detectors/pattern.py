@@ -56,7 +56,10 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    sets (20 seeded draws per class).
 6. **Reference.** With trusted rows, a pattern whose cell the trusted rows hold at its
    purity is not new: the upper 99% confidence bound of the class's share among the
-   trusted rows in the cell joins ``p0`` and the test is made again.
+   trusted rows in the cell joins ``p0`` and the test is made again. A pattern the trusted
+   rows of its class hold significantly less often than the batch's rows of its class do
+   (binomial, ``p <= 1e-3``) is new whatever that share, and keeps its p-value: one
+   trusted row in a cell bounds the share only at 0.99.
 
 A row's p-value is the smallest Bonferroni-adjusted p-value (``T`` times the cell's) among
 the patterns of its class that it carries, 1 when it carries none: for a clean class, the
@@ -130,6 +133,8 @@ PURITY_ERROR = 0.1
 REST_SIGNIFICANCE = 1e-3
 #: Confidence of the upper bound on a pattern's class share among the trusted rows (step 6).
 TRUSTED_CONFIDENCE = 0.99
+#: Step 6: a pattern is new where its class's trusted rows hold it less often than the batch's, at this significance.
+TRUSTED_RATE_SIGNIFICANCE = 1e-3
 #: Step 5: how much more a natural subgroup's rows agree on their other features than random rows do ...
 SUBGROUP_AGREEMENT = 0.015
 #: ... measured against this many random draws.
@@ -567,17 +572,19 @@ def _best_pattern(codes, classes, feature_a, feature_b, lo_a, hi_a, lo_b, hi_b, 
 
 
 class _CellCounts:
-    """Per pattern: trusted rows in its cell, and of those, rows of its class (combinable)."""
+    """Per pattern: trusted rows in its cell, of those rows of its class, and trusted rows of its class (combinable)."""
 
-    __slots__ = ("cell", "of_class")
+    __slots__ = ("cell", "of_class", "class_rows")
 
     def __init__(self, n: int):
         self.cell = np.zeros(n, dtype=np.int64)
         self.of_class = np.zeros(n, dtype=np.int64)
+        self.class_rows = np.zeros(n, dtype=np.int64)
 
     def merge(self, other: _CellCounts) -> _CellCounts:
         self.cell += other.cell
         self.of_class += other.of_class
+        self.class_rows += other.class_rows
         return self
 
 
@@ -646,8 +653,10 @@ class TriggerPatternDetector(BaseDetector):
             counts = stats.setdefault(_TRUSTED, _CellCounts(len(model.pvalue)))
             codes = label_codes(model.classes, labels)
             _, in_cell = _cells_of(model, X, codes)
+            of_class = codes[:, None] == model.pattern_class[None, :]
             counts.cell += in_cell.sum(axis=0)
-            counts.of_class += (in_cell & (codes[:, None] == model.pattern_class[None, :])).sum(axis=0)
+            counts.of_class += (in_cell & of_class).sum(axis=0)
+            counts.class_rows += of_class.sum(axis=0)
         return stats
 
     def advance(self, stage, state, statistics):
@@ -685,7 +694,7 @@ class TriggerPatternDetector(BaseDetector):
             int(n_tests), len(rows), float(self.significance), np.full(len(classes), np.inf))
 
     def _against_trusted_rows(self, model: PatternModel, trusted: _CellCounts) -> PatternModel:
-        """Test each pattern again with the trusted rows' class share in its cell as one more context (step 5)."""
+        """Test each pattern again with the trusted rows' class share in its cell as one more context (step 6)."""
         # the trusted share's upper confidence bound (Clopper-Pearson): a cell the trusted rows hold at the batch's
         # purity is ordinary however many rows either has; a cell they do not hold tells nothing
         k, n = trusted.of_class.astype(float), trusted.cell.astype(float)
@@ -693,6 +702,12 @@ class TriggerPatternDetector(BaseDetector):
             upper = np.where(k >= n, 1.0, beta.ppf(TRUSTED_CONFIDENCE, k + 1.0, np.maximum(n - k, 1.0)))
         null = np.where(n > 0, np.maximum(model.null_share, upper), model.null_share)
         pvalue = np.minimum(1.0, binom.sf(model.rows - 1, model.cell_rows, np.minimum(null, 1 - 1e-12)) * max(model.n_tests, 1))
+        # new all the same where the class's trusted rows hold the cell significantly less often than its batch rows
+        # do (the pattern sample draws the classes in the data's proportions); then the pattern keeps its p-value
+        sampled = model.counts[model.pattern_class] * min(1.0, model.sample_rows / max(int(model.counts.sum()), 1))
+        rate = np.minimum(model.rows / np.maximum(sampled, model.rows), 1.0)
+        new = binom.cdf(trusted.of_class, trusted.class_rows, rate) <= TRUSTED_RATE_SIGNIFICANCE
+        null, pvalue = np.where(new, model.null_share, null), np.where(new, model.pvalue, pvalue)
         keep = pvalue <= model.significance
         per_pattern = ("feature_a", "feature_b", "lo_a", "hi_a", "lo_b", "hi_b", "hollow_a", "hollow_b", "pattern_class", "rows",
                        "cell_rows", "expected")
