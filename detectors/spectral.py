@@ -490,9 +490,12 @@ class SpectralSignatureDetector(BaseDetector):
                 sc = PROJECTION_EDGES[1] - PROJECTION_EDGES[0] if point_mass else 1.0
             if sd > 0:
                 location[k], scale[k] = loc * sd, sc * sd
+            # whether the class's own cluster rule looks at it (under "auto", with enough rows per dimension)
+            ruled = self.contamination == "auto" and \
+                model.counts[k] >= max(2 * self.min_cluster_size, 3, CUT_ROWS_PER_DIMENSION * state["rank"])
             if self.contamination != "auto":
                 z_hist += _rebin_abs_z(counts, loc, sc)
-            elif model.counts[k] >= max(2 * self.min_cluster_size, 3, CUT_ROWS_PER_DIMENSION * state["rank"]):
+            elif ruled:
                 thresholds[k] = cluster_threshold(
                     PROJECTION_EDGES,
                     counts,
@@ -511,7 +514,7 @@ class SpectralSignatureDetector(BaseDetector):
             if np.isfinite(thresholds[k]) and _held_by_other_classes(others, loc, sc, thresholds[k], counts):
                 thresholds[k] = np.inf
             if has_floor:
-                floors[k] = _class_floor(others, loc, sc, counts, thresholds[k])
+                floors[k] = _class_floor(others, loc, sc, counts, thresholds[k], ruled)
         # the model is a side input of every scoring chunk: only as many levels as some class uses (none for 5,000
         # classes of 2 rows, where padded arrays took 61 MB a copy)
         used = max((len(z) for z, _ in floors.values()), default=0)
@@ -564,7 +567,8 @@ def _rare_elsewhere(reached, n_others: int, share):
         (binom.cdf(reached, n_others, share) <= OTHER_CLASS_SIGNIFICANCE)
 
 
-def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.ndarray, cut: float) -> tuple[np.ndarray, np.ndarray]:
+def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.ndarray, cut: float,
+                 ruled: bool) -> tuple[np.ndarray, np.ndarray]:
     """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): ascending levels and their floors, at most
     3 FLOOR_LEVELS of each (none where nothing bounds the class).
 
@@ -601,8 +605,10 @@ def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.nd
     if len(others):
         n = len(others)
         reached = n - np.searchsorted(others, top, side="right")  # other rows beyond each level
-        # a class whose own rule found no cluster has nothing planted to free: its tail is as common as its rows say
-        free = (np.cumsum(_rare_elsewhere(reached, n, share)) > 0) & np.isfinite(cut)
+        # a class whose own rule looked and found no cluster has nothing planted to free: its tail is as common as
+        # its rows say; where the rule could not look (too few rows per dimension, or a fixed share), the other
+        # classes are the only evidence
+        free = (np.cumsum(_rare_elsewhere(reached, n, share)) > 0) & (np.isfinite(cut) or not ruled)
         floor = np.where(free, 0.0, np.maximum(reached / n, share))
     if np.isfinite(cut):
         beyond_cut = _share_at_or_above(counts, loc, sc, np.array([cut]))[0]
