@@ -46,11 +46,12 @@ differs from the reference code of ART and BackdoorBench in four ways:
    a tail the other classes reach about as often is the data's, and a row in it is not rarer
    than the class's own share of rows that far out, whatever the tail fitted to the class's
    quantiles says; and in a class whose own rule cut a cluster, a row below the cut gets at
-   least its rank among the rows below it. In a class its own rule does not cut, a tail the
-   other classes lack is floored the same way: rows added to another class can thin the other
-   classes' share of a subgroup as they turn the direction towards it (caravan's farmers and
-   tractor owners, with copies of the majority class under the other label), and without a
-   cluster the rule can see, nothing says the tail was planted.
+   least its rank among the rows below it. In a class its own rule looked at (enough rows per
+   dimension) and did not cut, a tail the other classes lack is floored the same way: rows
+   added to another class can thin the other classes' share of a subgroup as they turn the
+   direction towards it (caravan's farmers and tractor owners, with copies of the majority
+   class under the other label), and where the rule saw no cluster, nothing says the tail was
+   planted. In a class too small for the rule, the other classes are the only evidence.
    Alternatively, ``contamination`` flags a fixed share of all rows, or :meth:`calibrate`
    sets the threshold on trusted reference rows.
 
@@ -155,7 +156,7 @@ class SpectralModel(PerClassModel):
         suspicion about as often as the class's rows do, a row there is not rarer than the larger of the two shares
         that reach it, whatever the class's fitted tail says. In a class whose own rule cut a cluster, from the first
         level the class's rows reach at least :data:`OTHER_CLASS_RATIO` times as often, and significantly so (rows
-        planted in this class), the floor is 0; in a class it did not cut, there is no such level.
+        planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
         Below a class's cut, a row's floor is also its rank among the rows below the cut. NaN where the score is NaN.
         Fitted by :func:`_class_floor`. ``codes``: each row's class index (``label_codes``), -1 for an unknown class.
         """
@@ -586,11 +587,13 @@ def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.nd
       beyond it, up to the first level where the class's rows are there much more often than the others'
       (:func:`_rare_elsewhere`), and 0 from there on. A tail that every class has is the data's, and the class's
       own share of it is how often a clean row reaches it; the top of a planted cluster has too few rows beyond it
-      for the test, but it is the same cluster. Only a class with a finite ``cut`` has such a level: in the field
-      test's caravan dup3 batch, the majority class's farmers and tractor owners were rarer among the other class's
+      for the test, but it is the same cluster. A class that its own rule looked at (``ruled``) and did not cut
+      has no such level: in the field test's caravan dup3 batch, the majority class's farmers and tractor owners were rarer among the other class's
       rows (diluted by the copies), its rule did not cut them, and the tail fitted to its quantiles gave 191 of
       them p-values down to 1e-28 in memory, which the decision layer cut (2.97% of the clean rows; 0.22% with
-      this floor).
+      this floor). A class the rule could not look at (too few rows per dimension, or ``contamination``) keeps
+      the level: there the other classes are the only evidence (a 3x3 patch on 27 of about 340 MNIST 1s, in the
+      images' representation, was found only through it).
 
     ``others``: the other classes' |z| along the class's direction (:func:`_other_class_z`; None: too few).
     """
