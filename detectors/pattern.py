@@ -705,7 +705,7 @@ class TriggerPatternDetector(BaseDetector):
         # new all the same where the class's trusted rows hold the cell significantly less often than its batch rows
         # do (the pattern sample draws the classes in the data's proportions); then the pattern keeps its p-value
         sampled = model.counts[model.pattern_class] * min(1.0, model.sample_rows / max(int(model.counts.sum()), 1))
-        rate = np.minimum(model.rows / np.maximum(sampled, model.rows), 1.0)
+        rate = model.rows / np.maximum(sampled, model.rows)
         new = binom.cdf(trusted.of_class, trusted.class_rows, rate) <= TRUSTED_RATE_SIGNIFICANCE
         null, pvalue = np.where(new, model.null_share, null), np.where(new, model.pvalue, pvalue)
         keep = pvalue <= model.significance

@@ -588,10 +588,10 @@ def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.nd
       (:func:`_rare_elsewhere`), and 0 from there on. A tail that every class has is the data's, and the class's
       own share of it is how often a clean row reaches it; the top of a planted cluster has too few rows beyond it
       for the test, but it is the same cluster. A class that its own rule looked at (``ruled``) and did not cut
-      has no such level: in the field test's caravan dup3 batch, the majority class's farmers and tractor owners were rarer among the other class's
-      rows (diluted by the copies), its rule did not cut them, and the tail fitted to its quantiles gave 191 of
-      them p-values down to 1e-28 in memory, which the decision layer cut (2.97% of the clean rows; 0.22% with
-      this floor). A class the rule could not look at (too few rows per dimension, or ``contamination``) keeps
+      has no such level: in the field test's caravan dup3 batch, the majority class's farmers and tractor owners
+      were rarer among the other class's rows (diluted by the copies), its rule did not cut them, and the tail
+      fitted to its quantiles gave 191 of them p-values down to 1e-28 in memory, which the decision layer cut
+      (2.97% of the clean rows; 0.22% with this floor). A class the rule could not look at (too few rows per dimension, or ``contamination``) keeps
       the level: there the other classes are the only evidence (a 3x3 patch on 27 of about 340 MNIST 1s, in the
       images' representation, was found only through it).
 
