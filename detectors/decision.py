@@ -239,9 +239,13 @@ def member_weights(engaged: np.ndarray) -> np.ndarray:
     return share / share.sum(axis=1, keepdims=True) if share.size else share
 
 
-def ranking_weights(weights: np.ndarray) -> np.ndarray:
+def ranking_weights(weights: np.ndarray, engaged_shares: np.ndarray | None = None) -> np.ndarray:
     """(N, M) the weights of the ranking ``suspicion`` from the decisions' (:func:`member_weights`, per row): a
     quiet member keeps :data:`RANKING_QUIET_SHARE` of an engaged one's share instead of ``QUIET_MEMBER_SHARE``.
+
+    ``engaged_shares``: (M,) the share of a full one that each member keeps in the ranking where it is engaged
+    and so is a member with a full share (default 1 each; the novelty member's is
+    :attr:`~poisonguard.detectors.novelty.NoveltyModel.ranking_share`).
 
     The decisions need the tenth: it bounds what a quiet member's p-values can cost the budget, and lets a
     strong one through. In a ranking, the p-values of a member with nothing to say in the class are noise that
@@ -255,6 +259,10 @@ def ranking_weights(weights: np.ndarray) -> np.ndarray:
         return weights
     engaged = weights >= weights.max(axis=1, keepdims=True) * (1.0 - 1e-9)
     share = np.where(engaged, 1.0, RANKING_QUIET_SHARE)
+    if engaged_shares is not None:
+        cap = np.asarray(engaged_shares, float)[None, :]
+        capped = engaged & (cap < 1.0) & (engaged & (cap >= 1.0)).any(axis=1, keepdims=True)
+        share = np.where(capped, np.maximum(cap, RANKING_QUIET_SHARE), share)
     return share / share.sum(axis=1, keepdims=True)
 
 

@@ -184,7 +184,8 @@ class EnsembleModel:
         (:func:`~poisonguard.detectors.decision.ranking_weights`), and with ties broken by what the members still
         say (:func:`~poisonguard.detectors.decision.break_ties`): a member's own finer score where it has one (the
         label member's ``1 - pi_c``), else one minus its p-value."""
-        weights = None if weights is None else ranking_weights(weights)
+        weights = None if weights is None else ranking_weights(
+            weights, np.array([getattr(m, "ranking_share", 1.0) for m in self.models]))
         tie_scores = [m.tie_scores(s, p) if null is None else 1.0 - p
                       for m, null, s, p in zip(self.models, self.nulls, scores, pvalues)]
         return break_ties(to_log_p(combine_pvalues(ranking, weights)), tie_scores, weights)

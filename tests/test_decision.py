@@ -91,6 +91,9 @@ def test_quiet_members_keep_a_tenth_of_a_share_and_the_weights_divide_the_p_valu
     assert np.allclose(ranking_weights(w), [[100 / 101, 1 / 101], [0.5, 0.5], [0.5, 0.5]])
     three = ranking_weights(member_weights(np.array([[True, True, False]])))
     assert np.allclose(three, [[100 / 201, 100 / 201, 1 / 201]])
+    # a member with a smaller engaged share (novelty) keeps it beside a full member, and a full one alone
+    capped = ranking_weights(member_weights(np.array([[True, True, False], [False, True, False]])), np.array([1.0, 0.03, 1.0]))
+    assert np.allclose(capped, [[1 / 1.04, 0.03 / 1.04, 0.01 / 1.04], [0.01 / 1.02, 1 / 1.02, 0.01 / 1.02]])
 
 
 def test_excess_over_null_tells_new_rows_from_rows_like_the_trusted_ones():
