@@ -51,18 +51,22 @@ differs from the reference code of ART and BackdoorBench in four ways:
    added to another class can thin the other classes' share of a subgroup as they turn the
    direction towards it (caravan's farmers and tractor owners, with copies of the majority
    class under the other label), and where the rule saw no cluster, nothing says the tail was
-   planted. In a class too small for the rule, the other classes are the only evidence.
+   planted. In a class too small for the rule, the other classes are the only evidence; with
+   trusted reference rows, the class's own trusted rows are too, and a row is no rarer than the
+   share of them at least as far out.
    Alternatively, ``contamination`` flags a fixed share of all rows, or :meth:`calibrate`
    sets the threshold on trusted reference rows.
 
-Fit is three passes, each a combinable statistic: (1) a per-class sample of at most
+Fit is three passes (four with trusted rows), each a combinable statistic: (1) a per-class sample of at most
 ``sample_size`` rows with the smallest keyed hash of their row id, giving the per-feature
 median and scale and a pilot mean; (2) per-class count, sum and second moments of the
 standardised rows (float64 accumulators; one BLAS call per class and batch, in the
 input's precision), giving the means, the pooled
 covariance and each class's top whitened direction; (3) a per-class histogram of the
-projections, giving the robust location and scale and the cluster test. Scoring is one
-numba pass. Memory is O(K d^2 + K sample_size d), independent of N.
+projections, giving the robust location and scale and the cluster test; with trusted
+reference rows, (4) the same histogram of theirs, which floors the p-values (a row is no rarer than
+the share of its class's trusted rows at least as far out). Scoring is one numba pass.
+Memory is O(K d^2 + K sample_size d), independent of N.
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ MIN_OTHER_ROWS = 200
 #: Levels of a class's p-value floor (SpectralModel.pvalue_floor): the largest |z| of the other classes' rows, of its
 #: own rows and of its rows below its cut, this many of each.
 FLOOR_LEVELS = 256
+#: Fewest trusted rows of a class for its p-value floor to take their share too (as the label detector's calibration).
+MIN_TRUSTED_FLOOR_ROWS = 50
 #: ``subspace``: smallest Fisher separation of a cluster whose direction replaces a class's top one. Measured on MNIST
 #: (an MLP's hidden activations, 5-33% of the 7s relabelled 1 with a patch or a blend, seeds 0-2, 4 directions):
 #: the poison 4.6-7.5; no clean class of those batches reached 3.5 (with 8 directions, small clean clusters of 11-43
@@ -131,7 +137,7 @@ class SpectralModel(PerClassModel):
     top_eigenvalue: np.ndarray  # (K,) variance along the direction, in whitened units
     separation: np.ndarray  # (K,) of the cluster whose direction replaced the top one (NaN: the top one; ``subspace``)
     thresholds: np.ndarray  # (K,) suspicion above which a row is flagged (inf: never)
-    floor_z: np.ndarray  # (K, L <= 3 FLOOR_LEVELS) ascending suspicion levels of the p-value floor (inf: padding)
+    floor_z: np.ndarray  # (K, L <= 4 FLOOR_LEVELS + 1) ascending suspicion levels of the p-value floor (inf: padding)
     floor_p: np.ndarray  # (K, L) the floor from each level to the next (0: none)
 
     def projections(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -157,8 +163,9 @@ class SpectralModel(PerClassModel):
         that reach it, whatever the class's fitted tail says. In a class whose own rule cut a cluster, from the first
         level the class's rows reach at least :data:`OTHER_CLASS_RATIO` times as often, and significantly so (rows
         planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
-        Below a class's cut, a row's floor is also its rank among the rows below the cut. NaN where the score is NaN.
-        Fitted by :func:`_class_floor`. ``codes``: each row's class index (``label_codes``), -1 for an unknown class.
+        Below a class's cut, a row's floor is also its rank among the rows below the cut. With trusted rows, a row's
+        floor is at least the share of its class's trusted rows at least as far out (:func:`_trusted_floor`).
+        NaN where the score is NaN. Fitted by :func:`_class_floor`. ``codes``: each row's class index (``label_codes``), -1 for an unknown class.
         """
         out = np.zeros(len(codes))
         for k in np.unique(codes[codes >= 0]) if self.floor_z.shape[1] else ():
@@ -294,7 +301,8 @@ class SpectralSignatureDetector(BaseDetector):
     """
 
     name = "spectral"
-    n_stages = 3
+    n_stages = 4
+    reference_stages = frozenset({2})
 
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,
@@ -345,7 +353,8 @@ class SpectralSignatureDetector(BaseDetector):
 
     # -- pass 0: bounded sample -> feature median / scale, pilot means ----------------------
     # -- pass 1: moments -> means, pooled covariance, whitened top directions ----------------
-    # -- pass 2: projection histograms -> robust location / scale, thresholds ----------------
+    # -- pass 2 (trusted reference rows, when given): their projection histograms, for the p-value floor
+    # -- pass 3: projection histograms -> robust location / scale, thresholds, the p-value floor ---
     def batch_statistics(self, stage, state, X, labels, row_ids, into=None):
         stats = {} if into is None else into
         if stage == 0:
@@ -353,13 +362,13 @@ class SpectralSignatureDetector(BaseDetector):
         classes = state["classes"]
         codes = label_codes(classes, labels)
         X = np.ascontiguousarray(X)
-        st = state["standardize"]
         if stage == 1:
+            st = state["standardize"]
             return add_class_moments(stats, classes, codes, X, st.median, st.inv_scale, st.clip, state["shift"])
         model: SpectralModel = state["partial"]
         sd = np.sqrt(model.top_eigenvalue)
         inv_unit = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 0)
-        bins = projection_bins(X, codes, st.median, st.inv_scale, st.clip, model.mean, model.direction, inv_unit,
+        bins = projection_bins(X, codes, model.median, model.inv_scale, model.clip, model.mean, model.direction, inv_unit,
                                PROJECTION_EDGES[0], 1.0 / (PROJECTION_EDGES[1] - PROJECTION_EDGES[0]),
                                len(PROJECTION_EDGES) - 1, np.empty(len(X), dtype=np.int64))
         return add_class_bins(stats, classes, codes, bins, PROJECTION_EDGES)
@@ -369,6 +378,8 @@ class SpectralSignatureDetector(BaseDetector):
             return self._fit_standardizer(state, statistics)
         if stage == 1:
             return self._fit_directions(state, statistics)
+        if stage == 2:
+            return {**state, "trusted": statistics}
         return self._fit_thresholds(state, statistics)
 
     def _fit_standardizer(self, state, samples: dict):
@@ -516,6 +527,9 @@ class SpectralSignatureDetector(BaseDetector):
                 thresholds[k] = np.inf
             if has_floor:
                 floors[k] = _class_floor(others, loc, sc, counts, thresholds[k], ruled)
+                trusted = state.get("trusted", {}).get(c)
+                if trusted is not None and trusted.total >= MIN_TRUSTED_FLOOR_ROWS:
+                    floors[k] = _trusted_floor(*floors[k], trusted.counts, counts, loc, sc)
         # the model is a side input of every scoring chunk: only as many levels as some class uses (none for 5,000
         # classes of 2 rows, where padded arrays took 61 MB a copy)
         used = max((len(z) for z, _ in floors.values()), default=0)
@@ -632,3 +646,28 @@ def _rebin_abs_z(counts: np.ndarray, location: float, scale: float) -> np.ndarra
     out = np.bincount(idx, weights=counts[1:-1], minlength=len(SUSPICION_EDGES) + 1).astype(np.int64)
     out[-1] += counts[0] + counts[-1]
     return out
+
+
+
+def _trusted_floor(levels: np.ndarray, floor: np.ndarray, trusted: np.ndarray, counts: np.ndarray, loc: float,
+                   sc: float) -> tuple[np.ndarray, np.ndarray]:
+    """A class's p-value floor (:func:`_class_floor`'s ``levels`` and ``floor``) raised to the share of its trusted
+    rows at least as far out (``trusted``: their projection histogram; ``counts``: the batch's), up to the first
+    level the batch's rows reach :data:`OTHER_CLASS_RATIO` times as often as the trusted rows, and significantly so.
+
+    Trusted rows are the class as it should be, so a row is no rarer than the share of them that reach it (a conformal
+    p-value, counted at the histogram's bin centres), whatever the fitted tail or the other classes say: a subgroup
+    the trusted rows hold as often is the data's (caravan's class `Yes`, 245 batch rows with 30% of the table trusted,
+    too small for the cut rule: its boat owners, which the other class lacks, were 9 of the clean batch's rows
+    flagged, and 1 with this floor). A tail the batch holds far more often than the trusted rows is new: there the
+    floor stays as it was (a backdoor on 3% of diamonds, which the trusted rows reach at a share of 1e-3 or so, lost a
+    quarter of its rows to a floor that ignored this). Beyond the farthest trusted row they say nothing either.
+    """
+    own = np.sort(np.abs(_CENTRES[trusted > 0] - loc) / sc)[-FLOOR_LEVELS:]
+    beyond = own[-1:] + (PROJECTION_EDGES[1] - PROJECTION_EDGES[0]) / sc  # where the trusted share falls to 0
+    z = np.unique(np.concatenate([levels, own, beyond]))
+    before = floor[np.maximum(np.searchsorted(levels, z, side="right") - 1, 0)] if len(levels) else np.zeros(len(z))
+    share = _share_at_or_above(trusted, loc, sc, z)
+    n = int(trusted.sum())
+    new = np.cumsum(_rare_elsewhere(np.rint(share * n).astype(np.int64), n, _share_at_or_above(counts, loc, sc, z))) > 0
+    return z, np.where(new, before, np.maximum(before, share))
