@@ -76,8 +76,8 @@ class NoveltyModel(PerClassModel):
     #: outranked the flips: with 30% of each table held out, flights' 10% flips ranked at ROC-AUC 0.968 with the
     #: reference and 1.000 without. A hundredth, a quiet member's share, lost the backdoor of caravan's door10
     #: that only this member ranks (0.984 with a full share, 0.578 with a hundredth); 0.03 keeps 0.909 of it and
-    #: ranks every flip and duplicate case as without the reference (benchmarks/README.md, "Novelty's share of
-    #: the ranking").
+    #: ranks every flip and duplicate case as without the reference, in memory (benchmarks/README.md, "With
+    #: trusted rows: novelty's share of the ranking").
     ranking_share = 0.03
 
     classes: tuple

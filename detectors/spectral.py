@@ -57,15 +57,16 @@ differs from the reference code of ART and BackdoorBench in four ways:
    Alternatively, ``contamination`` flags a fixed share of all rows, or :meth:`calibrate`
    sets the threshold on trusted reference rows.
 
-Fit is three passes (four with trusted rows), each a combinable statistic: (1) a per-class sample of at most
-``sample_size`` rows with the smallest keyed hash of their row id, giving the per-feature
-median and scale and a pilot mean; (2) per-class count, sum and second moments of the
+Fit is four passes (the third reads trusted reference rows, and nothing without them), each
+a combinable statistic: (1) a per-class sample of at most ``sample_size`` rows with the
+smallest keyed hash of their row id, giving the per-feature median and scale and a pilot mean; (2) per-class count, sum and second moments of the
 standardised rows (float64 accumulators; one BLAS call per class and batch, in the
 input's precision), giving the means, the pooled
-covariance and each class's top whitened direction; (3) a per-class histogram of the
-projections, giving the robust location and scale and the cluster test; with trusted
-reference rows, (4) the same histogram of theirs, which floors the p-values (a row is no rarer than
-the share of its class's trusted rows at least as far out). Scoring is one numba pass.
+covariance and each class's top whitened direction; with trusted reference rows, (3) a
+per-class histogram of their projections, which floors the p-values (a row is no rarer than
+the share of its class's trusted rows at least as far out); (4) the same histogram of the
+batch's rows, giving the robust location and scale and the cluster test. Scoring is one
+numba pass.
 Memory is O(K d^2 + K sample_size d), independent of N.
 """
 
@@ -165,7 +166,8 @@ class SpectralModel(PerClassModel):
         planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
         Below a class's cut, a row's floor is also its rank among the rows below the cut. With trusted rows, a row's
         floor is at least the share of its class's trusted rows at least as far out (:func:`_trusted_floor`).
-        NaN where the score is NaN. Fitted by :func:`_class_floor`. ``codes``: each row's class index (``label_codes``), -1 for an unknown class.
+        NaN where the score is NaN. Fitted by :func:`_class_floor`. ``codes``: each row's class index
+        (``label_codes``), -1 for an unknown class.
         """
         out = np.zeros(len(codes))
         for k in np.unique(codes[codes >= 0]) if self.floor_z.shape[1] else ():
@@ -648,7 +650,6 @@ def _rebin_abs_z(counts: np.ndarray, location: float, scale: float) -> np.ndarra
     return out
 
 
-
 def _trusted_floor(levels: np.ndarray, floor: np.ndarray, trusted: np.ndarray, counts: np.ndarray, loc: float,
                    sc: float) -> tuple[np.ndarray, np.ndarray]:
     """A class's p-value floor (:func:`_class_floor`'s ``levels`` and ``floor``) raised to the share of its trusted
@@ -657,7 +658,7 @@ def _trusted_floor(levels: np.ndarray, floor: np.ndarray, trusted: np.ndarray, c
 
     Trusted rows are the class as it should be, so a row is no rarer than the share of them that reach it (a conformal
     p-value, counted at the histogram's bin centres), whatever the fitted tail or the other classes say: a subgroup
-    the trusted rows hold as often is the data's (caravan's class `Yes`, 245 batch rows with 30% of the table trusted,
+    the trusted rows hold as often is the data's (caravan's class `Yes`, 243 batch rows with 30% of the table trusted,
     too small for the cut rule: its boat owners, which the other class lacks, were 9 of the clean batch's rows
     flagged, and 1 with this floor). A tail the batch holds far more often than the trusted rows is new: there the
     floor stays as it was (a backdoor on 3% of diamonds, which the trusted rows reach at a share of 1e-3 or so, lost a

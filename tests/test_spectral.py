@@ -137,7 +137,6 @@ def test_a_tail_in_a_class_its_rule_does_not_cut_is_no_rarer_than_its_rank():
     assert (model.pvalue_floor(scores, label_codes(model.classes, y))[majority] >= 0.9 * rank).all()
 
 
-
 def test_a_subgroup_the_trusted_rows_hold_is_not_flagged():
     """The field test's clean caravan batch with 30% of the table trusted (run.py --reference-share 0.3). Its class
     `Yes` (243 batch rows) is too small for the cut rule, and its direction finds its boat owners, which the other
@@ -161,6 +160,7 @@ def test_a_subgroup_the_trusted_rows_hold_is_not_flagged():
         share = (len(held) - np.searchsorted(held, scores[within], side="left")) / len(held)
         # the trusted share as the projection histogram's bins count it: within a few percent of the rows' own
         assert (floor[within] >= 0.9 * share).all(), c
+
 
 def test_a_row_below_the_cut_is_no_rarer_than_its_rank_there():
     """diamonds with the field test's door3 planting (3% of the rows, from the largest class, carat at its 99th
