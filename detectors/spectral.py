@@ -59,15 +59,14 @@ differs from the reference code of ART and BackdoorBench in four ways:
 
 Fit is four passes (the third reads trusted reference rows, and nothing without them), each
 a combinable statistic: (1) a per-class sample of at most ``sample_size`` rows with the
-smallest keyed hash of their row id, giving the per-feature median and scale and a pilot mean; (2) per-class count, sum and second moments of the
-standardised rows (float64 accumulators; one BLAS call per class and batch, in the
-input's precision), giving the means, the pooled
-covariance and each class's top whitened direction; with trusted reference rows, (3) a
-per-class histogram of their projections, which floors the p-values (a row is no rarer than
-the share of its class's trusted rows at least as far out); (4) the same histogram of the
-batch's rows, giving the robust location and scale and the cluster test. Scoring is one
-numba pass.
-Memory is O(K d^2 + K sample_size d), independent of N.
+smallest keyed hash of their row id, giving the per-feature median and scale and a pilot
+mean; (2) per-class count, sum and second moments of the standardised rows (float64
+accumulators; one BLAS call per class and batch, in the input's precision), giving the
+means, the pooled covariance and each class's top whitened direction; with trusted
+reference rows, (3) a per-class histogram of their projections, which floors the p-values (a
+row is no rarer than the share of its class's trusted rows at least as far out); (4) the same
+histogram of the batch's rows, giving the robust location and scale and the cluster test.
+Scoring is one numba pass. Memory is O(K d^2 + K sample_size d), independent of N.
 """
 
 from __future__ import annotations
@@ -172,10 +171,7 @@ class SpectralModel(PerClassModel):
         out = np.zeros(len(codes))
         for k in np.unique(codes[codes >= 0]) if self.floor_z.shape[1] else ():
             rows = np.flatnonzero(codes == k)
-            # below the lowest level, the lowest level's floor: the floor only grows towards the class's centre, and a
-            # p-value that fell there would rank a row below one further out
-            level = np.maximum(np.searchsorted(self.floor_z[k], scores[rows], side="right") - 1, 0)
-            out[rows] = self.floor_p[k][level]
+            out[rows] = _floor_at(self.floor_z[k], self.floor_p[k], scores[rows])
         return np.where(np.isnan(scores), np.nan, out)
 
     def explain(self, X: np.ndarray, labels: np.ndarray, feature_names=None, top: int = 3) -> list:
@@ -570,6 +566,15 @@ def _other_class_z(centred: list, k: int, unit_direction: np.ndarray, loc: float
     return np.abs(np.concatenate(others).astype(np.float64) @ unit_direction - loc) / sc
 
 
+def _floor_at(levels: np.ndarray, floor: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The floor at suspicions ``z`` of a class whose floor is ``floor[i]`` from ``levels[i]`` (ascending) to the next
+    level (0 where there are no levels). Below the lowest level, the lowest level's floor: the floor only grows
+    towards the class's centre, and a p-value that fell there would rank a row below one further out."""
+    if not len(levels):
+        return np.zeros(len(z))
+    return floor[np.maximum(np.searchsorted(levels, z, side="right") - 1, 0)]
+
+
 def _share_at_or_above(counts: np.ndarray, loc: float, sc: float, levels: np.ndarray) -> np.ndarray:
     """Share of a class's rows (its projection histogram, rows counted at their bin's centre) with |z| >= each level."""
     z = np.abs(_CENTRES - loc) / sc
@@ -607,9 +612,9 @@ def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.nd
       has no such level: in the field test's caravan dup3 batch, the majority class's farmers and tractor owners
       were rarer among the other class's rows (diluted by the copies), its rule did not cut them, and the tail
       fitted to its quantiles gave 191 of them p-values down to 1e-28 in memory, which the decision layer cut
-      (2.97% of the clean rows; 0.22% with this floor). A class the rule could not look at (too few rows per dimension, or ``contamination``) keeps
-      the level: there the other classes are the only evidence (a 3x3 patch on 27 of about 340 MNIST 1s, in the
-      images' representation, was found only through it).
+      (2.97% of the clean rows; 0.22% with this floor). A class the rule could not look at (too few rows per
+      dimension, or ``contamination``) keeps the level: there the other classes are the only evidence (a 3x3 patch
+      on 27 of about 340 MNIST 1s, in the images' representation, was found only through it).
 
     ``others``: the other classes' |z| along the class's direction (:func:`_other_class_z`; None: too few).
     """
@@ -667,7 +672,7 @@ def _trusted_floor(levels: np.ndarray, floor: np.ndarray, trusted: np.ndarray, c
     own = np.sort(np.abs(_CENTRES[trusted > 0] - loc) / sc)[-FLOOR_LEVELS:]
     beyond = own[-1:] + (PROJECTION_EDGES[1] - PROJECTION_EDGES[0]) / sc  # where the trusted share falls to 0
     z = np.unique(np.concatenate([levels, own, beyond]))
-    before = floor[np.maximum(np.searchsorted(levels, z, side="right") - 1, 0)] if len(levels) else np.zeros(len(z))
+    before = _floor_at(levels, floor, z)
     share = _share_at_or_above(trusted, loc, sc, z)
     n = int(trusted.sum())
     new = np.cumsum(_rare_elsewhere(np.rint(share * n).astype(np.int64), n, _share_at_or_above(counts, loc, sc, z))) > 0
