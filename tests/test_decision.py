@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import plant_field_backdoor, real_table, recall_precision
-from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, NoveltyDetector, SpectralSignatureDetector
+from conftest import field_test_batch, plant_field_backdoor, real_table, recall_precision
+from poisonguard.detectors import DETECTORS, ConfidentLabelDetector, EnsembleDetector, NoveltyDetector, SpectralSignatureDetector
 from poisonguard.detectors.decision import (
     LOGP_EDGES, QUIET_MEMBER_SHARE, SCORE_EDGES, TailNull, bh_cut, combine_pvalues, excess_over_null, member_weights,
     ranking_weights, to_log_p,
@@ -199,6 +199,32 @@ def test_trusted_rows_teach_the_nulls_and_the_label_calibration():
     recall, precision = recall_precision(truth, flagged)
     assert recall >= 0.9 and precision >= 0.9
     assert (flagged & ~truth).mean() <= 0.005
+
+
+def test_trusted_rows_calibrate_the_label_member_as_conformal_p_values():
+    """The label member's calibration on trusted rows counts the batch row itself, as the sample's calibration does
+    for a sampled row: ``(k + 1) / (n + 1)``. As ``k / n``, a batch row beyond every trusted row kept the model's own
+    p-value, where the model is overconfident: the field test's cells door10 batch with 30% held out (``run.py
+    --reference-share 0.3``) lost a clean row with the reference (label p = 5.8e-4) that it keeps without (1.6e-3)."""
+    from poisonguard.detectors.label import calibrate_pvalues, calibration_curve
+
+    counts = Histogram(LOGP_EDGES).add_batch(to_log_p(np.random.default_rng(9).uniform(0.01, 1.0, 200))).counts
+    far = np.array([1e-5])  # beyond every trusted row
+    assert calibrate_pvalues(far, calibration_curve(counts)[None, :])[0] == 1e-5
+    assert calibrate_pvalues(far, calibration_curve(counts, conformal=True)[None, :])[0] == pytest.approx(1 / 201)
+
+    frame, feats, truth, reference = field_test_batch("cells", "door10", reference_share=0.3)
+    X, y = frame[feats].to_numpy(float), frame["label"].to_numpy(object)
+    det = EnsembleDetector(detectors=[DETECTORS[m]() for m in ("spectral", "label", "pattern", "novelty")]).fit(
+        X, y, row_ids=frame["id"].to_numpy(), X_reference=reference[feats].to_numpy(float),
+        y_reference=reference["label"].to_numpy(object))
+    label = det.model_.models[1]
+    trusted = reference["label"].value_counts()
+    assert label.calibrated_on == ("reference", "reference")
+    np.testing.assert_allclose(label.calibration.min(axis=1), [1 / (trusted[c] + 1) for c in label.classes])
+    flagged = det.predict(X, y) < 0
+    recall, _ = recall_precision(truth, flagged)
+    assert recall >= 0.9 and not (flagged & ~truth).any()
 
 
 def test_reasons_name_the_class_the_detector_and_the_trigger_features():
