@@ -227,6 +227,25 @@ def test_trusted_rows_calibrate_the_label_member_as_conformal_p_values():
     assert recall >= 0.9 and not (flagged & ~truth).any()
 
 
+def test_with_trusted_rows_label_flips_are_flagged_at_conformal_p_values():
+    """On trusted rows the label member's calibrated p-value is the conformal one alone, the share of the class's
+    trusted rows at least as doubtful, not its maximum with the model's own p-value: a model that learnt 10%
+    flips gives every flipped label p = 0.05-0.1, which no cut at 1% reaches, although few clean rows are that
+    doubtful. The field test's flights flip10 batch with 30% held out (``run.py --reference-share 0.3``), 30,000 of
+    its rows and all 30,368 trusted ones: with the maximum, 9% of the flips were flagged, now 89%."""
+    frame, feats, truth, reference = field_test_batch("flights", "flip10", reference_share=0.3)
+    keep = np.random.default_rng(1).permutation(len(frame))[:30_000]
+    frame, truth = frame.iloc[keep], truth[keep]
+    X, y, ids = frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy()
+    det = EnsembleDetector(detectors=[DETECTORS[m]() for m in ("spectral", "label", "pattern", "novelty")]).fit(
+        X, y, row_ids=ids, X_reference=reference[feats].to_numpy(float), y_reference=reference["label"].to_numpy(object))
+    assert set(det.model_.models[1].calibrated_on) == {"reference"}
+    flagged = det.predict(X, y) < 0
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.85 and precision >= 0.98, (recall, precision)
+    assert (flagged & ~truth).mean() <= 0.005
+
+
 def test_reasons_name_the_class_the_detector_and_the_trigger_features():
     X, y, ids = real_table("diamonds")
     X, y, truth = plant_field_backdoor(X, y, 0.03, seed=3)
