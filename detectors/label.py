@@ -167,7 +167,8 @@ def calibrate_pvalues(p: np.ndarray, curves: np.ndarray, conformal: np.ndarray |
     g = np.clip(np.floor(np.nan_to_num(L, nan=0.0) / (CALIBRATION_GRID[1] - CALIBRATION_GRID[0]) + 1e-9).astype(int),
                 0, len(CALIBRATION_GRID) - 1)
     F = curves[np.arange(len(p)), g]
-    return np.where(np.isnan(p), np.nan, np.maximum(p, F) if conformal is None else np.where(conformal, F, np.maximum(p, F)))
+    calibrated = np.maximum(p, F) if conformal is None else np.where(conformal, F, np.maximum(p, F))
+    return np.where(np.isnan(p), np.nan, calibrated)
 
 
 def pvalue_from_probabilities(P: np.ndarray, codes: np.ndarray) -> np.ndarray:
