@@ -14,8 +14,8 @@ from conftest import (field_test_batch, fit_in_parts, plant_field_backdoor, real
                       write_frame)
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector, TriggerPatternDetector
 from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
-from poisonguard.detectors.pattern import (PatternModel, _PairDependence, _bump_edges, _unit_sums, breakpoints, in_unit,
-                                           unit_ranges, value_codes)
+from poisonguard.detectors.pattern import (PatternModel, _PairDependence, _bump_edges, _nearest_agreement, _unit_sums, breakpoints,
+                                           in_unit, unit_ranges, value_codes)
 from poisonguard.detectors.persist import decode, encode
 
 
@@ -62,6 +62,17 @@ def test_unit_sums_add_the_codes_each_unit_spans():
             assert ina.sum() == ((ha[i] - la[i]) // 2 + 1 if wa[i] else ha[i] - la[i] + 1)
 
 
+def test_nearest_agreement_counts_the_features_a_rows_closest_twin_shares():
+    twins = np.array([[1, 2, 3, 4], [1, 2, 3, 5], [7, 8, 9, 9], [7, 8, 0, 0]])  # two pairs: 3 and 2 of 4 features
+    assert _nearest_agreement(twins) == pytest.approx((3 + 3 + 2 + 2) / 16)
+    assert _nearest_agreement(np.array([[-1, 2], [-1, 3]])) == 0.0  # a missing code agrees with nothing
+    rng = np.random.default_rng(0)
+    ordinary = rng.integers(0, 30, (69, 11))
+    recurring = np.repeat(rng.integers(0, 30, (26, 11)), 3, axis=0)[:69]  # 26 entities, each seen about 3 times
+    recurring[:, :4] = rng.integers(0, 30, (69, 4))  # the day, the delays: differ every time
+    assert _nearest_agreement(recurring) > _nearest_agreement(ordinary) + 0.3
+
+
 # -- on real tables -------------------------------------------------------------------------------
 @pytest.mark.parametrize("table", ["credit", "diamonds", "caravan"])
 def test_clean_real_tables_lose_no_row(table):
@@ -70,14 +81,16 @@ def test_clean_real_tables_lose_no_row(table):
     assert flagged.sum() == 0, det.model_.models[0].summary()
 
 
-@pytest.mark.parametrize("seed,text_ids", [(0, False), (2, True)])
+@pytest.mark.parametrize("seed,text_ids", [(0, False), (2, True), (2, False)])
 def test_natural_rules_of_the_flights_table_are_not_taken_for_triggers(seed, text_ids):
     """Flights: a flight number and a distance name a route, and a route leaves from one airport. Such pairs are as
-    pure as a trigger, but their rows agree on their other features too (the same flight every day), and a distance
+    pure as a trigger, but their rows are a few recurring entities (the same flights every day), and a distance
     nearly fixes the air time. Seed 2 with text ids once mined LaGuardia's Denver route (``213 < air_time < 223.188
     and 1608 < distance < 1626``, 130 of 134 sample rows against 9.6 expected if independent) and lost 263 clean
     rows: its rows agreed just under step 5's bar, and only the copula's expected count (about the cell's own rows)
-    rejects it."""
+    rejects it. Seed 2 with integer ids mined ``4115 < flight < 4490 and minute = 3`` (69 of 69 sample rows EWR: 26
+    ExpressJet flights) and lost 129: their features' most common codes agreed under the bar (0.109 against 0.088),
+    and only their nearest neighbours (the same flight on another day) give them away."""
     df, feats = real_frame("flights")
     df = df.sample(100_000, random_state=0)  # as the field test samples it
     ids = df["id"].to_numpy()
