@@ -56,8 +56,8 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    on another day). The pattern is dropped as a natural subgroup when either agreement
    exceeds that of random sets of as many rows of any one class, by at least 0.015 (0.05 for
    neighbours) and three standard deviations of those sets (20 seeded draws per class). The
-   first alone let ``4115 < flight < 4490 and minute = 3`` through (69 EWR rows of 26
-   ExpressJet flights: 0.109 against 0.088), which the second puts at 0.572 against 0.280;
+   first alone let ``4115 < flight < 4490 and minute = 3`` through (69 sample rows, all
+   EWR, of 26 flights seen on many days: 0.109 against 0.088), which the second puts at 0.572 against 0.280;
    planted triggers lie at or below their random sets on the second (field test, seed 0).
 6. **Reference.** With trusted rows, a pattern whose cell the trusted rows hold at its
    purity is not new: the upper 99% confidence bound of the class's share among the

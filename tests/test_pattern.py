@@ -89,7 +89,7 @@ def test_natural_rules_of_the_flights_table_are_not_taken_for_triggers(seed, tex
     and 1608 < distance < 1626``, 130 of 134 sample rows against 9.6 expected if independent) and lost 263 clean
     rows: its rows agreed just under step 5's bar, and only the copula's expected count (about the cell's own rows)
     rejects it. Seed 2 with integer ids mined ``4115 < flight < 4490 and minute = 3`` (69 of 69 sample rows EWR: 26
-    ExpressJet flights) and lost 129: their features' most common codes agreed under the bar (0.109 against 0.088),
+    flights out of Newark) and lost 129: their features' most common codes agreed under the bar (0.109 against 0.088),
     and only their nearest neighbours (the same flight on another day) give them away."""
     df, feats = real_frame("flights")
     df = df.sample(100_000, random_state=0)  # as the field test samples it
