@@ -57,8 +57,10 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    exceeds that of random sets of as many rows of any one class, by at least 0.015 (0.05 for
    neighbours) and three standard deviations of those sets (20 seeded draws per class). The
    first alone let ``4115 < flight < 4490 and minute = 3`` through (69 sample rows, all
-   EWR, of 26 flights seen on many days: 0.109 against 0.088), which the second puts at 0.572 against 0.280;
-   planted triggers lie at or below their random sets on the second (field test, seed 0).
+   EWR, of 26 flights seen on many days: 0.109 against 0.088), which the second puts at
+   0.572 against 0.280; planted triggers lie at or below their random sets on the second
+   (field test, seed 0). The second alone lets through cells beside a stamp that the first
+   drops (a window around flights door1's stamp: 0.30% of the clean rows), hence both.
 6. **Reference.** With trusted rows, a pattern whose cell the trusted rows hold at its
    purity is not new: the upper 99% confidence bound of the class's share among the
    trusted rows in the cell joins ``p0`` and the test is made again. A pattern the trusted
