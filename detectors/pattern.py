@@ -28,7 +28,9 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    against two nulls (``E = n_a n_b / S`` from the units' row counts if a and b were independent,
    and the cell's mass under a Gaussian copula of a and b fitted on the other classes' rows: a
    flight's distance nearly fixes its air time, so every cell along their curve is over-represented
-   against independence alone), and a spike: ``O`` at least
+   against independence alone; a cell that holds 90% of its smaller unit's rows needs a lift of
+   only 1.5, for its larger unit may hold too many rows for ``min_lift``: credit's ``Time = 60``,
+   46% of the rows, caps any cell's lift at 2.2), and a spike: ``O`` at least
    ``min_spike`` times the rows of other classes in any cell within two codes of it on both
    features. Real interactions are smooth over neighbouring values; a stamp is a point (and
    a jittered stamp's neighbouring cells hold its own class).
@@ -136,6 +138,10 @@ CLASS_CHUNK = 8
 #: A cell's purity must hold at this one-sided confidence: its Clopper-Pearson lower bound at this error is compared
 #: with ``min_purity`` (step 2; a natural cell at the bar passes or fails with the sample).
 PURITY_ERROR = 0.1
+#: Step 2: a cell that holds at least this share of the rows of its smaller unit needs only ...
+SATURATED_SHARE = 0.9
+#: ... this lift, for its larger unit may be too common for ``min_lift`` (credit's ``Time = 60``: 46% of the rows).
+SATURATED_LIFT = 1.5
 #: Significance of the rest-of-the-row test (step 4).
 REST_SIGNIFICANCE = 1e-3
 #: Confidence of the upper bound on a pattern's class share among the trusted rows (step 6).
@@ -291,8 +297,11 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
             O = _unit_sums(_unit_sums(total, 0, ia), 1, ib)
             tested = O >= min_rows
             n_tests += int(np.count_nonzero(tested))
-            E = np.outer(_unit_sums(total.sum(axis=1), 0, ia), _unit_sums(total.sum(axis=0), 0, ib)) / total.sum()
-            over = tested & (O >= params.min_lift * E)
+            ua, ub = _unit_sums(total.sum(axis=1), 0, ia), _unit_sums(total.sum(axis=0), 0, ib)
+            E = np.outer(ua, ub) / total.sum()
+            # a cell that holds nearly all of its smaller unit, where the larger unit is too common for min_lift
+            saturated = (O >= SATURATED_SHARE * np.minimum.outer(ua, ub)) & (O >= SATURATED_LIFT * E)
+            over = tested & ((O >= params.min_lift * E) | saturated)
             pair = _PairDependence(codes, g, a, b, ok, total) if over.any() else None
             for c0 in range(0, len(mined) if over.any() else 0, CLASS_CHUNK):
                 width = min(CLASS_CHUNK, len(mined) - c0)
@@ -313,7 +322,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
                     if beta.ppf(PURITY_ERROR, k, o - k + 1) < params.min_purity:
                         continue
                     expected = max(E[x, z], pair.expected(c, (la, ha, wa), (lb, hb, wb)))
-                    if o < params.min_lift * expected:
+                    if o < (min(SATURATED_LIFT, params.min_lift) if saturated[x, z] else params.min_lift) * expected:
                         continue
                     shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
                     p0 = min(max(prior[c], *shares), 1.0 - 1e-12)

@@ -143,7 +143,10 @@ def test_the_copula_expects_a_routes_rows_and_not_a_trigger_against_the_correlat
     ("caravan", (4, 5), 0.03, 0.02),
     # air time (whole minutes) high by distance low, against their correlation of 0.98: the jitter spreads the stamp
     # over many common values of both (recall 0.94 before hollow units)
-    ("flights", (9, 10), 0.03, 0.02)])
+    ("flights", (9, 10), 0.03, 0.02),
+    # credit's Time (months) is 60 in 46% of the rows, so no cell of Time = 60 reaches a lift of 3: the stamp's cell
+    # holds nearly all the rows of its other value (recall 0 before the bar for saturated cells)
+    ("credit", (1, 8), 0.10, 0.0), ("credit", (1, 4), 0.03, 0.0)])
 def test_a_planted_trigger_is_found_and_named(table, columns, rate, jitter):
     df, feats = real_frame(table)
     X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), rate, 0, columns,
