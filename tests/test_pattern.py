@@ -161,6 +161,22 @@ def test_a_planted_trigger_is_found_and_named(table, columns, rate, jitter):
     assert all(feats[columns[0]] in r and "pattern" in r for r in reasons), reasons
 
 
+def test_a_trigger_on_values_that_clean_rows_also_hold_is_found_in_a_table_whose_labels_the_features_barely_tell():
+    """The field test's loans door1 batch: 77 rows of grade B stamped with ``current_installment_accounts = 0 and
+    months_since_last_credit_inquiry = 23`` and relabelled C. 15 clean rows hold the same two values (4 of them C), so
+    the cell is 81 of 92 C: its purity's 90% lower bound is 0.825. And grades are barely told apart by the other
+    features, so the stamped rows' naive-Bayes margins sit below the other C rows' only at p = 0.007. At purity 0.85
+    and step 4 at 1e-3 it was not mined; at 0.8 and 1e-2 it is, and no clean batch of the six tables loses a row
+    (the pattern-alone sweep in benchmarks/README.md)."""
+    frame, feats, truth = field_test_batch("loans", "door1")
+    det, flagged = screen_with_patterns(frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy(),
+                                        feature_names=tuple(feats))
+    recall, precision = recall_precision(truth, flagged)
+    assert recall == 1.0 and precision >= 0.9, (recall, precision)
+    rule = next(p["rule"] for facts in det.model_.models[0].summary(feats).values() for p in facts["patterns"])
+    assert "current_installment_accounts" in rule and "months_since_last_credit_inquiry" in rule, rule
+
+
 def test_a_stamp_jittered_around_a_value_the_feature_often_holds_is_one_rule_without_that_value():
     """Caravan's features are integer codes: jittered, the field test's stamp puts its rows on both sides of an
     integer that thousands of clean rows hold (MOSHOOFD near 10, MGODRK near 0). The bump around each is one hollow
