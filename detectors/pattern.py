@@ -40,17 +40,24 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    the rows that hold the cell's value of a but not of b, and of b but not of a (the unit's
    rows outside the cell, widened to adjacent codes until there are 20), each shrunk towards
    the class's share by 10 rows: ``p0 = max(class share, both context shares)``, and the
-   cell's p-value is the binomial tail of ``k`` of ``O`` at ``p0``. A candidate is kept at
-   ``p <= significance / T``, Bonferroni over the ``T`` cells tested (those with at least
-   the minimum count).
-4. **The rest of the row.** A dirty-label backdoor relabels rows of another class. Per kept
-   pattern, each row of its class gets a naive-Bayes margin over its *other* features (their
+   cell's p-value is the binomial tail of ``k`` of ``O`` at ``p0``. A candidate goes on at
+   ``p <= significance``, and is kept at ``p <= significance / T`` (after step 4), Bonferroni
+   over the ``T`` cells tested (those with at least the minimum count).
+4. **The rest of the row.** A dirty-label backdoor relabels rows of another class. Per
+   candidate, each row of its class gets a naive-Bayes margin over its *other* features (their
    codes' class frequencies in the sample): its log-likelihood under c less the largest under
    another class. The pattern stays only if its rows' margins are significantly lower than the
    class's other rows' (one-sided Mann-Whitney, ``p <= 1e-2``; a sign count, as this step first
    was, loses the relabelled rows of a class that the features only partly tell apart from c,
    and at ``1e-3`` loans' grades, which the features barely tell apart, kept a stamp on 1% of
-   the rows out at p = 0.007).
+   the rows out at p = 0.007). In a cell at least twice ``min_lift`` over what chance
+   predicts, this p-value also joins step 3's (Fisher's combination, where it is the smaller;
+   :func:`with_rest_of_row`): a stamp on a value that already predicts its target class (cells'
+   jdoor3: 60 rows at a context share of 0.88, p = 4e-4 against a Bonferroni level of 2e-8), or
+   on only 20 rows (cells' door1: p = 4e-5), shows little in the label, but its rows' other
+   features point to their true class at p = 1e-7 to 1e-25. The natural cells that the rest of
+   the row also sets apart sit at the lift bar (loans' payments by interest, lift 3.0-3.1),
+   where the two stay apart.
 5. **Natural subgroups.** A flight number and a distance name a route, and a route leaves
    from one airport: such a pair is as pure, as over-represented and as much of a spike as a
    trigger. But its rows are a few recurring entities (the same flights every day), while a
@@ -68,10 +75,11 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    drops (a window around flights door1's stamp: 0.30% of the clean rows), hence both.
 6. **Reference.** With trusted rows, a pattern whose cell the trusted rows hold at its
    purity is not new: the upper 99% confidence bound of the class's share among the
-   trusted rows in the cell joins ``p0`` and the test is made again. A pattern the trusted
-   rows of its class hold significantly less often than the batch's rows of its class do
-   (binomial, ``p <= 1e-3``) is new whatever that share, and keeps its p-value: one
-   trusted row in a cell bounds the share only at 0.99.
+   trusted rows in the cell joins ``p0`` and the label test is made again, alone (trusted
+   rows of the class in the cell say that such rows' other features are the class's too).
+   A pattern the trusted rows of its class hold significantly less often than the batch's
+   rows of its class do (binomial, ``p <= 1e-3``) is new whatever that share, and keeps its
+   p-value: one trusted row in a cell bounds the share only at 0.99.
 
 A row's p-value is the smallest Bonferroni-adjusted p-value (``T`` times the cell's) among
 the patterns of its class that it carries, 1 when it carries none: for a clean class, the
@@ -147,6 +155,9 @@ SATURATED_SHARE = 0.9
 SATURATED_LIFT = 1.5
 #: Significance of the rest-of-the-row test (step 4).
 REST_SIGNIFICANCE = 1e-2
+#: Step 4's p-value joins step 3's (Fisher) only in cells this many times over ``min_lift``: natural interactions that
+#: the rest of the row also sets apart sit at the lift bar (loans' payments, 3.0-3.1), planted stamps far above it.
+REST_LIFT = 2.0
 #: Confidence of the upper bound on a pattern's class share among the trusted rows (step 6).
 TRUSTED_CONFIDENCE = 0.99
 #: Step 6: a pattern is new where its class's trusted rows hold it less often than the batch's, at this significance.
@@ -333,7 +344,18 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
                                   "c": c, "k": k, "O": o, "E": expected, "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
     level = params.significance / max(n_tests, 1)
     rest = _RestOfRow(codes, g, marginals)
-    found = [f for f in found if f["pvalue"] <= level and rest.disagrees(f)]
+    kept = []
+    for f in found:  # steps 3 and 4 (in pair order: _RestOfRow keeps the last pair's margins)
+        if f["pvalue"] > params.significance:
+            continue
+        q = rest.pvalue(f)
+        if q > REST_SIGNIFICANCE:
+            continue
+        f["rest"] = q if f["O"] >= REST_LIFT * params.min_lift * f["E"] else 1.0
+        f["pvalue"] = float(with_rest_of_row(f["pvalue"], f["rest"]))
+        if f["pvalue"] <= level:
+            kept.append(f)
+    found = kept
     # the random sets of step 5 leave out every remaining pattern's rows: a large trigger's stamped values would
     # make its class's rows look as agreeing as a natural subgroup's
     patterned = np.zeros(len(y), bool)
@@ -455,6 +477,16 @@ def _nearest_agreement(codes):
     return total / (m * q)
 
 
+def with_rest_of_row(p, q):
+    """Step 3's p-value ``p`` with step 4's ``q`` (1 where it does not join): the smaller of ``p`` and Fisher's
+    combination of the two, ``x (1 - ln x)`` at ``x = p q`` (the chance that two independent uniform p-values have a
+    product at most ``x``)."""
+    p = np.asarray(p, dtype=float)
+    x = p * np.asarray(q, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.minimum(p, np.where(x > 0, x * (1.0 - np.log(np.maximum(x, 1e-300))), 0.0))
+
+
 class _RestOfRow:
     """Step 4: whether a pattern's rows favour another class, over their other features, more often than their class does.
 
@@ -473,7 +505,8 @@ class _RestOfRow:
         code = self.codes[rows, j]
         return np.where((code >= 0)[:, None], self.log_f[j][np.maximum(code, 0)], 0.0)
 
-    def disagrees(self, f: dict) -> bool:
+    def pvalue(self, f: dict) -> float:
+        """One-sided p-value that the pattern's rows of its class have lower margins than the class's other rows."""
         c, a, b = f["c"], f["a"], f["b"]
         if c not in self._sums:
             rows = np.flatnonzero(self.y == c)
@@ -487,8 +520,8 @@ class _RestOfRow:
         others = margin[~inside]
         if len(others) < MIN_CONTEXT_ROWS:
             against = int(np.count_nonzero(margin[inside] < 0))
-            return against > 0 and binom.sf(against - 1, int(inside.sum()), 0.5) <= REST_SIGNIFICANCE
-        return mannwhitneyu(margin[inside], others, alternative="less").pvalue <= REST_SIGNIFICANCE
+            return float(binom.sf(against - 1, int(inside.sum()), 0.5)) if against > 0 else 1.0
+        return float(mannwhitneyu(margin[inside], others, alternative="less").pvalue)
 
 
 @dataclass(frozen=True)
@@ -517,6 +550,7 @@ class PatternModel(OwnPValueModel):
     expected: np.ndarray  # (R,) E: the cell's rows expected (the larger of independence's and the copula's)
     null_share: np.ndarray  # (R,) p0: the class's share the cell is tested against
     pvalue: np.ndarray  # (R,) Bonferroni-adjusted p-value of the pattern
+    rest_pvalue: np.ndarray  # (R,) step 4's p-value where it joined step 3's (:func:`with_rest_of_row`), 1 elsewhere
     n_tests: int
     sample_rows: int
     significance: float
@@ -594,7 +628,9 @@ class PatternModel(OwnPValueModel):
                 "patterns": [{"rule": self.describe(r, feature_names), "sample_rows": int(self.cell_rows[r]),
                               "of_class": int(self.rows[r]), "purity": round(float(self.rows[r] / self.cell_rows[r]), 4),
                               "expected": round(float(self.expected[r]), 2), "class_share_tested": round(float(self.null_share[r]), 4),
-                              "pvalue": float(f"{self.pvalue[r]:.3g}")} for r in mine],
+                              "pvalue": float(f"{self.pvalue[r]:.3g}"),
+                              **({"rest_of_row_pvalue": float(f"{self.rest_pvalue[r]:.3g}")} if self.rest_pvalue[r] < 1 else {})}
+                             for r in mine],
             }
         return out
 
@@ -734,7 +770,7 @@ class TriggerPatternDetector(BaseDetector):
             *(column(key, bool) for key in ("hollow_a", "hollow_b")),
             *(column(key, np.int64) for key in ("c", "k", "O")),
             column("E", np.float64), column("p0", np.float64),
-            np.minimum(1.0, column("pvalue", np.float64) * max(n_tests, 1)),
+            np.minimum(1.0, column("pvalue", np.float64) * max(n_tests, 1)), column("rest", np.float64),
             int(n_tests), len(rows), float(self.significance), np.full(len(classes), np.inf))
 
     def _against_trusted_rows(self, model: PatternModel, trusted: _CellCounts) -> PatternModel:
@@ -745,7 +781,11 @@ class TriggerPatternDetector(BaseDetector):
         with np.errstate(invalid="ignore"):
             upper = np.where(k >= n, 1.0, beta.ppf(TRUSTED_CONFIDENCE, k + 1.0, np.maximum(n - k, 1.0)))
         null = np.where(n > 0, np.maximum(model.null_share, upper), model.null_share)
-        pvalue = np.minimum(1.0, binom.sf(model.rows - 1, model.cell_rows, np.minimum(null, 1 - 1e-12)) * max(model.n_tests, 1))
+        # where the trusted rows raise the tested share, they hold the pattern's rows as its class: the rest of the row
+        # (step 4) no longer tells a relabelled row, and the label test decides alone
+        pvalue = np.where(null > model.null_share,
+                          np.minimum(1.0, binom.sf(model.rows - 1, model.cell_rows, np.minimum(null, 1 - 1e-12)) * max(model.n_tests, 1)),
+                          model.pvalue)
         # new all the same where the class's trusted rows hold the cell significantly less often than its batch rows
         # do (the pattern sample draws the classes in the data's proportions); then the pattern keeps its p-value
         sampled = model.counts[model.pattern_class] * min(1.0, model.sample_rows / max(int(model.counts.sum()), 1))
@@ -754,7 +794,7 @@ class TriggerPatternDetector(BaseDetector):
         null, pvalue = np.where(new, model.null_share, null), np.where(new, model.pvalue, pvalue)
         keep = pvalue <= model.significance
         per_pattern = ("feature_a", "feature_b", "lo_a", "hi_a", "lo_b", "hi_b", "hollow_a", "hollow_b", "pattern_class", "rows",
-                       "cell_rows", "expected")
+                       "cell_rows", "expected", "rest_pvalue")
         return replace(model, **{f: getattr(model, f)[keep] for f in per_pattern}, null_share=null[keep], pvalue=pvalue[keep])
 
 

@@ -13,9 +13,10 @@ import pytest
 from conftest import (field_test_batch, fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli,
                       write_frame)
 from poisonguard.detectors import ConfidentLabelDetector, EnsembleDetector, SpectralSignatureDetector, TriggerPatternDetector
+from poisonguard.detectors import pattern
 from poisonguard.detectors.decision import QUIET_MEMBER_SHARE
 from poisonguard.detectors.pattern import (PatternModel, _PairDependence, _bump_edges, _nearest_agreement, _unit_sums, breakpoints,
-                                           in_unit, unit_ranges, value_codes)
+                                           in_unit, unit_ranges, value_codes, with_rest_of_row)
 from poisonguard.detectors.persist import decode, encode
 
 
@@ -177,6 +178,49 @@ def test_a_trigger_on_values_that_clean_rows_also_hold_is_found_in_a_table_whose
     assert "current_installment_accounts" in rule and "months_since_last_credit_inquiry" in rule, rule
 
 
+def stamped_features(X: np.ndarray, truth: np.ndarray) -> set:
+    """The two features a planted trigger stamps: the least spread over the planted rows, in IQRs of the feature."""
+    iqr = np.subtract(*np.quantile(X, [0.75, 0.25], axis=0))
+    return set(np.argsort(X[truth].std(axis=0) / np.where(iqr > 0, iqr, 1.0))[:2].tolist())
+
+
+@pytest.mark.parametrize("case", ["door1", "jdoor3"])
+def test_a_stamp_that_the_label_test_barely_sees_is_found_by_its_rows_other_features(case):
+    """The field test's cells batches. door1 stamps 20 rows, all of class WS, where WS holds 60% of the rows with
+    either value: p = 4e-5, against a Bonferroni level of 2e-8 over 454,839 cells. jdoor3's stamp lies where WS
+    holds 88% of the rows already: 60 of 60 at p = 4e-4. Neither was mined by the label test alone. But their rows'
+    other features point to PS (step 4, p = 7e-7 and 4e-25), and their cells hold 10 to 100 times the rows chance
+    predicts: with the two p-values combined, both are found."""
+    frame, feats, truth = field_test_batch("cells", case)
+    X = frame[feats].to_numpy(float)
+    det, flagged = screen_with_patterns(X, frame["label"].to_numpy(object), frame["id"].to_numpy(), feature_names=tuple(feats))
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision)
+    top = det.model_.models[0].summary(feats)["WS"]["patterns"][0]
+    assert all(feats[j] in top["rule"] for j in stamped_features(X, truth)) and top["rest_of_row_pvalue"] < 1e-6, top
+
+
+def test_natural_cells_that_the_rest_of_the_row_sets_apart_stay_out_at_the_lift_bar():
+    """loans: a payment's principal and interest nearly fix its grade (the interest rate), so some cells of the two are
+    pure and their rows' other features point elsewhere (step 4 at p = 9e-3): 14 grade-B rows at 3.1 times what
+    chance predicts, in the field test's jdoor3 batch. Joining step 4's p-value to the label test there took 0.20%
+    of the clean rows with them (precision 0.94); it joins only at twice the lift bar."""
+    frame, feats, truth = field_test_batch("loans", "jdoor3")
+    _, flagged = screen_with_patterns(frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy())
+    recall, precision = recall_precision(truth, flagged)
+    assert recall >= 0.95 and (flagged & ~truth).mean() <= 0.0005, (recall, precision)
+
+
+def test_the_rest_of_the_row_joins_the_label_test_by_fishers_combination_where_it_helps():
+    from scipy.stats import combine_pvalues
+
+    p, q = np.array([1e-4, 0.3, 1e-9, 0.02, 0.0]), np.array([1e-7, 0.5, 1.0, 1.0, 1e-3])
+    got = with_rest_of_row(p, q)
+    fisher = np.array([combine_pvalues([a, b], method="fisher").pvalue for a, b in zip(p[:4], q[:4])])
+    assert np.allclose(got[:4], np.minimum(p[:4], fisher), rtol=1e-9, atol=0)
+    assert got[0] < 1e-9 and got[1] == 0.3 and got[2] == 1e-9 and got[3] == 0.02 and got[4] == 0.0
+
+
 def test_a_stamp_jittered_around_a_value_the_feature_often_holds_is_one_rule_without_that_value():
     """Caravan's features are integer codes: jittered, the field test's stamp puts its rows on both sides of an
     integer that thousands of clean rows hold (MOSHOOFD near 10, MGODRK near 0). The bump around each is one hollow
@@ -268,10 +312,13 @@ def test_a_class_without_patterns_leaves_the_budget_to_the_other_members():
     assert recall >= 0.95 and precision >= 0.9, (recall, precision)
 
 
-def test_a_pattern_cell_is_rejected_as_a_whole_where_row_by_row_fdr_would_not():
+def test_a_pattern_cell_is_rejected_as_a_whole_where_row_by_row_fdr_would_not(monkeypatch):
     """cells (2,019 rows), a trigger on 60 rows of its 779-row class (the field test's door3 features): the
-    pattern's adjusted p-value (about 1e-3) passes its share of the level, but Benjamini-Hochberg over the class's
-    rows would ask 60 rows for p <= 0.01 x 60 / 779 after the Bonferroni weight. The cell is decided as a whole."""
+    pattern's adjusted p-value from the label test alone (about 1e-3) passes its share of the level, but
+    Benjamini-Hochberg over the class's rows would ask 60 rows for p <= 0.01 x 60 / 779 after the Bonferroni weight.
+    The cell is decided as a whole. (With the rest of the row's p-value joined, step 4, the cell's is far smaller;
+    it is left out here to hold a cell near the level.)"""
+    monkeypatch.setattr(pattern, "REST_LIFT", np.inf)
     df, feats = real_frame("cells")
     columns = (feats.index("fiber_width_ch_1"), feats.index("eq_sphere_area_ch_1"))
     X, y, truth = plant_field_backdoor(df[feats].to_numpy(float), df["label"].astype(str).to_numpy(object), 0.03, 0, columns)
