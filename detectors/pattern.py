@@ -313,9 +313,9 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
             n_tests += int(np.count_nonzero(tested))
             ua, ub = _unit_sums(total.sum(axis=1), 0, ia), _unit_sums(total.sum(axis=0), 0, ib)
             E = np.outer(ua, ub) / total.sum()
-            # a cell that holds nearly all of its smaller unit, where the larger unit is too common for min_lift
-            saturated = (O >= SATURATED_SHARE * np.minimum.outer(ua, ub)) & (O >= SATURATED_LIFT * E)
-            over = tested & ((O >= params.min_lift * E) | saturated)
+            # each cell's lift bar: lower where it holds nearly all of its smaller unit (the larger may be too common)
+            bar = np.where(O >= SATURATED_SHARE * np.minimum.outer(ua, ub), min(SATURATED_LIFT, params.min_lift), params.min_lift)
+            over = tested & (O >= bar * E)
             pair = _PairDependence(codes, g, a, b, ok, total) if over.any() else None
             for c0 in range(0, len(mined) if over.any() else 0, CLASS_CHUNK):
                 width = min(CLASS_CHUNK, len(mined) - c0)
@@ -336,7 +336,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
                     if beta.ppf(PURITY_ERROR, k, o - k + 1) < params.min_purity:
                         continue
                     expected = max(E[x, z], pair.expected(c, (la, ha, wa), (lb, hb, wb)))
-                    if o < (min(SATURATED_LIFT, params.min_lift) if saturated[x, z] else params.min_lift) * expected:
+                    if o < bar[x, z] * expected:
                         continue
                     shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
                     p0 = min(max(prior[c], *shares), 1.0 - 1e-12)
