@@ -83,24 +83,46 @@ probabilities of every row, held in memory in one process. Here:
    above is per group: a row of a small class is scored by how likely the model finds
    "one of the small classes" for it, so a small-class row that looks like a large class is
    still suspicious, and 5,000 classes of 2 rows cost one group and no model.
+7. **Exact copies count as evidence.** A boosted tree does not learn single points (its leaves
+   hold at least 20 rows), so a fold model that trained on a row says nothing particular
+   about an exact copy of it under another label, which is how injected duplicates look.
+   Pass 0 therefore also counts rows per (value hash of the features, label)
+   (:class:`~poisonguard.detectors.statistics.DuplicateCounts`), and a row's probabilities
+   become ``(a pi + n) / (a + m)``: ``n`` (G,) the labels of the other rows with exactly its
+   features (at float32 precision; the row itself not counted), ``m`` their number, and
+   ``a = duplicate_weight`` the weight of the model's opinion, in rows. A copy of a row under
+   another label then doubts both labels, the copy's most where the model agrees with the
+   original; copies that agree make their label surer. Measured by the field test
+   (``run.py --detectors label``, seed 0), ``a = 2``: duplicates injected under another class
+   went from ROC-AUC 0.942 / 0.888 / 0.952 / 0.983 / 0.986 to 0.965 / 0.925 / 0.973 / 0.988 /
+   0.990 on diamonds, loans, credit, cells and caravan (cleanlab: 0.759 / 0.825 / 0.935 / 0.974
+   / 0.986), and on flights from 0.99971 to 0.99983 (cleanlab 0.99998). 10% flips and targeted
+   flips moved by 0.0002 or less, except on caravan, whose census codes make 20% of its rows
+   exact copies of another and 2% copies under another label: 0.963 -> 0.960 and 0.977 ->
+   0.976 (cleanlab 0.954 and 0.974; in memory, ``a = 1`` lost 0.006 and 0.003). The
+   counts are exact for the ``duplicate_sketch_size`` smallest value hashes (every row of a
+   table with fewer distinct rows; beyond that, a hash-chosen share of the groups), and the
+   model keeps only the groups of two rows or more.
 
-Memory: the sample (at most ``sample_size + K min_class_sample`` rows) and the fold models
-(at most ``max_classes`` groups each), independent of N; per class, only its row count and group. Passes: 2 (sample; confident joint), and a third over trusted reference rows
+Memory: the sample (at most ``sample_size + K min_class_sample`` rows), the fold models
+(at most ``max_classes`` groups each) and the duplicate counts (at most ``2 duplicate_sketch_size``
+entries while counting), independent of N; per class, only its row count and group. Passes: 2 (sample; confident joint), and a third over trusted reference rows
 when given (their p-values, for the calibration).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 
 import numpy as np
+import pandas as pd
 
 from ..schemas.hashing import value_hash
 from ._sklearn import Interval
 from .base import BaseDetector, OwnPValueModel, add_stratified_sample, label_codes, stratified_sample
 from .decision import LOGP_EDGES, to_log_p
-from .statistics import Histogram, group_rows
+from .statistics import DuplicateCounts, Histogram, group_rows
 from .thresholds import counts_at_or_above
 
 
@@ -109,6 +131,15 @@ def feature_folds(X: np.ndarray, n_folds: int, seed: int, codes: np.ndarray | No
     """Fold of each row from a hash of its feature values, and of its label's class index ``codes`` where given
     (:func:`~poisonguard.schemas.hashing.value_hash`); each ``repeat`` of the folds has its own hash key."""
     return (value_hash(X, seed + (repeat << 32), codes) % np.uint64(n_folds)).astype(np.int64)
+
+
+def duplicate_hashes(X: np.ndarray, seed: int) -> np.ndarray:
+    """The value hash that groups exact copies of rows' features (module docstring, point 7); its own key."""
+    return value_hash(X, seed + DUPLICATE_KEY)
+
+
+#: Offset of the duplicate hash's key from the fold hashes' (``seed + (repeat << 32)``).
+DUPLICATE_KEY = 1 << 48
 
 
 def class_groups(sample_rows: np.ndarray, max_classes: int, min_class_rows: float) -> tuple[np.ndarray, np.ndarray]:
@@ -197,6 +228,12 @@ class LabelModel(OwnPValueModel):
     joint: np.ndarray  # (G, G) confident joint C[given, true], counted over every row
     thresholds: np.ndarray  # (K,) legacy per-detector cut (inf); decisions are the decision layer's
     calibrated_on: tuple = ()  # per group: "sample" or "reference" (trusted rows)
+    # exact copies in the fitted rows (module docstring, point 7): one entry per (value hash, group) of every hash
+    # with two rows or more, sorted by hash; rows per entry; the model's weight in rows
+    duplicate_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    duplicate_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    duplicate_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    duplicate_weight: float = 2.0
 
     @property
     def n_groups(self) -> int:
@@ -245,7 +282,31 @@ class LabelModel(OwnPValueModel):
                 P[rows] = 0.0
                 P[np.ix_(rows, model.classes_)] = proba
             total += P
-        return (1.0 - self.smoothing) * total / max(self.n_repeats, 1) + self.smoothing / max(G, 1)
+        P = (1.0 - self.smoothing) * total / max(self.n_repeats, 1) + self.smoothing / max(G, 1)
+        rows, copies = self.copy_labels(X, self._groups(class_codes))
+        if len(rows):
+            a = self.duplicate_weight
+            P[rows] = (a * P[rows] + copies) / (a + copies.sum(axis=1, keepdims=True))
+        return P
+
+    def copy_labels(self, X: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, n)``: the rows of ``X`` with an exact copy among the fitted rows, and per such row the copies'
+        groups (n, G), the row itself (its group ``groups``, -1 for none) not counted (module docstring, point 7)."""
+        if not len(self.duplicate_hashes) or not len(X):
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.n_groups))
+        h = duplicate_hashes(X, self.seed)
+        lo = np.searchsorted(self.duplicate_hashes, h, side="left")
+        hi = np.searchsorted(self.duplicate_hashes, h, side="right")
+        rows = np.flatnonzero(hi > lo)
+        n = np.zeros((len(rows), self.n_groups))
+        width = (hi - lo)[rows]  # each row's entries lo..hi - 1, concatenated:
+        entries = np.repeat(lo[rows] - np.cumsum(np.r_[0, width[:-1]]), width) + np.arange(width.sum())
+        np.add.at(n, (np.repeat(np.arange(len(rows)), width), self.duplicate_groups[entries]), self.duplicate_counts[entries])
+        own = groups[rows]
+        mine = np.flatnonzero(own >= 0)
+        n[mine, own[mine]] = np.maximum(n[mine, own[mine]] - 1.0, 0.0)
+        others = n.sum(axis=1) > 0
+        return rows[others], n[others]
 
     def self_confidence_scores(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """cleanlab's self-confidence label-quality score ``pi_c`` (higher = more likely correct); NaN for unseen classes."""
@@ -296,11 +357,34 @@ class LabelModel(OwnPValueModel):
         C = np.divide(C, row, out=np.zeros_like(C), where=row > 0) * counts[:, None]
         return C / max(C.sum(), 1.0)
 
+    def explain(self, X: np.ndarray, labels: np.ndarray, feature_names=None) -> list:
+        """Per row, as text: the probability out of fold of its label and of the likeliest group, and the labels
+        of its exact copies (None for a label the model has not seen)."""
+        codes, P = self.groups_and_probabilities(X, labels)
+        names = self.group_names()
+        rows, copies = self.copy_labels(X, codes)
+        copied = {int(r): ", ".join(f"{int(n[g])} as {names[g]}" for g in np.flatnonzero(n)) for r, n in zip(rows, copies)}
+        out = []
+        for i, g in enumerate(codes):
+            if g < 0:
+                out.append(None)
+                continue
+            best = int(np.argmax(P[i]))
+            text = f"its label at {P[i, g]:.2g}" + ("" if best == g else f", {names[best]} at {P[i, best]:.2g}")
+            out.append(text + (f"; exact copies: {copied[i]}" if i in copied else ""))
+        return out
+
+    def rows_with_a_copy_under_another_label(self) -> np.ndarray:
+        """(G,) rows per group whose features some row of another group also has, exactly (point 7)."""
+        mixed = pd.Series(self.duplicate_hashes).groupby(self.duplicate_hashes).transform("size").to_numpy() > 1
+        return np.bincount(self.duplicate_groups[mixed], weights=self.duplicate_counts[mixed], minlength=self.n_groups)
+
     def summary(self) -> dict:
         """Per group (a modelled class, or the small classes together): rows, self-confidence, estimated noise."""
         joint = self.noise_matrix()
         names = self.group_names()
         counts = np.bincount(self.group_of, weights=self.counts, minlength=self.n_groups)
+        copied = self.rows_with_a_copy_under_another_label()
         return {
             name: {
                 "rows": int(counts[g]),
@@ -309,12 +393,28 @@ class LabelModel(OwnPValueModel):
                 "mean_self_confidence": round(float(self.self_confidence[g]), 4),
                 "rows_at_p_below_0.001": round(float(self.calibration[g][int(np.flatnonzero(CALIBRATION_GRID == 3.0)[0])]), 4),
                 "calibrated_on": self.calibrated_on[g] if self.calibrated_on else "sample",
+                "rows_with_a_copy_under_another_label": int(copied[g]),
                 "estimated_label_noise": round(float(1.0 - joint[g, g] / joint[g].sum()), 4) if joint[g].sum() > 0 else None,
                 "estimated_true_classes": {names[j]: round(float(joint[g, j] / joint[g].sum()), 4)
                                            for j in range(len(names)) if joint[g].sum() > 0 and joint[g, j] > 0},
             }
             for g, name in enumerate(names)
         }
+
+
+def copies_in(counts: DuplicateCounts | None, classes: tuple, group_of: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(hashes, groups, rows)`` of :class:`LabelModel`'s duplicate fields: the counts per (value hash, group) of
+    every value hash held by two rows or more, sorted by hash and group."""
+    if counts is None:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    hashes, labels, n = counts.result()
+    codes = label_codes(classes, labels)
+    known = codes >= 0
+    frame = pd.DataFrame({"hash": hashes[known], "group": group_of[codes[known]], "rows": n[known]})
+    entries = frame.groupby(["hash", "group"], sort=True)["rows"].sum().reset_index()
+    entries = entries[entries.groupby("hash")["rows"].transform("sum").to_numpy() >= 2]
+    return (entries["hash"].to_numpy(np.uint64), entries["group"].to_numpy(np.int64),
+            entries["rows"].to_numpy(np.int64))
 
 
 class _Joint:
@@ -330,7 +430,7 @@ class _Joint:
         return self
 
 
-_JOINT, _TRUSTED = "__label_joint__", "__label_trusted__"
+_JOINT, _TRUSTED, _DUPLICATES = "__label_joint__", "__label_trusted__", "__label_duplicates__"
 #: Fewest trusted rows of a class for its calibration to come from them rather than the sample.
 MIN_TRUSTED_ROWS = 50
 
@@ -359,6 +459,11 @@ class ConfidentLabelDetector(BaseDetector):
         others share one (the module docstring, point 6).
     min_class_rows : int, default 20
         Fewest sample rows for a class to get its own group.
+    duplicate_weight : float > 0, default 2.0
+        Weight of the fold models' probabilities, in rows, against the labels of a row's exact copies (the module
+        docstring, point 7); a large value leaves the copies out.
+    duplicate_sketch_size : int, default 1000000
+        Distinct feature rows (the smallest value hashes) whose copies and labels are counted.
     seed : int, default 0
         Key of the row-id hash (the sample), the fold hash and the models' random state.
     """
@@ -379,10 +484,13 @@ class ConfidentLabelDetector(BaseDetector):
         "smoothing": [Interval(Real, 0.0, 0.5, closed="left")],
         "max_classes": [Interval(Integral, 2, None, closed="left")],
         "min_class_rows": [Interval(Integral, 1, None, closed="left")],
+        "duplicate_weight": [Interval(Real, 0.0, None, closed="neither")],
+        "duplicate_sketch_size": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=5, n_repeats=2, boosting_rounds=100,
-                 smoothing=0.001, max_classes=100, min_class_rows=20, seed=0):
+                 smoothing=0.001, max_classes=100, min_class_rows=20, duplicate_weight=2.0,
+                 duplicate_sketch_size=1_000_000, seed=0):
         self.sample_size = sample_size
         self.min_class_sample = min_class_sample
         self.n_folds = n_folds
@@ -391,6 +499,8 @@ class ConfidentLabelDetector(BaseDetector):
         self.smoothing = smoothing
         self.max_classes = max_classes
         self.min_class_rows = min_class_rows
+        self.duplicate_weight = duplicate_weight
+        self.duplicate_sketch_size = duplicate_sketch_size
         self.seed = seed
 
     # -- pass 0: the pooled and per-class samples, row counts -> fold models, thresholds
@@ -406,6 +516,8 @@ class ConfidentLabelDetector(BaseDetector):
                 stats.setdefault((_TRUSTED, g), Histogram(LOGP_EDGES)).add_batch(L[rows])
             return stats
         if stage == 0:
+            stats.setdefault(_DUPLICATES, DuplicateCounts(self.duplicate_sketch_size)).add_batch(
+                duplicate_hashes(X, int(self.seed)), labels)
             return add_stratified_sample(stats, X, self.row_hashes(row_ids), labels, self.sample_size, self.min_class_sample)
         model: LabelModel = state["partial"]
         codes, P = model.groups_and_probabilities(X, labels)
@@ -437,7 +549,8 @@ class ConfidentLabelDetector(BaseDetector):
                 calibration[g], sources[g] = calibration_curve(hist.counts, conformal=True), "reference"
         return replace(model, calibration=calibration, calibrated_on=tuple(sources))
 
-    def _fit_models(self, state, samples: dict) -> LabelModel:
+    def _fit_models(self, state, statistics: dict) -> LabelModel:
+        samples = {key: s for key, s in statistics.items() if key != _DUPLICATES}
         classes, rows, class_codes, counts = stratified_sample(samples, state["n_features"])
         group_of, _ = class_groups(np.bincount(class_codes, minlength=len(classes)), int(self.max_classes),
                                    int(self.min_class_rows))
@@ -451,7 +564,8 @@ class ConfidentLabelDetector(BaseDetector):
         model = LabelModel(classes, group_of, tuple(models), fallback, int(self.n_folds), int(self.seed),
                            float(self.smoothing), counts, np.bincount(codes, minlength=K), np.zeros(K),
                            np.zeros((K, len(CALIBRATION_GRID))), np.zeros((K, K), dtype=np.int64),
-                           np.full(len(classes), np.inf))
+                           np.full(len(classes), np.inf), (),
+                           *copies_in(statistics.get(_DUPLICATES), classes, group_of), float(self.duplicate_weight))
         P = model._probabilities(rows, class_codes)
         own = P[np.arange(len(P)), codes]
         sums = np.bincount(codes, weights=own, minlength=K)

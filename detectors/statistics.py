@@ -12,6 +12,7 @@ Notation: n rows in a batch of one class, d features.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 class HashSample:
@@ -172,6 +173,64 @@ class LabelledSample:
                 keep = np.argpartition(self.hashes, self.size - 1)[: self.size]
                 self.hashes, self.rows, self.labels = self.hashes[keep], self.rows[keep], self.labels[keep]
         return self
+
+
+class DuplicateCounts:
+    """Rows per (value hash, label) for the ``size`` smallest distinct value hashes (a combinable statistic).
+
+    A value hash (:func:`~poisonguard.schemas.hashing.value_hash`) is the same for every exact
+    copy of a row's features, so the rows of one hash are a group of duplicates and their
+    labels. Which hashes are kept depends only on the hashes (a bottom-``size`` sketch), so
+    the result is the same whatever the batching, and it is exact for every group up to
+    ``size`` distinct rows. Up to ``2 * size`` entries are buffered and trimmed in one go.
+    """
+
+    __slots__ = ("size", "hashes", "labels", "counts", "_cut")
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self.hashes = np.empty(0, dtype=np.uint64)
+        self.labels = np.empty(0, dtype=object)
+        self.counts = np.empty(0, dtype=np.int64)
+        self._cut = None  # once ``size`` distinct hashes are held, only hashes at or below this can stay
+
+    def add_batch(self, hashes: np.ndarray, labels: np.ndarray) -> DuplicateCounts:
+        return self._take(hashes, np.asarray(labels, dtype=object), np.ones(len(hashes), dtype=np.int64))
+
+    def merge(self, other: DuplicateCounts) -> DuplicateCounts:
+        return self._take(other.hashes, other.labels, other.counts)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(hashes, labels, counts)``, one entry per (hash, label), sorted by hash."""
+        self._trim()
+        return self.hashes, self.labels, self.counts
+
+    def _take(self, hashes, labels, counts) -> DuplicateCounts:
+        if self._cut is not None:
+            keep = hashes <= self._cut
+            hashes, labels, counts = hashes[keep], labels[keep], counts[keep]
+        if len(hashes):
+            self.hashes = np.concatenate([self.hashes, hashes])
+            self.labels = np.concatenate([self.labels, labels])
+            self.counts = np.concatenate([self.counts, counts])
+            if len(self.hashes) > 2 * self.size:
+                self._trim()
+        return self
+
+    def _trim(self) -> None:
+        """One entry per (hash, label), sorted by hash; only the ``size`` smallest distinct hashes."""
+        label_codes, _ = pd.factorize(self.labels)
+        order = np.lexsort((label_codes, self.hashes))
+        h, c = self.hashes[order], label_codes[order]
+        first = np.r_[True, (h[1:] != h[:-1]) | (c[1:] != c[:-1])] if len(h) else np.zeros(0, dtype=bool)
+        starts = np.flatnonzero(first)
+        self.hashes, self.labels = h[starts], self.labels[order][starts]
+        self.counts = np.add.reduceat(self.counts[order], starts) if len(starts) else np.empty(0, dtype=np.int64)
+        distinct = np.unique(self.hashes)
+        if len(distinct) >= self.size:
+            self._cut = distinct[self.size - 1]
+            keep = self.hashes <= self._cut
+            self.hashes, self.labels, self.counts = self.hashes[keep], self.labels[keep], self.counts[keep]
 
 
 class ClassSample(HashSample):

@@ -48,8 +48,9 @@ from .runners import RunnerConfig, runner_session
 log = logging.getLogger("poisonguard")
 
 FORMAT = "poisonguard-model"
-FORMAT_VERSION = 6  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor; 4: pattern's hollow units;
-# 5: the label detector's folds hash the label with the features, in repeats; 6: pattern's rest-of-row p-values
+FORMAT_VERSION = 7  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor; 4: pattern's hollow units;
+# 5: the label detector's folds hash the label with the features, in repeats; 6: pattern's rest-of-row p-values;
+# 7: the label detector's counts of exact copies
 MANIFEST, ARRAYS, SUITE = "model.json", "arrays.npz", "expectations.json"
 #: Detectors fitted when ``fit --detectors`` is not given.
 DEFAULT_FIT_DETECTORS = ("spectral", "influence", "label")
@@ -345,6 +346,16 @@ def _label_problems(name: str, member, K: int, d: int) -> list[str]:
             problems.append(f"{name}.{fname} has shape {value.shape}, expected {shape} for {G} groups")
     if len(member.calibrated_on) != G:
         problems.append(f"{name}.calibrated_on has {len(member.calibrated_on)} entries, expected {G} (one per group)")
+    hashes, groups, counts = member.duplicate_hashes, member.duplicate_groups, member.duplicate_counts
+    if not (hashes.shape == groups.shape == counts.shape and hashes.ndim == 1):
+        problems.append(f"{name}: duplicate_hashes, duplicate_groups and duplicate_counts have shapes {hashes.shape}, "
+                        f"{groups.shape} and {counts.shape}, expected one entry each per copy group and label")
+    elif hashes.dtype != np.uint64 or np.any(hashes[1:] < hashes[:-1]):
+        problems.append(f"{name}.duplicate_hashes are not unsigned 64-bit hashes in ascending order")
+    elif not np.issubdtype(groups.dtype, np.integer) or np.any((groups < 0) | (groups >= G)) or np.any(counts < 1):
+        problems.append(f"{name}: a duplicate count is below 1 or its group outside 0..{G - 1}")
+    if not member.duplicate_weight > 0:
+        problems.append(f"{name}.duplicate_weight is {member.duplicate_weight!r}, expected a positive number")
     if member.n_folds < 1 or not member.models or len(member.models) % member.n_folds:
         problems.append(f"{name} has {len(member.models)} fold models, expected a whole number of repeats of "
                         f"{member.n_folds} folds")

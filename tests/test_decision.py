@@ -387,18 +387,21 @@ def test_novelty_keeps_its_share_only_in_classes_whose_batch_rows_are_new():
     assert recall >= 0.9 and precision >= 0.9
 
 
-def test_label_detector_finds_copies_injected_under_another_label():
-    """credit, copies of 3% of its rows, all of the largest class, injected under the second class's label (the
-    field test's dup3). A row's fold hashes its label with its features, so a copy under another label mostly
-    falls in another fold than its original, and the model that scores it has learnt the original's label at the
-    same point; an exact copy under the same label keeps its original's fold in every repeat, so nothing scores a
-    row with a model that trained on it. With folds of the features alone the copies ranked at ROC-AUC 0.91-0.92
-    (three hash keys, one draw of 3 folds)."""
+@pytest.mark.parametrize("table, floor", [("credit", 0.965), ("caravan", 0.987), ("cells", 0.982)])
+def test_label_detector_finds_copies_injected_under_another_label(table, floor):
+    """Copies of 3% of a table's rows, all of the largest class, injected under the second class's label (the
+    field test's dup3). Two things find them. A row's fold hashes its label with its features, so a copy under
+    another label mostly falls in another fold than its original, and the model that scores it has learnt the
+    original's label nearby; an exact copy under the same label keeps its original's fold in every repeat, so
+    nothing scores a row with a model that trained on it. And the labels of a row's exact copies count beside the
+    model (``label.py``, point 7): the copy and its original each doubt the other's label. Measured with the
+    copies left out (``duplicate_weight`` 1e12): credit 0.954, caravan 0.984, cells 0.979; with them 0.974,
+    0.989, 0.984. With folds of the features alone, credit's copies ranked at 0.91-0.92 (one draw of 3 folds)."""
     from sklearn.metrics import roc_auc_score
 
     from poisonguard.detectors.label import feature_folds
 
-    X, y, ids = real_table("credit")
+    X, y, ids = real_table(table)
     rng = np.random.default_rng(3)
     big, second = pd.Series(y).value_counts().index[:2]
     pick = rng.choice(np.flatnonzero(y == big), int(0.03 * len(y)), replace=False)
@@ -408,7 +411,10 @@ def test_label_detector_finds_copies_injected_under_another_label():
     det = ConfidentLabelDetector().fit(X2, y2, row_ids=ids2)
     auc = roc_auc_score(copy, det.model_.suspicion(X2, y2))
     print(f"ROC-AUC of the copies: {auc:.4f}")
-    assert auc >= 0.93
+    assert auc >= floor
+    summary = det.model_.summary()
+    assert summary[second]["rows_with_a_copy_under_another_label"] >= len(pick)
+    assert summary[big]["rows_with_a_copy_under_another_label"] >= len(pick)
     codes = pd.Index(det.model_.classes).get_indexer(y2)
     K = det.model_.n_folds
     for r in range(det.model_.n_repeats):
@@ -417,3 +423,33 @@ def test_label_detector_finds_copies_injected_under_another_label():
         assert np.array_equal(same_label_copies, folds[pick])
         moved = (folds[copy] != folds[pick]).mean()
         assert 0.6 <= moved <= 0.95  # (K - 1) / K = 0.8 of the copies, in each repeat
+
+
+def test_exact_copies_count_as_the_labels_of_other_rows_and_never_as_a_rows_own():
+    """A row's own label never counts for it: a row without copies keeps the fold models' probabilities, and in a
+    group of copies each row sees only the others' labels, ``(a pi + n) / (a + m)``."""
+    X, y, ids = real_table("credit")
+    model = ConfidentLabelDetector(sample_size=2000).fit(X, y, row_ids=ids).model_
+    plain = ConfidentLabelDetector(sample_size=2000, duplicate_weight=1e12).fit(X, y, row_ids=ids).model_
+    natural, _ = model.copy_labels(X, model.groups(y))
+    single = np.setdiff1d(np.arange(len(X)), natural)
+    assert 0 < len(natural) < 20  # credit has a few natural copies
+    np.testing.assert_allclose(model.probabilities(X[single], y[single]), plain.probabilities(X[single], y[single]),
+                               rtol=1e-12)
+    # one row three more times: twice under its label, once under the other class
+    i = single[0]
+    other = next(c for c in model.classes if c != y[i])
+    X3, y3 = np.vstack([X, X[[i, i, i]]]), np.r_[y, [y[i], y[i], other]].astype(object)
+    ids3 = np.r_[ids, ids.max() + 1 + np.arange(3)]
+    model = ConfidentLabelDetector(sample_size=2000).fit(X3, y3, row_ids=ids3).model_
+    plain = ConfidentLabelDetector(sample_size=2000, duplicate_weight=1e12).fit(X3, y3, row_ids=ids3).model_
+    rows, copies = model.copy_labels(X3, model.groups(y3))
+    copies_of = dict(zip(rows.tolist(), copies.tolist()))
+    assert sorted(copies_of) == sorted([*natural.tolist(), i, len(X), len(X) + 1, len(X) + 2])
+    own, moved = model.groups(y3[[i]])[0], model.groups(np.array([other], dtype=object))[0]
+    assert copies_of[i][own] == 2 and copies_of[i][moved] == 1  # the others, not itself
+    assert copies_of[len(X) + 2][own] == 3 and copies_of[len(X) + 2][moved] == 0
+    a, pi = model.duplicate_weight, plain.probabilities(X3, y3)
+    P = model.probabilities(X3, y3)
+    for r in (i, len(X) + 2):
+        np.testing.assert_allclose(P[r], (a * pi[r] + copies_of[r]) / (a + 3), rtol=1e-9)

@@ -43,7 +43,9 @@ def test_boosted_trees_predict_exactly_what_the_live_model_predicts(n_classes):
 
 def test_a_fitted_label_model_round_trips_through_json_and_arrays(cancer, tmp_path):
     X, y = cancer
+    X, y = np.vstack([X, X[:5]]), np.r_[y, 1 - y[:5]]  # five exact copies under the other label
     det = ConfidentLabelDetector(sample_size=400, boosting_rounds=20).fit(X, y)
+    assert len(det.model_.duplicate_hashes) == 10
     arrays = {}
     spec = json.loads(json.dumps(encode(det.model_, arrays)))
     np.savez(tmp_path / "a.npz", **arrays)
@@ -403,6 +405,7 @@ def test_a_label_model_whose_groups_do_not_agree_is_refused_in_one_line(grouped_
         ("calibration", lambda a: a[:, :-1], ["label.calibration"]),
         ("fallback", lambda a: np.ones(5) / 5, ["label.sample_rows", "(5,) for 5 groups"]),  # five groups, facts for three
         (("models", fold, "classes"), lambda a: a + 1, ["fold model predicts groups", "0..2"]),
+        ("duplicate_groups", lambda a: np.r_[a, 3], ["label: duplicate_hashes", "one entry each"]),
     ]
     for i, (path, change, fragments) in enumerate(cases):
         path = path if isinstance(path, tuple) else (path,)

@@ -4,10 +4,11 @@ import itertools
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from poisonguard.detectors import SpectralSignatureDetector
-from poisonguard.detectors.statistics import HashSample, Histogram, Moments, group_rows, uniform_grid
+from poisonguard.detectors.statistics import DuplicateCounts, HashSample, Histogram, Moments, group_rows, uniform_grid
 from poisonguard.schemas import row_hash
 
 
@@ -66,6 +67,31 @@ def test_hash_sample_smaller_than_size_keeps_everything():
     X = np.arange(6.0).reshape(3, 2)
     s = HashSample(10, 2).add_batch(X, np.array([3, 1, 2], dtype=np.uint64))
     np.testing.assert_array_equal(s.result()[1], X[[1, 2, 0]])
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_duplicate_counts_are_exact_in_any_order_for_the_smallest_hashes(order):
+    """Rows per (hash, label), mixed label types, for the ``size`` smallest distinct hashes, whatever the batching."""
+    rng = np.random.default_rng(3)
+    h = rng.integers(0, 400, 5000).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # 400 groups of copies
+    labels = np.array(["a", 7, "b"], dtype=object)[rng.integers(0, 3, 5000)]
+    parts = _splits(len(h), rng, 4)
+    merged = _merge_in_order([DuplicateCounts(150).add_batch(h[p], labels[p]) for p in parts], order)
+    hashes, got_labels, counts = merged.result()
+    keep = np.isin(h, np.unique(h)[:150])
+    expected = pd.DataFrame({"h": h[keep], "label": labels[keep].astype(str)}).value_counts().sort_index()
+    assert sorted(zip(hashes.tolist(), got_labels.astype(str).tolist(), counts.tolist())) == \
+        [(k[0], k[1], v) for k, v in expected.items()]  # in a hash, labels in the order first met
+    assert len(np.unique(hashes)) == 150 and np.all(np.diff(hashes.astype(np.float64)) >= 0)
+
+
+def test_duplicate_counts_stay_bounded_as_they_grow():
+    rng = np.random.default_rng(4)
+    counts = DuplicateCounts(10)
+    for _ in range(50):
+        counts.add_batch(rng.integers(0, 2**63, 7, dtype=np.uint64), np.array(["x"] * 7, dtype=object))
+        assert len(counts.hashes) <= 20
+    assert len(counts.result()[0]) == 10
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
