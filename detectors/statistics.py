@@ -182,36 +182,43 @@ class DuplicateCounts:
     copy of a row's features, so the rows of one hash are a group of duplicates and their
     labels. Which hashes are kept depends only on the hashes (a bottom-``size`` sketch), so
     the result is the same whatever the batching, and it is exact for every group up to
-    ``size`` distinct rows. Up to ``2 * size`` entries are buffered and trimmed in one go.
+    ``size`` distinct rows. Each entry is three numbers (the hash, the label's index among the
+    distinct labels met, the count); up to ``2 * size`` entries are buffered and trimmed in
+    one go.
     """
 
-    __slots__ = ("size", "hashes", "labels", "counts", "_cut")
+    __slots__ = ("size", "hashes", "label_index", "counts", "labels", "_cut")
 
     def __init__(self, size: int):
         self.size = int(size)
         self.hashes = np.empty(0, dtype=np.uint64)
-        self.labels = np.empty(0, dtype=object)
+        self.label_index = np.empty(0, dtype=np.int64)
         self.counts = np.empty(0, dtype=np.int64)
+        self.labels = pd.Index([], dtype=object)
         self._cut = None  # once ``size`` distinct hashes are held, only hashes at or below this can stay
 
     def add_batch(self, hashes: np.ndarray, labels: np.ndarray) -> DuplicateCounts:
-        return self._take(hashes, np.asarray(labels, dtype=object), np.ones(len(hashes), dtype=np.int64))
+        codes, uniques = pd.factorize(np.asarray(labels, dtype=object))
+        return self._take(hashes, codes.astype(np.int64), pd.Index(uniques, dtype=object), np.ones(len(hashes), dtype=np.int64))
 
     def merge(self, other: DuplicateCounts) -> DuplicateCounts:
-        return self._take(other.hashes, other.labels, other.counts)
+        return self._take(other.hashes, other.label_index, other.labels, other.counts)
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(hashes, labels, counts)``, one entry per (hash, label), sorted by hash."""
         self._trim()
-        return self.hashes, self.labels, self.counts
+        return self.hashes, self.labels.to_numpy()[self.label_index], self.counts
 
-    def _take(self, hashes, labels, counts) -> DuplicateCounts:
+    def _take(self, hashes, label_index, labels, counts) -> DuplicateCounts:
         if self._cut is not None:
             keep = hashes <= self._cut
-            hashes, labels, counts = hashes[keep], labels[keep], counts[keep]
+            hashes, label_index, counts = hashes[keep], label_index[keep], counts[keep]
         if len(hashes):
+            if not self.labels.equals(labels):
+                self.labels = self.labels.append(labels.difference(self.labels, sort=False))
+                label_index = self.labels.get_indexer(labels)[label_index]
             self.hashes = np.concatenate([self.hashes, hashes])
-            self.labels = np.concatenate([self.labels, labels])
+            self.label_index = np.concatenate([self.label_index, label_index])
             self.counts = np.concatenate([self.counts, counts])
             if len(self.hashes) > 2 * self.size:
                 self._trim()
@@ -219,18 +226,16 @@ class DuplicateCounts:
 
     def _trim(self) -> None:
         """One entry per (hash, label), sorted by hash; only the ``size`` smallest distinct hashes."""
-        label_codes, _ = pd.factorize(self.labels)
-        order = np.lexsort((label_codes, self.hashes))
-        h, c = self.hashes[order], label_codes[order]
-        first = np.r_[True, (h[1:] != h[:-1]) | (c[1:] != c[:-1])] if len(h) else np.zeros(0, dtype=bool)
-        starts = np.flatnonzero(first)
-        self.hashes, self.labels = h[starts], self.labels[order][starts]
-        self.counts = np.add.reduceat(self.counts[order], starts) if len(starts) else np.empty(0, dtype=np.int64)
+        order = np.lexsort((self.label_index, self.hashes))
+        h, c = self.hashes[order], self.label_index[order]
+        starts = np.flatnonzero(np.r_[True, (h[1:] != h[:-1]) | (c[1:] != c[:-1])]) if len(h) else np.zeros(0, np.int64)
+        self.counts = np.add.reduceat(self.counts[order], starts) if len(starts) else self.counts
+        self.hashes, self.label_index = h[starts], c[starts]
         distinct = np.unique(self.hashes)
         if len(distinct) >= self.size:
             self._cut = distinct[self.size - 1]
             keep = self.hashes <= self._cut
-            self.hashes, self.labels, self.counts = self.hashes[keep], self.labels[keep], self.counts[keep]
+            self.hashes, self.label_index, self.counts = self.hashes[keep], self.label_index[keep], self.counts[keep]
 
 
 class ClassSample(HashSample):
