@@ -13,9 +13,10 @@ Each contender runs in a fresh interpreter, which prints its own peak resident m
 (``ru_maxrss``), so one's memory never counts against the other:
 
 * **poisonguard**: ``poisonguard screen DATA --detectors label --no-validation`` (Beam's
-  in-process runner, one worker): read, fit on the bounded hash sample (50,000 rows, 3 hash
-  folds of ``HistGradientBoostingClassifier``), the confident joint over every row, the
-  decision layer, and writing cleaned/ and quarantine/;
+  in-process runner, one worker): read, fit on the bounded hash sample (50,000 rows, 5 hash
+  folds of ``HistGradientBoostingClassifier`` drawn twice) with the counts of exact copies
+  (at most 1,000,000 distinct rows), the confident joint over every row, the decision layer,
+  and writing cleaned/ and quarantine/;
 * **cleanlab**: pandas reads the same file, scikit-learn's ``cross_val_predict`` gives
   out-of-fold probabilities from the same model (3 folds, 100 rounds), and
   ``cleanlab.filter.find_label_issues`` finds the issues: all of it in memory.
