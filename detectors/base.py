@@ -73,6 +73,12 @@ def add_stratified_sample(stats: dict, X: np.ndarray, hashes: np.ndarray, labels
     return stats
 
 
+def class_floors(samples: dict) -> dict:
+    """``{label: ClassSample}``: the per-class samples among a pass's statistics (:func:`add_stratified_sample`),
+    whatever other statistics the detector keeps beside them."""
+    return {key[1]: s for key, s in samples.items() if isinstance(key, tuple) and key[0] == SAMPLE_FLOOR}
+
+
 def stratified_sample(samples: dict, n_features: int) -> tuple[tuple, np.ndarray, np.ndarray, np.ndarray]:
     """``(classes, rows, codes, counts)`` of a merged stratified sample (:func:`add_stratified_sample`).
 
@@ -80,7 +86,7 @@ def stratified_sample(samples: dict, n_features: int) -> tuple[tuple, np.ndarray
     hash; ``codes`` their class indices in the sorted ``classes``; ``counts`` (K,) rows per
     class over all batches.
     """
-    floors = {key[1]: s for key, s in samples.items() if key != SAMPLE_POOL}
+    floors = class_floors(samples)
     classes = tuple(sorted(floors))
     parts = [(h, rows, label_codes(classes, labels)) for h, rows, labels in
              ([samples[SAMPLE_POOL].result()] if SAMPLE_POOL in samples else [])]

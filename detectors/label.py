@@ -550,8 +550,7 @@ class ConfidentLabelDetector(BaseDetector):
         return replace(model, calibration=calibration, calibrated_on=tuple(sources))
 
     def _fit_models(self, state, statistics: dict) -> LabelModel:
-        samples = {key: s for key, s in statistics.items() if key != _DUPLICATES}
-        classes, rows, class_codes, counts = stratified_sample(samples, state["n_features"])
+        classes, rows, class_codes, counts = stratified_sample(statistics, state["n_features"])
         group_of, _ = class_groups(np.bincount(class_codes, minlength=len(classes)), int(self.max_classes),
                                    int(self.min_class_rows))
         codes = group_of[class_codes]

@@ -120,7 +120,7 @@ from scipy.stats import beta, binom, mannwhitneyu, multivariate_normal, norm
 
 from ._config import njit
 from ._sklearn import Interval
-from .base import SAMPLE_POOL, BaseDetector, OwnPValueModel, add_stratified_sample, label_codes
+from .base import SAMPLE_POOL, BaseDetector, OwnPValueModel, add_stratified_sample, class_floors, label_codes
 from .label import class_groups
 
 #: Share of the sample rows a value must hold to be a point of its own (step 1).
@@ -746,7 +746,7 @@ class TriggerPatternDetector(BaseDetector):
         return state if trusted is None else self._against_trusted_rows(state, trusted)
 
     def _mine(self, n_features: int, samples: dict) -> PatternModel:
-        floors = {key[1]: s for key, s in samples.items() if key != SAMPLE_POOL}
+        floors = class_floors(samples)
         classes = tuple(sorted(floors))
         counts = np.array([floors[c].count for c in classes], dtype=np.int64)
         if SAMPLE_POOL in samples:
