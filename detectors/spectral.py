@@ -38,10 +38,13 @@ differs from the reference code of ART and BackdoorBench in four ways:
    :meth:`calibrate`; measured cost: a 5% corner-pixel trigger in digits, found by the old
    rule at precision 0.27, is no longer flagged by "auto".
    A third guard: a cut stands only where the other classes' rows (each about its own
-   class's mean) reach it less than a third as often, and significantly so. A class's
+   class's mean) reach it less than a third as often, significantly so, and where the class's
+   rows are at least ``CLUSTER_PURITY`` (0.8) of all rows that reach it. A class's
    direction is relative to the pooled covariance, so rows added to another class can turn
    it towards a subgroup every class holds (caravan's tractor or moped owners), which its
-   own rule then cuts; a dirty-label cluster is in its target class only. The same comparison
+   own rule then cuts; a dirty-label cluster is in its target class only, and a subgroup that
+   merely predicts the class (caravan's boat owners, ten times as common in its class `Yes` as
+   in `No`) is not its own. The same comparison
    floors the p-values the decision layer gives a class's tail (:meth:`SpectralModel.pvalue_floor`):
    a tail the other classes reach about as often is the data's, and a row in it is not rarer
    than the class's own share of rows that far out, whatever the tail fitted to the class's
@@ -51,7 +54,8 @@ differs from the reference code of ART and BackdoorBench in four ways:
    added to another class can thin the other classes' share of a subgroup as they turn the
    direction towards it (caravan's farmers and tractor owners, with copies of the majority
    class under the other label), and where the rule saw no cluster, nothing says the tail was
-   planted. In a class too small for the rule, the other classes are the only evidence; with
+   planted. In a class too small for the rule, the other classes are the only evidence (the
+   floor is freed only from where the class's rows are its own cluster, as for a cut); with
    trusted reference rows, the class's own trusted rows are too, and a row is no rarer than the
    share of them at least as far out.
    Alternatively, ``contamination`` flags a fixed share of all rows, or :meth:`calibrate`
@@ -76,7 +80,7 @@ from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import beta, binom
 from sklearn.cluster import KMeans
 
 from ._kernels import project_standardized, projection_bins, robust_z, standardize_clip
@@ -95,10 +99,21 @@ from .thresholds import (
 
 #: Grid of the projection histograms, in units of the class's standard deviation along its direction.
 PROJECTION_EDGES = uniform_grid(-64.0, 64.0, 6401)
-#: A cut cluster stays cut only where the other classes' rows reach it less than 1 / OTHER_CLASS_RATIO as often ...
+#: A cut cluster stays cut only where it is a cluster of the class's own (_OwnCluster): the other classes' rows reach it
+#: less than 1 / OTHER_CLASS_RATIO as often ...
 OTHER_CLASS_RATIO = 3.0
 #: ... and significantly less often (binomial, at this level) ...
 OTHER_CLASS_SIGNIFICANCE = 1e-3
+#: ... at least ``min_cluster_size`` of the class's rows reach it, and they are at least this share of all rows that
+#: do, the other classes' rows counted from their sample at the upper bound of a one-sided interval at this error.
+#: A dirty-label cluster is its target class's: its rows' share at the cut was 0.74-1.00 in the field test's
+#: backdoored diamonds, loans, credit and cells batches (point estimates), 0.77 for a 3% cluster in a heavy-tailed
+#: synthetic table of three overlapping classes, and all 27 rows of a 3x3 patch on MNIST 7s relabelled 1. A subgroup
+#: that merely predicts the class is not: caravan's boat owners, ten times as common in its class `Yes` as in `No`,
+#: were 0.27 of the rows that reach them in the clean batch, and 0.33-0.57 at the cut of the target10 batch, whose
+#: own rule cut them with four of five detector seeds (at most 0.41 at the bound).
+CLUSTER_PURITY = 0.5
+CLUSTER_PURITY_ERROR = 0.1
 #: ... judged on at most this many sample rows of all classes, and only with this many of the other classes.
 OTHER_CLASS_ROWS = 20000
 MIN_OTHER_ROWS = 200
@@ -160,9 +175,9 @@ class SpectralModel(PerClassModel):
         The other classes' sample rows, each about its own class's mean, projected on the class's direction and
         scaled as its own rows are, show whether a tail is the class's own or the data's. Where they reach a
         suspicion about as often as the class's rows do, a row there is not rarer than the larger of the two shares
-        that reach it, whatever the class's fitted tail says. In a class whose own rule cut a cluster, from the first
-        level the class's rows reach at least :data:`OTHER_CLASS_RATIO` times as often, and significantly so (rows
-        planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
+        that reach it, whatever the class's fitted tail says. In a class whose own rule cut a cluster, or that is too
+        small for the rule, from the first level whose rows are a cluster of the class's own (:class:`_OwnCluster`:
+        rows planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
         Below a class's cut, a row's floor is also its rank among the rows below the cut. With trusted rows, a row's
         floor is at least the share of its class's trusted rows at least as far out (:func:`_trusted_floor`).
         NaN where the score is NaN. Fitted by :func:`_class_floor`. ``codes``: each row's class index
@@ -521,10 +536,12 @@ class SpectralSignatureDetector(BaseDetector):
             has_floor = model.counts[k] >= 2 * self.min_cluster_size  # a class too small to cut has no tail to floor either
             # the other classes' sample rows along this class's direction, projected once for the cut's check and the floor
             others = _other_class_z(state["centred"], k, unit, loc, sc) if has_floor or np.isfinite(thresholds[k]) else None
-            if np.isfinite(thresholds[k]) and _held_by_other_classes(others, loc, sc, thresholds[k], counts):
-                thresholds[k] = np.inf
+            own_cluster = _OwnCluster(others, int(model.counts.sum() - model.counts[k]), counts, self.min_cluster_size)
+            cut = thresholds[k:k + 1]
+            if np.isfinite(cut[0]) and others is not None and not own_cluster(cut, _share_at_or_above(counts, loc, sc, cut))[0]:
+                thresholds[k] = np.inf  # a cut stands only where its rows are a cluster of the class's own
             if has_floor:
-                floors[k] = _class_floor(others, loc, sc, counts, thresholds[k], ruled)
+                floors[k] = _class_floor(own_cluster, loc, sc, counts, thresholds[k], ruled)
                 trusted = state.get("trusted", {}).get(c)
                 if trusted is not None and trusted.total >= MIN_TRUSTED_FLOOR_ROWS:
                     floors[k] = _trusted_floor(*floors[k], trusted.counts, counts, loc, sc)
@@ -540,21 +557,49 @@ class SpectralSignatureDetector(BaseDetector):
         return fitted
 
 
-def _held_by_other_classes(others: np.ndarray | None, loc: float, sc: float, threshold: float, counts: np.ndarray) -> bool:
-    """Whether the other classes' rows reach class k's cut along its direction (each about its own class's mean)
-    about as often as class k's rows do: unless they reach it less than a third as often, and significantly so, the
-    cluster is structure the data has in every class, not rows planted in this one.
+@dataclass(frozen=True)
+class _OwnCluster:
+    """Whether class k's rows at or beyond levels of |z| along its direction are a cluster of its own, not structure
+    the data has in every class: a cut stands only there, and a tail's p-value floor is freed only from there
+    (:func:`_class_floor`). Called with the levels (ascending) and the class's share of rows at or beyond each.
 
-    Caravan's tractor owners (zero-inflated policy counts) are a few percent of both classes; along the majority
-    class's direction they lay past a gap, and its own rule cut them in the field test's poisoned batches (200 clean
-    rows). A dirty-label cluster is in its target class only: the rows it was taken from lost their place when
-    they were stamped. Needs :data:`MIN_OTHER_ROWS` sample rows of the other classes (else False). In the field
-    test's caravan door3 batch: 71 of the majority class's 5,300 rows beyond its cut, 2 of 522 sample rows of the
-    other class (binomial p = 0.03): not cut. ``others``: :func:`_other_class_z`."""
-    if others is None or counts.sum() == 0:
-        return False
-    reached = int(np.count_nonzero(others >= threshold))
-    return not _rare_elsewhere(reached, len(others), _share_at_or_above(counts, loc, sc, np.array([threshold]))[0])
+    Three conditions. The other classes' rows (each about its own class's mean) reach the level less than
+    1 / :data:`OTHER_CLASS_RATIO` as often as the class's rows, and significantly so (:func:`_rare_elsewhere`).
+    At least ``min_rows`` of the class's rows reach it. And they are at least :data:`CLUSTER_PURITY` of all rows
+    that do, the other classes' counted from their sample rows. A dirty-label cluster is in its target class only:
+    the rows it was taken from lost their place when they were stamped.
+
+    * Caravan's tractor owners (zero-inflated policy counts) are a few percent of both classes; along the majority
+      class's direction they lay past a gap, and its own rule cut them in the field test's poisoned batches (200
+      clean rows). In its door3 batch: 71 of the majority class's 5,300 rows beyond its cut, 2 of 522 sample rows
+      of the other class (binomial p = 0.03): not cut.
+    * Caravan's boat owners are ten times as common in its class `Yes` as in `No`, and a third of the rows that reach
+      them along `Yes`'s direction. With 547 rows moved into `Yes` (the field test's target10), its own rule cut
+      them in 8 of 10 runs (16 rows; in the field test 13 of the 16 flagged rows were clean); in the clean batch,
+      where `Yes` is too small for the rule, the freed floor flagged all 13 (see :data:`CLUSTER_PURITY`).
+
+    ``others``: :func:`_other_class_z` (None: too few to judge, and nothing is),
+    ``other_rows``: how many rows the other classes have, ``counts``: the class's projection histogram."""
+
+    others: np.ndarray | None
+    other_rows: int
+    counts: np.ndarray
+    min_rows: int
+
+    def __post_init__(self):
+        if self.others is not None:
+            object.__setattr__(self, "others", np.sort(self.others))
+
+    def reached(self, levels: np.ndarray) -> np.ndarray:
+        """How many of the other classes' sample rows lie beyond each level."""
+        return len(self.others) - np.searchsorted(self.others, levels, side="right")
+
+    def __call__(self, levels: np.ndarray, share: np.ndarray) -> np.ndarray:
+        if self.others is None:
+            return np.zeros(len(levels), dtype=bool)
+        n, reached, held = len(self.others), self.reached(levels), share * self.counts.sum()
+        elsewhere = beta.ppf(1.0 - CLUSTER_PURITY_ERROR, reached + 1, n - reached) * self.other_rows  # upper bound
+        return _rare_elsewhere(reached, n, share) & (held >= self.min_rows) & (held >= CLUSTER_PURITY * (held + elsewhere))
 
 
 def _other_class_z(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float) -> np.ndarray | None:
@@ -589,7 +634,7 @@ def _rare_elsewhere(reached, n_others: int, share):
         (binom.cdf(reached, n_others, share) <= OTHER_CLASS_SIGNIFICANCE)
 
 
-def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.ndarray, cut: float,
+def _class_floor(own_cluster: _OwnCluster, loc: float, sc: float, counts: np.ndarray, cut: float,
                  ruled: bool) -> tuple[np.ndarray, np.ndarray]:
     """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): ascending levels and their floors, at most
     3 FLOOR_LEVELS of each (none where nothing bounds the class).
@@ -605,8 +650,8 @@ def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.nd
       rank); in the field test's backdoored diamonds and loans batches it took the clean rows flagged from 0.17% and
       0.31% to 0.03%, and no recall;
     * the larger of the share of the other classes' rows beyond it and the share of the class's own rows at or
-      beyond it, up to the first level where the class's rows are there much more often than the others'
-      (:func:`_rare_elsewhere`), and 0 from there on. A tail that every class has is the data's, and the class's
+      beyond it, up to the first level where the class's rows are a cluster of its own (:class:`_OwnCluster`), and
+      0 from there on. A tail that every class has is the data's, and the class's
       own share of it is how often a clean row reaches it; the top of a planted cluster has too few rows beyond it
       for the test, but it is the same cluster. A class that its own rule looked at (``ruled``) and did not cut
       has no such level: in the field test's caravan dup3 batch, the majority class's farmers and tractor owners
@@ -616,24 +661,22 @@ def _class_floor(others: np.ndarray | None, loc: float, sc: float, counts: np.nd
       dimension, or ``contamination``) keeps the level: there the other classes are the only evidence (a 3x3 patch
       on 27 of about 340 MNIST 1s, in the images' representation, was found only through it).
 
-    ``others``: the other classes' |z| along the class's direction (:func:`_other_class_z`; None: too few).
+    ``own_cluster``: the other classes' |z| along the class's direction, and the test of a cluster.
     """
-    total = counts.sum()
+    total, others = counts.sum(), own_cluster.others
     if total == 0 or (others is None and not np.isfinite(cut)):
         return np.zeros(0), np.zeros(0)
     own = np.sort(np.abs(_CENTRES[counts > 0] - loc) / sc)
-    others = np.sort(others) if others is not None else np.zeros(0)
-    top = np.unique(np.concatenate([others[-FLOOR_LEVELS:], own[-FLOOR_LEVELS:], own[own < cut][-FLOOR_LEVELS:]]))
+    outer = others[-FLOOR_LEVELS:] if others is not None else np.zeros(0)
+    top = np.unique(np.concatenate([outer, own[-FLOOR_LEVELS:], own[own < cut][-FLOOR_LEVELS:]]))
     share = _share_at_or_above(counts, loc, sc, top)
     floor = np.zeros(len(top))
-    if len(others):
-        n = len(others)
-        reached = n - np.searchsorted(others, top, side="right")  # other rows beyond each level
+    if others is not None:
         # a class whose own rule looked and found no cluster has nothing planted to free: its tail is as common as
         # its rows say; where the rule could not look (too few rows per dimension, or a fixed share), the other
         # classes are the only evidence
-        free = (np.cumsum(_rare_elsewhere(reached, n, share)) > 0) & (np.isfinite(cut) or not ruled)
-        floor = np.where(free, 0.0, np.maximum(reached / n, share))
+        free = (np.cumsum(own_cluster(top, share)) > 0) & (np.isfinite(cut) or not ruled)
+        floor = np.where(free, 0.0, np.maximum(own_cluster.reached(top) / len(others), share))
     if np.isfinite(cut):
         beyond_cut = _share_at_or_above(counts, loc, sc, np.array([cut]))[0]
         if beyond_cut < 1.0:

@@ -137,18 +137,39 @@ def test_a_tail_in_a_class_its_rule_does_not_cut_is_no_rarer_than_its_rank():
     assert (model.pvalue_floor(scores, label_codes(model.classes, y))[majority] >= 0.9 * rank).all()
 
 
+@pytest.mark.parametrize("case, seed", [("clean", 0), ("target10", 1), ("target10", 3)])
+def test_a_subgroup_that_merely_predicts_a_class_is_not_flagged(case, seed):
+    """caravan's boat owners are ten times as common in its class `Yes` as in `No`, which holds more of them (13 and 20
+    in the field test's clean batch). In the clean batch `Yes` (348 rows in 85 dimensions) is too small for the cut
+    rule; the other class's floor freed their tail, the tail fitted to the class's quantiles gave them p-values of
+    1e-8 to 1e-11, and all 13 were flagged. In the target10 batch, 547 rows moved into `Yes` make it large enough for
+    its rule, which cut its 16 boat owners with detector seeds 1 to 4 (the other class's sample decided whether the
+    cut stood; seed 3's sample held fewest of them). A cut stands, and a floor is freed, only where the class's rows
+    are at least CLUSTER_PURITY of all rows that reach it, as a dirty-label cluster's are; a slow test in
+    test_images.py holds the other side (a patch on 27 MNIST 7s relabelled 1, in a class too small for the rule, is
+    still found), and test_heavy_tails_do_not_hide_the_poison_nor_get_flagged a cut cluster of which the other
+    classes hold about a quarter of the rows."""
+    frame, feats, truth = field_test_batch("caravan", case)
+    X, y, ids = frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy()
+    det = EnsembleDetector(detectors=[SpectralSignatureDetector(seed=seed)]).fit(X, y, row_ids=ids)
+    flagged = det.predict(X, y) < 0
+    boat = (frame["APLEZIER"].to_numpy() > 0) & (y == "Yes")
+    assert boat.sum() >= 13
+    assert not (flagged & boat).any()
+    assert (flagged & ~truth).sum() <= 0.001 * (~truth).sum()
+    model = det.model_.models[0]
+    # each is no rarer than the share of the class's rows at least as far out, or of the other classes' sample rows
+    assert (model.pvalue_floor(model.suspicion(X, y), label_codes(model.classes, y))[boat] >= 1 / (y == "Yes").sum()).all()
+
+
 def test_a_subgroup_the_trusted_rows_hold_is_not_flagged():
     """The field test's clean caravan batch with 30% of the table trusted (run.py --reference-share 0.3). Its class
-    `Yes` (243 batch rows) is too small for the cut rule, and its direction finds its boat owners, which the other
-    class holds less often: the other-class floor frees their tail, and the tail fitted to the class's quantiles
-    cut them. The trusted rows of `Yes` hold boat owners as often, so a row is no rarer than the share of them at
-    least as far out (a conformal p-value): one row is flagged with the reference (beyond every trusted row, where
-    they say nothing), and without it the boat owners are (the batch alone says nothing against them)."""
+    `Yes` (243 batch rows) is too small for the cut rule, and its direction finds its boat owners. The trusted rows
+    of `Yes` hold boat owners as often, so a row is no rarer than the share of them at least as far out (a
+    conformal p-value), whatever the other classes say."""
     frame, feats, truth, reference = field_test_batch("caravan", "clean", reference_share=0.3)
     X, y, ids = frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy()
     Xr, yr = reference[feats].to_numpy(float), reference["label"].to_numpy(object)
-    alone = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X, y, row_ids=ids)
-    assert (alone.predict(X, y) < 0).sum() >= 5
     det = EnsembleDetector(detectors=[SpectralSignatureDetector()]).fit(X, y, row_ids=ids, X_reference=Xr, y_reference=yr)
     assert (det.predict(X, y) < 0).sum() <= 1
     model = det.model_.models[0]
