@@ -39,7 +39,7 @@ differs from the reference code of ART and BackdoorBench in four ways:
    rule at precision 0.27, is no longer flagged by "auto".
    A third guard: a cut stands only where the other classes' rows (each about its own
    class's mean) reach it less than a third as often, significantly so, and where the class's
-   rows are at least ``CLUSTER_PURITY`` (0.8) of all rows that reach it. A class's
+   rows are at least half of all rows that reach it (``CLUSTER_PURITY``). A class's
    direction is relative to the pooled covariance, so rows added to another class can turn
    it towards a subgroup every class holds (caravan's tractor or moped owners), which its
    own rule then cuts; a dirty-label cluster is in its target class only, and a subgroup that
