@@ -27,7 +27,16 @@ probabilities of every row, held in memory in one process. Here:
    caravan, one draw of 3 folds at 0.70-0.98, cleanlab at 0.75-0.99 on the same rows; for
    four times the fit and twice the scoring. The model is small (``n_folds x n_repeats``
    fold models) and a row's score depends only on the model and the row, never on the
-   batch.
+   batch. Each fold model runs all of its boosting rounds. scikit-learn's early stopping,
+   on by default above 10,000 rows, holds out a tenth of the fold's rows and stops when
+   their loss, made noisy by the very labels in doubt, stops falling. A fold of more than
+   ``LARGE_FOLD_ROWS`` (10,000) sample rows gets 200 rounds, a smaller one scikit-learn's
+   100. On the field test's flights batch (40,000 rows a fold), ``--detectors label`` in
+   memory: 10% flips and targeted flips at ROC-AUC 0.99977 / 0.99948 with early stopping
+   and 100 rounds; 0.99990 / 0.99966 with every row and 200 rounds; cleanlab 0.99987 /
+   0.99952. The same on diamonds: 0.9606 / 0.9252 -> 0.9607 / 0.9270. Small folds keep
+   100 rounds: 200 learn the flips, and the field test's loans targeted flips (6,200 rows
+   a fold) fell from 0.87 to 0.78, cells' and credit's flips by 0.01.
 3. **The score** is cleanlab's self-confidence label-quality score ``pi_c``
    (``cleanlab.rank.get_label_quality_scores(method="self_confidence")``); ``suspicion`` is
    ``1 - pi_c``.
@@ -102,7 +111,11 @@ probabilities of every row, held in memory in one process. Here:
    0.976 (cleanlab 0.954 and 0.974; in memory, ``a = 1`` lost 0.006 and 0.003). The
    counts are exact for the ``duplicate_sketch_size`` smallest value hashes (every row of a
    table with fewer distinct rows; beyond that, a hash-chosen share of the groups), and the
-   model keeps only the groups of two rows or more.
+   model keeps only the groups of two rows or more. cleanlab's 0.99998 on flights comes from
+   its folds, which are not shuffled: the injected copies are the batch's last rows, so one
+   fold holds all of them, and the model that scores them never saw a copy's label. With
+   shuffled folds (``StratifiedKFold(3, shuffle=True)``, two seeds), the same model and
+   score rank them at 0.99963 / 0.99966; ``label``, 0.99983-0.99986.
 
 Memory: the sample (at most ``sample_size + K min_class_sample`` rows), the fold models
 (at most ``max_classes`` groups each) and the duplicate counts (at most ``2 duplicate_sketch_size``
@@ -433,6 +446,10 @@ class _Joint:
 _JOINT, _TRUSTED, _DUPLICATES = "__label_joint__", "__label_trusted__", "__label_duplicates__"
 #: Fewest trusted rows of a class for its calibration to come from them rather than the sample.
 MIN_TRUSTED_ROWS = 50
+#: Boosting rounds of the fold models by default (module docstring, point 2): ``LARGE_FOLD_ROUNDS`` where a fold
+#: trains on more than ``LARGE_FOLD_ROWS`` sample rows (where scikit-learn would stop early), ``SMALL_FOLD_ROUNDS``
+#: (scikit-learn's default) on fewer.
+SMALL_FOLD_ROUNDS, LARGE_FOLD_ROUNDS, LARGE_FOLD_ROWS = 100, 200, 10_000
 
 
 class ConfidentLabelDetector(BaseDetector):
@@ -449,8 +466,9 @@ class ConfidentLabelDetector(BaseDetector):
     n_repeats : int, default 2
         Independent fold assignments (each its own hash key); a row's probabilities are the mean over the repeats
         of its fold model's. The fit trains ``n_folds x n_repeats`` models; scoring runs ``n_repeats`` per row.
-    boosting_rounds : int, default 100
-        Boosting iterations of each ``HistGradientBoostingClassifier``.
+    boosting_rounds : int or None, default None
+        Boosting iterations of each ``HistGradientBoostingClassifier``, all of them (no early stopping). None: 200
+        where a fold model trains on more than 10,000 sample rows, 100 on fewer (the module docstring, point 2).
     smoothing : float in [0, 0.5), default 0.001
         Probabilities are mixed with the uniform distribution by this weight before the
         p-value, which bounds each row's p-value below by ``smoothing / G`` (G groups).
@@ -480,7 +498,7 @@ class ConfidentLabelDetector(BaseDetector):
         "min_class_sample": [Interval(Integral, 1, None, closed="left")],
         "n_folds": [Interval(Integral, 2, None, closed="left")],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
-        "boosting_rounds": [Interval(Integral, 1, None, closed="left")],
+        "boosting_rounds": [Interval(Integral, 1, None, closed="left"), None],
         "smoothing": [Interval(Real, 0.0, 0.5, closed="left")],
         "max_classes": [Interval(Integral, 2, None, closed="left")],
         "min_class_rows": [Interval(Integral, 1, None, closed="left")],
@@ -488,7 +506,7 @@ class ConfidentLabelDetector(BaseDetector):
         "duplicate_sketch_size": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=5, n_repeats=2, boosting_rounds=100,
+    def __init__(self, *, sample_size=50000, min_class_sample=200, n_folds=5, n_repeats=2, boosting_rounds=None,
                  smoothing=0.001, max_classes=100, min_class_rows=20, duplicate_weight=2.0,
                  duplicate_sketch_size=1_000_000, seed=0):
         self.sample_size = sample_size
@@ -557,9 +575,11 @@ class ConfidentLabelDetector(BaseDetector):
         K = int(group_of.max()) + 1 if len(group_of) else 0  # groups
         fallback = np.bincount(codes, minlength=K).astype(float) + 1.0
         fallback /= fallback.sum()
+        rounds = self.boosting_rounds or (
+            LARGE_FOLD_ROUNDS if len(rows) * (1 - 1 / int(self.n_folds)) > LARGE_FOLD_ROWS else SMALL_FOLD_ROUNDS)
         models = [m for r in range(int(self.n_repeats)) for m in
                   fit_fold_models(rows, codes, int(self.n_folds), int(self.seed), class_codes, r,
-                                  max_iter=int(self.boosting_rounds))]
+                                  max_iter=int(rounds), early_stopping=False)]
         model = LabelModel(classes, group_of, tuple(models), fallback, int(self.n_folds), int(self.seed),
                            float(self.smoothing), counts, np.bincount(codes, minlength=K), np.zeros(K),
                            np.zeros((K, len(CALIBRATION_GRID))), np.zeros((K, K), dtype=np.int64),

@@ -319,6 +319,45 @@ def test_label_detector_ranks_flipped_labels_of_a_real_table():
     assert (flagged & ~flip).mean() <= 0.005
 
 
+@pytest.mark.slow
+def test_label_detector_ranks_targeted_flips_of_flights_at_least_as_cleanlab_does():
+    """The field test's flights target10 batch (100,000 rows; 10% of EWR relabelled JFK): ``label`` alone ranks the
+    flips at least as well as cleanlab's self-confidence on 3-fold out-of-fold HistGradientBoosting probabilities of
+    the same rows (issue 9's bar; the field test's own cleanlab column). Its fold models train on 40,000 sample rows
+    each: with scikit-learn's early stopping (a tenth held out) and 100 rounds they ranked 0.99948 against
+    cleanlab's 0.99952; all the rows and 200 rounds (``label.py``, point 2), 0.99966."""
+    pytest.importorskip("cleanlab.rank", reason="cleanlab is part of the 'test' extra")
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import cross_val_predict
+
+    frame, feats, truth = field_test_batch("flights", "target10")
+    X, y = frame[feats].to_numpy(float), frame["label"].astype(str).to_numpy(object)
+    det = EnsembleDetector(detectors=[ConfidentLabelDetector()]).fit(X, y, row_ids=frame["id"].to_numpy())
+    ours = roc_auc_score(truth, det.suspicion(X, y))
+    codes = pd.Index(sorted(set(y))).get_indexer(y)
+    P = cross_val_predict(HistGradientBoostingClassifier(random_state=0), X, codes, cv=3, method="predict_proba")
+    theirs = roc_auc_score(truth, -get_label_quality_scores(codes, P))
+    print(f"ROC-AUC of the targeted flips: label {ours:.5f}, cleanlab {theirs:.5f}")
+    assert ours >= theirs
+
+
+def test_label_fold_models_run_every_round_more_of_them_on_large_folds():
+    """No early stopping (it would hold out a tenth of a fold's rows and stop on a loss that the doubtful labels
+    themselves make noisy: on these labels, pure noise, after a few rounds), 200 rounds where a fold trains on more
+    than 10,000 rows, 100 on fewer, and ``boosting_rounds`` when given."""
+    from poisonguard.detectors.label import LARGE_FOLD_ROUNDS, LARGE_FOLD_ROWS, SMALL_FOLD_ROUNDS
+
+    rng = np.random.default_rng(6)
+    for n, params, rounds in ((2 * LARGE_FOLD_ROWS + 1000, {}, LARGE_FOLD_ROUNDS),
+                              (2 * LARGE_FOLD_ROWS - 1000, {}, SMALL_FOLD_ROUNDS),
+                              (2 * LARGE_FOLD_ROWS + 1000, {"boosting_rounds": 30}, 30)):
+        X, y = rng.normal(size=(n, 2)), rng.choice(np.array(["a", "b"], dtype=object), n)
+        det = ConfidentLabelDetector(n_folds=2, n_repeats=1, **params).fit(X, y, row_ids=np.arange(n))
+        assert [m.n_iter_ for m in det.model_.models] == [rounds, rounds]
+
+
 def test_label_detector_models_the_large_classes_and_groups_the_small_ones():
     """credit's two classes plus 300 classes of 3 rows: the fold models learn 3 groups (not 302 classes), the flips
     between the large classes are still ranked, and the small classes' rows stay within the clean-row budget."""
