@@ -345,7 +345,7 @@ def test_label_detector_ranks_targeted_flips_of_flights_at_least_as_cleanlab_doe
 
 def test_label_fold_models_run_every_round_more_of_them_on_large_folds():
     """No early stopping (it would hold out a tenth of a fold's rows and stop on a loss that the doubtful labels
-    themselves make noisy: on these labels, pure noise, after a few rounds), 200 rounds where a fold trains on more
+    themselves make noisy: on these labels, pure noise, after 10 rounds), 200 rounds where a fold trains on more
     than 10,000 rows, 100 on fewer, and ``boosting_rounds`` when given."""
     from poisonguard.detectors.label import LARGE_FOLD_ROUNDS, LARGE_FOLD_ROWS, SMALL_FOLD_ROUNDS
 
