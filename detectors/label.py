@@ -27,17 +27,18 @@ probabilities of every row, held in memory in one process. Here:
    caravan, one draw of 3 folds at 0.70-0.98, cleanlab at 0.75-0.99 on the same rows; for
    four times the fit and twice the scoring. The model is small (``n_folds x n_repeats``
    fold models) and a row's score depends only on the model and the row, never on the
-   batch. Each fold model runs all of its boosting rounds. scikit-learn's early stopping,
-   on by default above 10,000 rows, holds out a tenth of the fold's rows and stops when
-   their loss, made noisy by the very labels in doubt, stops falling. A fold of more than
+   batch. Each fold model runs all of its boosting rounds. scikit-learn's early stopping, on
+   by default above 10,000 rows, holds out a tenth of the fold's rows and stops when their
+   loss, made noisy by the very labels in doubt, stops falling. A fold of more than
    ``LARGE_FOLD_ROWS`` (10,000) sample rows gets 200 rounds, a smaller one scikit-learn's
    100. On the field test's flights batch (40,000 rows a fold), ``--detectors label`` in
-   memory: 10% flips and targeted flips at ROC-AUC 0.99977 / 0.99948 with early stopping
-   and 100 rounds; 0.99990 / 0.99966 with every row and 200 rounds; cleanlab 0.99987 /
-   0.99952. Through the field test (``poisonguard screen`` on the same rows): 0.99980 /
-   0.99945 -> 0.99983 / 0.99957, the flips still 0.00004 below cleanlab. On diamonds, in memory: 0.9606 / 0.9252 -> 0.9607 / 0.9270. Small folds keep
-   100 rounds: 200 learn the flips, and the field test's loans targeted flips (6,200 rows
-   a fold) fell from 0.87 to 0.78 (cleanlab 0.75), cells' and credit's flips by up to 0.01.
+   memory: 10% flips and targeted flips at ROC-AUC 0.99977 / 0.99948 with early stopping and
+   100 rounds; 0.99990 / 0.99966 with every row and 200 rounds; cleanlab 0.99987 / 0.99952.
+   Through the field test (``poisonguard screen`` on the same rows): 0.99980 / 0.99945 ->
+   0.99983 / 0.99957, the flips still 0.00004 below cleanlab. On diamonds, in memory: 0.9606
+   / 0.9252 -> 0.9607 / 0.9270. Small folds keep 100 rounds: 200 learn the flips, and the
+   field test's loans targeted flips (6,200 rows a fold) fell from 0.87 to 0.78 (cleanlab
+   0.75), cells' and credit's flips by up to 0.01.
 3. **The score** is cleanlab's self-confidence label-quality score ``pi_c``
    (``cleanlab.rank.get_label_quality_scores(method="self_confidence")``); ``suspicion`` is
    ``1 - pi_c``.
