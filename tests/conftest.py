@@ -130,10 +130,9 @@ def real_frame(name: str) -> tuple[pd.DataFrame, list]:
     return df.dropna(subset=feats).reset_index(drop=True), feats
 
 
-def field_test_batch(table: str, case: str, reference_share: float = 0.0):
-    """``(frame, feature columns, truth)``: the field test's own batch (``../shared/fieldtest/run.py``: its reader, its
-    planting, its seed 0), so a test can hold a case the field test showed. With ``reference_share``, the batch of
-    ``run.py --reference-share``, and its trusted rows as a fourth item."""
+def field_test_module(table: str):
+    """``../shared/fieldtest/run.py`` as a module (its reader, its planting, its cleanlab reference); skips where it
+    or the table it is asked for is absent."""
     path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fieldtest", "run.py")
     if not os.path.exists(path) or not os.path.exists(os.path.join(DATA, f"{table}.parquet")):
         pytest.skip(f"the field test {path} or its table {table} is absent (the project expects ../shared beside it)")
@@ -142,6 +141,14 @@ def field_test_batch(table: str, case: str, reference_share: float = 0.0):
     spec = importlib.util.spec_from_file_location("poisonguard_field_test", path)
     field_test = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(field_test)
+    return field_test
+
+
+def field_test_batch(table: str, case: str, reference_share: float = 0.0):
+    """``(frame, feature columns, truth)``: the field test's own batch (``../shared/fieldtest/run.py``: its reader, its
+    planting, its seed 0), so a test can hold a case the field test showed. With ``reference_share``, the batch of
+    ``run.py --reference-share``, and its trusted rows as a fourth item."""
+    field_test = field_test_module(table)
     base, reference = field_test.load(table, 100_000), None
     if reference_share > 0:  # as run.py holds the trusted rows out
         held = np.random.default_rng([0, field_test.TABLES.index(table), 99]).random(len(base)) < reference_share

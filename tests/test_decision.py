@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import field_test_batch, plant_field_backdoor, real_table, recall_precision
+from conftest import field_test_batch, field_test_module, plant_field_backdoor, real_table, recall_precision
 from poisonguard.detectors import DETECTORS, ConfidentLabelDetector, EnsembleDetector, NoveltyDetector, SpectralSignatureDetector
 from poisonguard.detectors.decision import (
     LOGP_EDGES, QUIET_MEMBER_SHARE, SCORE_EDGES, TailNull, bh_cut, combine_pvalues, excess_over_null, member_weights,
@@ -322,23 +322,18 @@ def test_label_detector_ranks_flipped_labels_of_a_real_table():
 @pytest.mark.slow
 def test_label_detector_ranks_targeted_flips_of_flights_at_least_as_cleanlab_does():
     """The field test's flights target10 batch (100,000 rows; 10% of EWR relabelled JFK): ``label`` alone ranks the
-    flips at least as well as cleanlab's self-confidence on 3-fold out-of-fold HistGradientBoosting probabilities of
-    the same rows (issue 9's bar; the field test's own cleanlab column). Its fold models train on 40,000 sample rows
-    each: with scikit-learn's early stopping (a tenth held out) and 100 rounds they ranked 0.99948 against
-    cleanlab's 0.99952; all the rows and 200 rounds (``label.py``, point 2), 0.99966."""
+    flips at least as well as the field test's own cleanlab column (``run.py``'s ``cleanlab_reference``: cleanlab's
+    score on 3-fold out-of-fold HistGradientBoosting probabilities of the same rows; issue 9's bar). Its fold models
+    train on 40,000 sample rows each: with scikit-learn's early stopping (a tenth held out) and 100 rounds they
+    ranked 0.99948 against cleanlab's 0.99952; all the rows and 200 rounds (``label.py``, point 2), 0.99966."""
     pytest.importorskip("cleanlab.rank", reason="cleanlab is part of the 'test' extra")
-    from cleanlab.rank import get_label_quality_scores
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import cross_val_predict
 
     frame, feats, truth = field_test_batch("flights", "target10")
     X, y = frame[feats].to_numpy(float), frame["label"].astype(str).to_numpy(object)
     det = EnsembleDetector(detectors=[ConfidentLabelDetector()]).fit(X, y, row_ids=frame["id"].to_numpy())
     ours = roc_auc_score(truth, det.suspicion(X, y))
-    codes = pd.Index(sorted(set(y))).get_indexer(y)
-    P = cross_val_predict(HistGradientBoostingClassifier(random_state=0), X, codes, cv=3, method="predict_proba")
-    theirs = roc_auc_score(truth, -get_label_quality_scores(codes, P))
+    theirs = field_test_module("flights").cleanlab_reference(frame, truth)["auc"]
     print(f"ROC-AUC of the targeted flips: label {ours:.5f}, cleanlab {theirs:.5f}")
     assert ours >= theirs
 
