@@ -344,6 +344,8 @@ def _label_problems(name: str, member, K: int, d: int) -> list[str]:
         value = getattr(member, fname)
         if value.shape != shape:
             problems.append(f"{name}.{fname} has shape {value.shape}, expected {shape} for {G} groups")
+    if len(member.trained_rows) and member.trained_rows.shape != (G,):  # empty: a model saved before the field
+        problems.append(f"{name}.trained_rows has shape {member.trained_rows.shape}, expected ({G},) for {G} groups")
     if len(member.calibrated_on) != G:
         problems.append(f"{name}.calibrated_on has {len(member.calibrated_on)} entries, expected {G} (one per group)")
     hashes, groups, counts = member.duplicate_hashes, member.duplicate_groups, member.duplicate_counts
