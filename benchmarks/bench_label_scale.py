@@ -13,7 +13,7 @@ Each contender runs in a fresh interpreter, which prints its own peak resident m
 (``ru_maxrss``), so one's memory never counts against the other:
 
 * **poisonguard**: ``poisonguard screen DATA --detectors label --no-validation`` (Beam's
-  in-process runner, one worker): read, fit on the bounded hash sample (50,000 rows, 5 hash
+  in-process runner, one worker): read, fit on the bounded hash sample (100,000 rows, 5 hash
   folds of ``HistGradientBoostingClassifier`` drawn twice) with the counts of exact copies
   (at most 1,000,000 distinct rows), the confident joint over every row, the decision layer,
   and writing cleaned/ and quarantine/;
