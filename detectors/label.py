@@ -414,7 +414,7 @@ class LabelModel(OwnPValueModel):
 
     def rows_with_a_copy_under_another_label(self) -> np.ndarray:
         """(G,) rows per group whose features some row of another group also has, exactly (point 7)."""
-        mixed = pd.Series(self.duplicate_hashes).groupby(self.duplicate_hashes).transform("size").to_numpy() > 1
+        mixed = mixed_entries(self.duplicate_hashes)
         return np.bincount(self.duplicate_groups[mixed], weights=self.duplicate_counts[mixed], minlength=self.n_groups)
 
     def summary(self) -> dict:
@@ -441,11 +441,16 @@ class LabelModel(OwnPValueModel):
         }
 
 
+def mixed_entries(hashes: np.ndarray) -> np.ndarray:
+    """Which entries of :class:`LabelModel`'s ``duplicate_hashes`` (one per hash and group) share their hash with
+    another entry: exact copies under two groups or more (points 7 and 8)."""
+    _, inverse, entries = np.unique(hashes, return_inverse=True, return_counts=True)
+    return entries[inverse] > 1
+
+
 def contested(rows: np.ndarray, hashes: np.ndarray, seed: int) -> np.ndarray:
-    """Which ``rows`` have an exact copy under another group: their value hash holds entries of two groups or more
-    among ``hashes``, :class:`LabelModel`'s ``duplicate_hashes`` (one entry per hash and group; point 8)."""
-    values, entries = np.unique(hashes, return_counts=True)
-    return np.isin(duplicate_hashes(rows, seed), values[entries > 1])
+    """Which ``rows`` have an exact copy under another group among ``hashes`` (:func:`mixed_entries`; point 8)."""
+    return np.isin(duplicate_hashes(rows, seed), hashes[mixed_entries(hashes)])
 
 
 def copies_in(counts: DuplicateCounts | None, classes: tuple, group_of: np.ndarray) -> tuple[np.ndarray, ...]:

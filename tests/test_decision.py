@@ -354,8 +354,8 @@ def test_large_folds_leave_out_rows_whose_copies_carry_another_label(monkeypatch
     pick = np.random.default_rng(5).choice(np.flatnonzero(y == big), 120, replace=False)
     X2, y2 = np.vstack([X, X[pick]]), np.r_[y, np.full(len(pick), second, dtype=object)]
     ids2 = np.r_[ids, ids.max() + 1 + np.arange(len(pick))]
-    small = ConfidentLabelDetector().fit(X2, y2, row_ids=ids2).model_
-    assert all(small.summary()[c]["sample_rows_trained_on"] == small.summary()[c]["sample_rows"] for c in (big, second))
+    small = ConfidentLabelDetector().fit(X2, y2, row_ids=ids2).model_.summary()
+    assert all(small[c]["sample_rows_trained_on"] == small[c]["sample_rows"] for c in (big, second))
     monkeypatch.setattr(label, "LARGE_FOLD_ROWS", 1000)
     large = ConfidentLabelDetector().fit(X2, y2, row_ids=ids2).model_
     copied = large.rows_with_a_copy_under_another_label()  # every row is in the sample: all of them
