@@ -38,7 +38,7 @@ def in_memory(frame, mask: np.ndarray, trusted=None) -> dict:
     """run.py's figures for the default screen fitted in this process (``trusted``: the held-out rows, or None)."""
     import time
 
-    from sklearn.metrics import roc_auc_score
+    import run as fieldtest  # main() put ../shared/fieldtest on the path
 
     from poisonguard.detectors import DETECTORS, EnsembleDetector
     from poisonguard.pipelines.screen import DEFAULT_DETECTORS
@@ -55,7 +55,7 @@ def in_memory(frame, mask: np.ndarray, trusted=None) -> dict:
     f = screened.flagged
     return {"recall": (f & mask).sum() / max(mask.sum(), 1), "precision": (f & mask).sum() / max(f.sum(), 1),
             "clean_flagged": (f & ~mask).sum() / max((~mask).sum(), 1), "clean_rows_flagged": int((f & ~mask).sum()),
-            "auc": roc_auc_score(mask, screened.suspicion) if mask.any() and not mask.all() else float("nan"),
+            "auc": fieldtest.auc(mask, screened.suspicion),
             "flagged": int(f.sum()), "poisoned": int(mask.sum()), "secs": time.perf_counter() - t}
 
 
