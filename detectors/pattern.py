@@ -57,7 +57,13 @@ this only as a direction in feature space; here it is mined as a rule an analyst
    on only 20 rows (cells' door1: p = 4e-5), shows little in the label, but its rows' other
    features point to their true class at p = 1e-7 to 1e-25. The natural cells that the rest of
    the row also sets apart sit at the lift bar (loans' payments by interest, lift 3.0-3.1),
-   where the two stay apart.
+   where the two stay apart. An *exclusive* cell, one that holds every sample row with either of
+   its two values, passes this step at ``p <= 5e-2``: a stamp on values that no clean row holds.
+   In a 70% sample of loans, 53 grade-B rows stamped and relabelled C reach only p = 0.019 (the
+   features barely tell B from C; flights' natural cells reach 0.010-0.050 too, but none is
+   exclusive). The only natural exclusive cells of the field test's batches are loans'
+   amortisation schedules (11 grade-A loans of one amount at the same payment: 0.006-0.95 here),
+   and their label test stays 50 times short of its Bonferroni level.
 5. **Natural subgroups.** A flight number and a distance name a route, and a route leaves
    from one airport: such a pair is as pure, as over-represented and as much of a spike as a
    trigger. But its rows are a few recurring entities (the same flights every day), while a
@@ -153,8 +159,11 @@ PURITY_ERROR = 0.1
 SATURATED_SHARE = 0.9
 #: ... this lift, for its larger unit may be too common for ``min_lift`` (credit's ``Time = 60``: 46% of the rows).
 SATURATED_LIFT = 1.5
-#: Significance of the rest-of-the-row test (step 4).
+#: Significance of the rest-of-the-row test (step 4) ...
 REST_SIGNIFICANCE = 1e-2
+#: ... and for an exclusive cell, one that holds every sample row with either of its two values (a stamp on values no
+#: clean row holds; step 4).
+EXCLUSIVE_REST_SIGNIFICANCE = 5e-2
 #: Step 4's p-value joins step 3's (Fisher) only in cells this many times over ``min_lift``: natural interactions that
 #: the rest of the row also sets apart sit at the lift bar (loans' payments, 3.0-3.1), planted stamps far above it.
 REST_LIFT = 2.0
@@ -341,7 +350,8 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
                     shares = [shrunk_share(*_context(marginals[j], lo, hi, o, k, c), prior[c]) for j, lo, hi in ((a, la, ha), (b, lb, hb))]
                     p0 = min(max(prior[c], *shares), 1.0 - 1e-12)
                     found.append({"a": a, "b": b, "lo_a": la, "hi_a": ha, "lo_b": lb, "hi_b": hb, "hollow_a": wa, "hollow_b": wb,
-                                  "c": c, "k": k, "O": o, "E": expected, "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0))})
+                                  "c": c, "k": k, "O": o, "E": expected, "p0": p0, "pvalue": float(binom.sf(k - 1, o, p0)),
+                                  "exclusive": bool(o >= ua[x] and o >= ub[z])})
     level = params.significance / max(n_tests, 1)
     rest = _RestOfRow(codes, g, marginals)
     kept = []
@@ -349,7 +359,7 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
         if f["pvalue"] > params.significance:
             continue
         q = rest.pvalue(f)
-        if q > REST_SIGNIFICANCE:
+        if q > (EXCLUSIVE_REST_SIGNIFICANCE if f["exclusive"] else REST_SIGNIFICANCE):
             continue
         f["rest"] = q if f["O"] >= REST_LIFT * params.min_lift * f["E"] else 1.0
         f["pvalue"] = float(with_rest_of_row(f["pvalue"], f["rest"]))
