@@ -318,6 +318,21 @@ def test_a_value_new_against_the_trusted_rows_is_found_where_no_pair_of_values_i
     assert not alone.any()
 
 
+def test_the_screen_report_marks_a_value_new_against_the_trusted_rows(tmp_path):
+    """``screen --reference``: the report lists caravan door10's ``MOSTYPE = 41`` (previous test) as new against the
+    trusted rows, the columns its counts mean something else in being explained above the table."""
+    frame, feats, truth, reference = field_test_batch("caravan", "door10", reference_share=0.3)
+    batch, trusted = write_frame(tmp_path / "batch.parquet", frame), write_frame(tmp_path / "trusted.parquet", reference)
+    assert run_cli(["screen", batch, "--reference", trusted, "--out", str(tmp_path / "out"), "--detectors", "pattern",
+                    "--max-flagged-fraction", "1", "-q"]) == 0
+    report = json.load(open(tmp_path / "out" / "report.json"))
+    assert report["flagged_by"]["pattern"] == 414
+    rule = report["detectors"][0]["classes"]["Yes"]["patterns"][0]
+    assert rule["rule"] == "MOSTYPE = 41" and rule["new_against_trusted_rows"] and rule["of_class"] == 414, rule
+    page = open(tmp_path / "out" / "report.html").read()
+    assert "MOSTYPE = 41 <em>(new against the trusted rows)</em>" in page
+
+
 @pytest.mark.parametrize("table", ["caravan", "loans", "cells"])
 def test_trusted_rows_of_the_same_table_make_no_value_new(table):
     """Step 7 on a clean 70% batch against the other 30%: every unit of every class is tested, and none is kept."""
