@@ -320,7 +320,7 @@ def test_a_value_new_against_the_trusted_rows_is_found_where_no_pair_of_values_i
 
 def test_the_screen_report_marks_a_value_new_against_the_trusted_rows(tmp_path):
     """``screen --reference``: the report lists caravan door10's ``MOSTYPE = 41`` (previous test) as new against the
-    trusted rows, the columns its counts mean something else in being explained above the table."""
+    trusted rows; the text above the table says what its expected count and tested share mean for such a rule."""
     frame, feats, truth, reference = field_test_batch("caravan", "door10", reference_share=0.3)
     batch, trusted = write_frame(tmp_path / "batch.parquet", frame), write_frame(tmp_path / "trusted.parquet", reference)
     assert run_cli(["screen", batch, "--reference", trusted, "--out", str(tmp_path / "out"), "--detectors", "pattern",
