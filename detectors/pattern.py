@@ -452,7 +452,7 @@ def unit_table(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, patterns
     left out. Classes as in :func:`mine_patterns`: at most :data:`MAX_MINED_CLASSES`, the largest with enough rows."""
     S = len(y)
     keys = ("feature", "lo", "hi", "class", "rows", "class_rows", "cell_rows")
-    out: dict = {key: [] for key in keys}
+    parts: list = [np.zeros((0, len(keys)), dtype=np.int64)]
     min_rows = max(10.0, 0.001 * S)
     _, mined = class_groups(np.bincount(y, minlength=K), MAX_MINED_CLASSES + 1, min_rows) if S and K else (None, [])
     if len(mined):
@@ -466,11 +466,12 @@ def unit_table(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, patterns
             ok = (codes[:, j] >= 0) & ~explained
             M = np.bincount(codes[ok, j] * (len(mined) + 1) + g[ok], minlength=n * (len(mined) + 1)).reshape(n, -1)
             lo, hi, _ = unit_ranges(n)
-            units = _unit_sums(M.astype(float), 0)
-            for u, w in zip(*np.nonzero(units[:, :-1] >= min_rows)):
-                for key, value in zip(keys, (j, lo[u], hi[u], mined[w], units[u, w], M[:, w].sum(), units[u].sum())):
-                    out[key].append(value)
-    return {key: np.asarray(v, dtype=np.int64) for key, v in out.items()}
+            units = _unit_sums(M, 0).astype(np.int64)
+            u, w = np.nonzero(units[:, :-1] >= min_rows)  # the last column: the classes nothing is mined in
+            parts.append(np.stack([np.full(len(u), j), lo[u], hi[u], mined[w], units[u, w], M.sum(axis=0)[w],
+                                   units.sum(axis=1)[u]], axis=1))
+    table = np.concatenate(parts)
+    return {key: np.ascontiguousarray(table[:, i]) for i, key in enumerate(keys)}
 
 
 def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
