@@ -30,7 +30,8 @@ detector through it, one member or several: it is where scores become decisions.
   (:func:`~poisonguard.detectors.decision.ranking_weights`), its ties broken by at most ``1e-4`` (the
   members' finer scores, :func:`~poisonguard.detectors.decision.break_ties`).
 * **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
-  ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
+  ``alpha``, beside a group-testing member's own cut, whose stamp rows leave the count
+  (:meth:`EnsembleModel.counted_values`); a float: that share of all rows by combined suspicion; :meth:`calibrate` on
   trusted reference rows: one cut so that at most ``target_fpr`` of them would be
   flagged. A flagged row's reason names the class, every member whose own p-value
   reached the cut, and what that member says drove the score.
@@ -151,7 +152,8 @@ class EnsembleModel:
         family-wise adjusted p-value of a group of rows (``tests_groups``: the pattern detector's cells) also flags
         its rows at ``p <= alpha * w``, its weighted share of the level: the cell's hypothesis is rejected, and
         with it all its rows. A clean class loses a row that way with probability at most ``alpha * w``. Row by
-        row, Benjamini-Hochberg would ask a 60-row cell of an 800-row class for ``p <= alpha * 60 / 800``.
+        row, Benjamini-Hochberg would ask a 60-row cell of an 800-row class for ``p <= alpha * 60 / 800``. The rows
+        of a stamp's cell rejected so do not count in the class's Benjamini-Hochberg cut (:meth:`counted_values`).
         """
         combined = to_log_p(combine_pvalues(pvalues, weights))
         cuts = self.thresholds_for(labels)
