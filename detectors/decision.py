@@ -53,11 +53,7 @@ The rules (``DecisionRule.mode``):
     class (every row null) loses nothing with probability at least ``1 - alpha``,
     whatever its size or the batch size; among flagged rows, the expected share of clean
     ones is at most ``alpha``. Computed from a per-class histogram of ``L`` (combinable),
-    exactly to the grid's resolution (0.01 in ``L``). A member whose p-values belong to
-    groups of rows (the pattern detector's cells) also rejects a group at its own share of
-    the level, and the rows of a stamp's cell so rejected do not count as discoveries here
-    (:meth:`~poisonguard.detectors.ensemble.EnsembleModel.counted_values`): counted, a
-    planted cell lowered the cut for every other row of its class by its size.
+    exactly to the grid's resolution (0.01 in ``L``).
 ``contamination``
     flag a fixed share of all rows, the highest combined suspicion first.
 ``reference``

@@ -30,8 +30,7 @@ detector through it, one member or several: it is where scores become decisions.
   (:func:`~poisonguard.detectors.decision.ranking_weights`), its ties broken by at most ``1e-4`` (the
   members' finer scores, :func:`~poisonguard.detectors.decision.break_ties`).
 * **Decisions.** ``contamination="auto"``: Benjamini-Hochberg per class at level
-  ``alpha``, beside a group-testing member's own cut, whose stamp rows leave the count
-  (:meth:`EnsembleModel.counted_values`); a float: that share of all rows by combined suspicion; :meth:`calibrate` on
+  ``alpha``; a float: that share of all rows by combined suspicion; :meth:`calibrate` on
   trusted reference rows: one cut so that at most ``target_fpr`` of them would be
   flagged. A flagged row's reason names the class, every member whose own p-value
   reached the cut, and what that member says drove the score.
@@ -152,8 +151,7 @@ class EnsembleModel:
         family-wise adjusted p-value of a group of rows (``tests_groups``: the pattern detector's cells) also flags
         its rows at ``p <= alpha * w``, its weighted share of the level: the cell's hypothesis is rejected, and
         with it all its rows. A clean class loses a row that way with probability at most ``alpha * w``. Row by
-        row, Benjamini-Hochberg would ask a 60-row cell of an 800-row class for ``p <= alpha * 60 / 800``. The rows
-        of a stamp's cell rejected so do not count in the class's Benjamini-Hochberg cut (:meth:`counted_values`).
+        row, Benjamini-Hochberg would ask a 60-row cell of an 800-row class for ``p <= alpha * 60 / 800``.
         """
         combined = to_log_p(combine_pvalues(pvalues, weights))
         cuts = self.thresholds_for(labels)
@@ -164,30 +162,6 @@ class EnsembleModel:
                     w = weights[:, j] if weights is not None else 1.0 / len(self.models)
                     margin = np.fmin(margin, np.nextafter(-np.log10(self.alpha * w), -np.inf) - to_log_p(pvalues[j]))
         return combined, cuts, margin
-
-    def counted_values(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Combined ``L`` per row as a class's Benjamini-Hochberg count reads it (:meth:`decision_values`), but 0 for
-        a row that a member testing groups of rows rejects in a stamp's cell (``explained_pvalues`` at or below
-        ``alpha * w``, the cut :meth:`decide` gives it): the cell explains its rows, and its own family-wise test
-        decides them. The row stays among the class's ``n_c`` tested.
-
-        Counted as discoveries as well, a planted cell's rows lowered the bar for every other row of their class
-        by their number, and Benjamini-Hochberg then admitted the class's most unusual clean rows beside them. On
-        the field test's tables (``run.py``, every case), flights door10 flagged 28 clean rows beside its 10,000
-        stamped ones, diamonds door10 14, credit door10 14; counted so, 0, 3 and 8, with every planted row still found
-        (benchmarks/README.md, "A stamp's rows leave the Benjamini-Hochberg count"). Only under "auto": the other
-        rules do not count discoveries."""
-        _, pvalues, _ = self.member_evidence(X, labels)
-        weights = self.row_weights(labels)
-        L = to_log_p(combine_pvalues(pvalues, weights))
-        if self.mode != "auto":
-            return L
-        for j, member in enumerate(self.models):
-            if getattr(member, "tests_groups", False):
-                w = weights[:, j] if weights is not None else 1.0 / len(self.models)
-                with np.errstate(invalid="ignore"):
-                    L = np.where(member.explained_pvalues(X, labels) <= self.alpha * w, 0.0, L)
-        return L
 
     def combine(self, pvalues: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
         """Combined p-value per row from the members' p-values (weighted Bonferroni)."""
@@ -380,7 +354,7 @@ class EnsembleDetector(BaseDetector):
                             key = (self.name, (source, j, model.classes[k]))
                             out.setdefault(key, Histogram(SCORE_EDGES)).add_batch(scores[rows])
                 else:
-                    L = model.counted_values(X, labels)
+                    L = model.decision_values(X, labels)
                     for k, rows in group_rows(codes):
                         key = (self.name, ("cut", model.classes[k]))
                         out.setdefault(key, Histogram(LOGP_EDGES)).add_batch(L[rows])

@@ -644,27 +644,16 @@ class PatternModel(OwnPValueModel):
             out[:, j] = value_codes(X[:, j], self.feature_points(j))
         return out
 
-    def best_patterns(self, X: np.ndarray, labels: np.ndarray, pairs_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Per row, ``-log10`` of its smallest pattern p-value (0: none; NaN: a class the fit did not see) and that pattern
-        (-1: none); ``pairs_only``: among the patterns of two features, the values new against the trusted rows left out."""
+    def best_patterns(self, X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, ``-log10`` of its smallest pattern p-value (0: none; NaN: a class the fit did not see) and that pattern (-1: none)."""
         codes = label_codes(self.classes, labels)
         L = np.zeros(len(codes))
         best = np.full(len(codes), -1, dtype=np.int64)
         if len(self.pvalue) and len(codes):
             X = np.asarray(X, dtype=np.float64)
-            strength = -np.log10(np.clip(self.pvalue, 1e-300, 1.0))
-            if pairs_only:  # a strength of 0 never beats a row's start
-                strength = np.where([self.is_unit(r) for r in range(len(strength))], 0.0, strength)
             _best_pattern(self.codes(X), codes, self.feature_a, self.feature_b, self.lo_a, self.hi_a, self.lo_b, self.hi_b,
-                          self.hollow_a, self.hollow_b, self.pattern_class, strength, L, best)
+                          self.hollow_a, self.hollow_b, self.pattern_class, -np.log10(np.clip(self.pvalue, 1e-300, 1.0)), L, best)
         return np.where(codes >= 0, L, np.nan), best
-
-    def explained_pvalues(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Per row, the smallest p-value of a stamp's cell that holds it, a pattern of two features (1: none; NaN: a class
-        the fit did not see): rows its cell explains, which the decision layer's Benjamini-Hochberg count leaves out
-        (:meth:`~.ensemble.EnsembleModel.counted_values`). A value new against the trusted rows explains nothing of
-        the kind: label flips from another class bring such values (flights' targeted flips with 30% trusted)."""
-        return 10.0 ** -self.best_patterns(X, labels, pairs_only=True)[0]
 
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return self.best_patterns(X, labels)[0]

@@ -246,54 +246,6 @@ def test_with_trusted_rows_label_flips_are_flagged_at_conformal_p_values():
     assert (flagged & ~truth).mean() <= 0.005
 
 
-def test_a_stamps_rows_leave_their_class_benjamini_hochberg_count():
-    """The field test's credit door10 (404 rows of the largest class stamped and relabelled "bad", the whole table):
-    the pattern member's cell rejects the stamp family-wise, and its rows do not count as discoveries in their
-    class's Benjamini-Hochberg cut (``EnsembleModel.counted_values``). Counted, they lowered the cut for the class's
-    other 1,026 rows from p <= 5.5e-5 to 2.9e-3, and 14 clean rows were flagged beside the stamp; now 8. Every
-    stamped row is still flagged, by its cell."""
-    from poisonguard.pipelines.screen import DEFAULT_DETECTORS
-
-    frame, feats, truth = field_test_batch("credit", "door10")
-    X, y, ids = frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy()
-    det = EnsembleDetector(detectors=[DETECTORS[m]() for m in DEFAULT_DETECTORS]).fit(X, y, row_ids=ids)
-    model = det.model_
-    counted, L = model.counted_values(X, y), model.decision_values(X, y)
-    left_out = (counted == 0) & (L > 0)
-    assert left_out[truth].all() and not left_out[~truth].any()  # the stamp's rows, and only those
-    flagged = det.predict(X, y) < 0
-    assert flagged[truth].all()
-    counted_too = flagged.copy()  # the flags had the stamp's rows counted
-    for k, c in enumerate(model.classes):
-        rows = y == c
-        assert model.thresholds[k] == bh_cut(Histogram(LOGP_EDGES).add_batch(counted[rows]).counts, model.alpha)
-        counted_too[rows] |= L[rows] >= bh_cut(Histogram(LOGP_EDGES).add_batch(L[rows]).counts, model.alpha)
-    bad = list(model.classes).index("bad")
-    assert model.thresholds[bad] >= 4.0
-    assert (flagged & ~truth).sum() <= 10 < (counted_too & ~truth).sum()
-
-
-def test_rows_of_a_value_new_against_the_trusted_rows_still_count():
-    """A value new against the trusted rows (the pattern member's step 7) explains nothing the way a stamp does:
-    label flips from another class bring such values, and left out of the count as a stamp's rows are, flights'
-    targeted flips with 30% trusted fell from recall 0.995 to 0.43 (benchmarks/README.md). caravan door10 with its
-    trusted 30%: the 414 rows of ``MOSTYPE = 41``, flagged by that unit, keep their combined ``L`` in the count."""
-    from poisonguard.pipelines.screen import DEFAULT_DETECTORS
-
-    frame, feats, truth, reference = field_test_batch("caravan", "door10", reference_share=0.3)
-    X, y, ids = frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy()
-    det = EnsembleDetector(detectors=[DETECTORS[m]() for m in (*DEFAULT_DETECTORS, "novelty")]).fit(
-        X, y, row_ids=ids, X_reference=reference[feats].to_numpy(float), y_reference=reference["label"].to_numpy(object))
-    model = det.model_
-    pattern = model.models[list(model.names).index("pattern")]
-    _, best = pattern.best_patterns(X, y)
-    in_unit = np.array([b >= 0 and pattern.is_unit(b) for b in best])
-    assert in_unit.sum() >= 400 and (pattern.explained_pvalues(X[in_unit], y[in_unit]) == 1.0).all()
-    np.testing.assert_array_equal(model.counted_values(X, y)[in_unit], model.decision_values(X, y)[in_unit])
-    flagged = det.predict(X, y) < 0
-    assert flagged[in_unit].all() and recall_precision(truth, flagged)[0] == 1.0
-
-
 def test_reasons_name_the_class_the_detector_and_the_trigger_features():
     X, y, ids = real_table("diamonds")
     X, y, truth = plant_field_backdoor(X, y, 0.03, seed=3)

@@ -430,9 +430,5 @@ def test_the_screen_report_lists_the_rules_in_words(tmp_path):
     assert strongest["rule"].startswith("Age = ") and " and " in strongest["rule"] and "Income" in strongest["rule"]
     assert strongest["of_class"] == strongest["sample_rows"] == truth.sum() and strongest["expected"] < 10
     assert report["flagged_by"]["pattern"] == truth.sum()
-    # the stamp's rows are its cell's, not Benjamini-Hochberg's, and the class's verdict says so
-    why = report["decision"]["classes"]["bad"]["why"]
-    assert why.startswith("not cut:") and f"; {truth.sum()} rows flagged in groups of rows" in why, why
-    assert "(pattern's at p <= 0.01)" in why, why
     page = open(tmp_path / "out" / "report.html").read()
     assert 'id="patterns"' in page and html.escape(strongest["rule"]) in page
