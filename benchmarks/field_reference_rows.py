@@ -15,7 +15,9 @@ Run it inside the project's virtualenv (``poisonguard`` on the PATH), as run.py 
 ``--in-memory`` fits the default detectors through the decision layer in this process instead, twice per
 batch: without trusted rows, and with the held-out rows as ``X_reference`` (the default set then adds
 ``novelty``, as ``screen --reference`` does). Both land in the JSON (``poisonguard`` and ``with_reference``) and
-in one printed row, with the clean rows flagged as counts; the row ids are text, as the screen hashes them::
+in one printed row, with the clean rows flagged as counts; the row ids, the batch's and the trusted rows', are text,
+as the screen hashes them (``novelty`` samples a class's trusted rows by id, so without the trusted rows' own ids
+the fit differs from the screen's wherever a class has more than 5,000 of them: flights)::
 
     python benchmarks/field_reference_rows.py --in-memory --tables loans --json both.json
 """
@@ -50,7 +52,8 @@ def in_memory(frame, mask: np.ndarray, trusted=None) -> dict:
     X, y = frame[feats].to_numpy(float), frame["label"].to_numpy(object)
     det.fit(X, y, row_ids=frame["id"].astype(str).to_numpy(object),
             X_reference=None if trusted is None else trusted[feats].to_numpy(float),
-            y_reference=None if trusted is None else trusted["label"].to_numpy(object))
+            y_reference=None if trusted is None else trusted["label"].to_numpy(object),
+            reference_row_ids=None if trusted is None else trusted["id"].astype(str).to_numpy(object))
     screened = det.screen(det.model_, X, y)
     f = screened.flagged
     return {"recall": (f & mask).sum() / max(mask.sum(), 1), "precision": (f & mask).sum() / max(f.sum(), 1),

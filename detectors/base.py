@@ -172,14 +172,17 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return stats
 
     # -- in-memory driver ----------------------------------------------------------------
-    def fit(self, X, y=None, *, row_ids=None, X_reference=None, y_reference=None):
+    def fit(self, X, y=None, *, row_ids=None, X_reference=None, y_reference=None, reference_row_ids=None):
         """Fit on rows ``X`` (N, d) with class labels ``y`` (N,).
 
         ``y=None`` treats all rows as one class (detectors that need labels refuse).
         ``row_ids`` (N,), optional, identify rows for the deterministic bounded samples; by
         default ``0..N-1``. Passing the pipeline's row ids reproduces its result exactly.
         ``X_reference``, ``y_reference``: trusted rows for the passes in
-        ``reference_stages`` (ignored by detectors without such passes).
+        ``reference_stages`` (ignored by detectors without such passes); ``reference_row_ids``
+        their ids, by default ``0..M-1``. Trusted rows are sampled by id as well (``novelty``
+        keeps 5,000 a class), so passing the ids the pipeline reads from ``--reference``
+        reproduces its result where a class has more trusted rows than that.
         """
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
@@ -190,7 +193,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         reference = None
         if X_reference is not None:
             X_ref = validate_data(self, X_reference, dtype=[np.float64, np.float32], reset=False)
-            reference = (X_ref, self._check_labels(y_reference, len(X_ref)), np.arange(len(X_ref)))
+            ref_ids = np.arange(len(X_ref)) if reference_row_ids is None else np.asarray(reference_row_ids)
+            if len(ref_ids) != len(X_ref):
+                raise ConfigError(f"reference_row_ids has {len(ref_ids)} entries but X_reference has {len(X_ref)} rows")
+            reference = (X_ref, self._check_labels(y_reference, len(X_ref)), ref_ids)
         elif self.requires_reference:
             raise ConfigError(f"{self.name}: the fit needs trusted reference rows (X_reference, y_reference)")
         state = self.initial_state(X.shape[1])

@@ -79,6 +79,31 @@ def test_scores_do_not_depend_on_batches_merge_order_or_the_rows_scored_with_the
     assert np.isfinite(expected).all()
 
 
+def test_trusted_rows_are_sampled_by_their_own_ids():
+    """``novelty`` keeps at most ``class_sample`` trusted rows a class, chosen by their ids' hash, so the in-memory fit
+    takes the ids the screen reads from ``--reference`` (``reference_row_ids``; by default ``0..M-1``). Without them,
+    the field test's flights jdoor3 with 30% trusted gave recall 0.922 in memory against the screen's 0.897; with
+    them, the same 0.897, 9 clean rows and 1,882 flags. The sample follows the ids, not the rows' order."""
+    X, y, ids = real_table("credit")
+    held = np.random.default_rng(2).random(len(X)) < 0.3
+    X, y, ids, Xr, yr, ids_r = X[~held], y[~held], ids[~held], X[held], y[held], ids[held].astype(str)
+    assert np.unique(yr, return_counts=True)[1].min() > 300  # every class's trusted rows are sampled
+
+    def fit(Xr, yr, ids_r=None):
+        det = NoveltyDetector(class_sample=300).fit(X, y, row_ids=ids, X_reference=Xr, y_reference=yr,
+                                                      reference_row_ids=ids_r)
+        return det.model_.suspicion(X, y)
+
+    by_position = fit(Xr, yr)
+    np.testing.assert_array_equal(fit(Xr, yr, np.arange(len(Xr))), by_position)
+    by_id = fit(Xr, yr, ids_r)
+    assert not np.array_equal(by_id, by_position)
+    order = np.random.default_rng(3).permutation(len(Xr))
+    np.testing.assert_array_equal(fit(Xr[order], yr[order], ids_r[order]), by_id)
+    with pytest.raises(ConfigError, match=f"reference_row_ids has 3 entries but X_reference has {len(Xr)} rows"):
+        fit(Xr, yr, ids_r[:3])
+
+
 def test_refuses_to_fit_without_trusted_rows():
     X, y, ids = real_table("credit")
     with pytest.raises(ConfigError, match="novelty: the fit needs trusted reference rows"):
