@@ -17,7 +17,7 @@ batch: without trusted rows, and with the held-out rows as ``X_reference`` (the 
 ``novelty``, as ``screen --reference`` does). Both land in the JSON (``poisonguard`` and ``with_reference``) and
 in one printed row, with the clean rows flagged as counts; the row ids, the batch's and the trusted rows', are text,
 as the screen hashes them (``novelty`` samples a class's trusted rows by id, so without the trusted rows' own ids
-the fit differs from the screen's wherever a class has more than 5,000 of them: flights)::
+the fit differs from the screen's wherever a class has more than 5,000 of them: flights, diamonds)::
 
     python benchmarks/field_reference_rows.py --in-memory --tables loans --json both.json
 """
