@@ -107,6 +107,14 @@ def describe_features(feature_names, values: np.ndarray, order) -> str | None:
     return ", ".join(f"{feature_names[j] if feature_names is not None else f'x[{j}]'} {values[j]:+.1f}" for j in order) or None
 
 
+def _row_ids(ids, n: int, name: str, rows: str) -> np.ndarray:
+    """The ids given to ``fit`` as ``name`` for the ``n`` rows of ``rows``, or their positions ``0..n-1``."""
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    if len(ids) != n:
+        raise ConfigError(f"{name} has {len(ids)} entries but {rows} has {n} rows")
+    return ids
+
+
 def label_codes(classes, labels: np.ndarray) -> np.ndarray:
     """Index of each label in ``classes``; -1 for a label the model has not seen."""
     return pd.Index(list(classes)).get_indexer(pd.Index(labels)).astype(np.int64)
@@ -187,15 +195,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
         y = self._check_labels(y, len(X))
-        ids = np.arange(len(X)) if row_ids is None else np.asarray(row_ids)
-        if len(ids) != len(X):
-            raise ConfigError(f"row_ids has {len(ids)} entries but X has {len(X)} rows")
+        ids = _row_ids(row_ids, len(X), "row_ids", "X")
         reference = None
         if X_reference is not None:
             X_ref = validate_data(self, X_reference, dtype=[np.float64, np.float32], reset=False)
-            ref_ids = np.arange(len(X_ref)) if reference_row_ids is None else np.asarray(reference_row_ids)
-            if len(ref_ids) != len(X_ref):
-                raise ConfigError(f"reference_row_ids has {len(ref_ids)} entries but X_reference has {len(X_ref)} rows")
+            ref_ids = _row_ids(reference_row_ids, len(X_ref), "reference_row_ids", "X_reference")
             reference = (X_ref, self._check_labels(y_reference, len(X_ref)), ref_ids)
         elif self.requires_reference:
             raise ConfigError(f"{self.name}: the fit needs trusted reference rows (X_reference, y_reference)")
