@@ -509,10 +509,14 @@ def _why(facts: dict, summary, mode: str, alpha: float, target_fpr) -> str:
     flagged = summary.flagged if summary is not None else 0
     rows = summary.rows if summary is not None else 0
     if facts["cut"] is None:
-        if mode == "auto":
-            return (f"not cut: none of its {rows} rows had a combined p-value small enough for Benjamini-Hochberg "
-                    f"at false-discovery level {alpha:g}")
-        return f"not cut: no cut applies to its {rows} rows"
+        if mode != "auto":
+            return f"not cut: no cut applies to its {rows} rows"
+        why = (f"not cut: none of its {rows} rows had a combined p-value small enough for Benjamini-Hochberg "
+               f"at false-discovery level {alpha:g}")
+        groups = [f"{name}'s at p <= {m['group_cut_p']:.2g}" for name, m in facts["members"].items() if "group_cut_p" in m]
+        # rows flagged without a class cut lie in a group of rows that a member rejects at its own cut (ensemble.decide)
+        return why + (f"; {flagged} rows flagged as a group of rows that a detector rejects at its own cut "
+                      f"({', '.join(groups)})" if flagged and groups else "")
     rule = (f"Benjamini-Hochberg at {alpha:g}" if mode == "auto" else "the fixed share of all rows" if mode == "contamination"
             else f"trusted rows at false-positive rate {target_fpr:g}")
     return (f"cut at suspicion {facts['cut']:.3g} (combined p <= {facts['cut_p']:.2g}, by {rule}): "
@@ -552,7 +556,8 @@ def _other_classes(summary: ScreenSummary, rest: list, whys: list[str]) -> dict 
 def _decision(model, mode: str, alpha: float, target_fpr, summary: ScreenSummary | None = None) -> dict:
     """How the members' scores became one suspicion and one decision, with every class's cut and why."""
     if mode == "auto":
-        rule = f"Benjamini-Hochberg per class at false-discovery level {alpha:g}"
+        rule = (f"Benjamini-Hochberg per class at false-discovery level {alpha:g}; a detector that tests groups of rows "
+                "(pattern's cells) also flags the rows of a group it rejects at its own cut")
     elif mode == "contamination":
         rule = "a fixed share of all rows by combined suspicion"
     else:

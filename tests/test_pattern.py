@@ -8,6 +8,7 @@ import html
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import (field_test_batch, fit_in_parts, plant_field_backdoor, real_frame, real_table, recall_precision, run_cli,
@@ -221,6 +222,31 @@ def test_a_stamp_that_the_label_test_barely_sees_is_found_by_its_rows_other_feat
     assert recall >= 0.95 and precision >= 0.95, (recall, precision)
     top = det.model_.models[0].summary(feats)["WS"]["patterns"][0]
     assert all(feats[j] in top["rule"] for j in stamped_features(X, truth)) and top["rest_of_row_pvalue"] < 1e-6, top
+
+
+def test_a_class_with_no_benjamini_hochberg_cut_says_which_group_cut_flagged_its_rows(tmp_path):
+    """The field test's cells door1 screened at the defaults: the stamp's 20 rows are found only by the pattern
+    member's cell, at its own family-wise cut, while class WS (739 rows) has no Benjamini-Hochberg cut (20
+    discoveries among 739 would need each at a combined p <= 2.7e-4). The report's verdict for WS says both, with the numbers,
+    not only that none of its rows reached Benjamini-Hochberg."""
+    frame, feats, truth = field_test_batch("cells", "door1")
+    batch = write_frame(tmp_path / "batch.parquet", frame)
+    assert run_cli(["screen", batch, "--out", str(tmp_path / "out"), "--label-column", "label", "--id-column", "id",
+                    "--feature-columns", ",".join(feats), "-q"]) in (0, 1)
+    report = json.load(open(tmp_path / "out" / "report.json"))
+    decision = report["decision"]
+    assert "pattern's cells" in decision["rule"]
+    ws = decision["classes"]["WS"]
+    assert ws["cut"] is None and ws["members"]["pattern"]["group_cut_p"] > 0
+    rows = int(truth.sum())
+    assert ws["why"].startswith("not cut: none of its ") and \
+        f"; {rows} rows flagged as a group of rows that a detector rejects at its own cut (pattern's at p <= " in ws["why"], ws["why"]
+    flagged = pd.concat([pd.read_parquet(tmp_path / "out" / part) for part in ("cleaned", "quarantine")])
+    flagged = flagged.loc[flagged["flagged"], "id"]
+    assert set(flagged) == set(frame.loc[truth, "id"])  # those rows, the stamp's, and no other
+    # a class that is cut keeps the plain verdict
+    ps = decision["classes"]["PS"]
+    assert ps["why"].startswith("cut at suspicion") if ps["cut"] is not None else "rows flagged as a group" not in ps["why"]
 
 
 def test_natural_cells_that_the_rest_of_the_row_sets_apart_stay_out_at_the_lift_bar():
