@@ -344,6 +344,33 @@ def test_a_value_new_against_the_trusted_rows_is_found_where_no_pair_of_values_i
     assert not alone.any()
 
 
+def test_a_jittered_stamps_cell_grows_against_the_trusted_rows():
+    """The field test's flights jdoor3 batch of ``run.py --reference-share 0.3``: ``flight`` is stamped near its 1st
+    percentile (3) with a spread of 60 and ``air_time`` near its 99th; the cell mined is ``flight < 3 and 358 <
+    air_time``. Past its edge, ``3 <= flight < 15`` holds 171 stamped and 20 clean JFK rows, too few over chance
+    for the lift bar, but the trusted JFK rows hold it 8 times in 10,209 (step 6's growth). That step is kept and
+    the one after it (where 37 of 177 JFK rows are clean) is not; without trusted rows nothing grows, and the
+    saved model scores the same after loading."""
+    frame, feats, truth, reference = field_test_batch("flights", "jdoor3", reference_share=0.3)
+    X, y, ids = frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].astype(str).to_numpy(object)
+    det, flagged = screen_with_patterns(X, y, ids, feature_names=tuple(feats),
+                                        reference=(reference[feats].to_numpy(float), reference["label"].to_numpy(object)))
+    model = det.model_.models[0]
+    rules = model.summary(feats)["JFK"]["patterns"]
+    grown = [p for p in rules if p.get("grown_against_trusted_rows")]
+    assert [p["rule"] for p in grown] == ["3 <= flight < 15 and 358 < air_time"], rules
+    assert grown[0]["of_class"] >= 0.95 * grown[0]["sample_rows"] and grown[0]["class_share_tested"] < 0.002, grown
+    stamp = (frame["flight"] >= 3) & (frame["flight"] < 15) & (frame["air_time"] > 358) & (frame["label"] == "JFK")
+    assert flagged[stamp.to_numpy() & truth].all()
+    assert (flagged & ~truth).sum() <= 30 and (flagged[truth].mean() > 0.5)
+    assert "expected from the trusted rows" in model.explain(X[stamp.to_numpy() & truth][:1], y[stamp.to_numpy() & truth][:1], feats)[0]
+    arrays: dict = {}
+    loaded = decode(encode(model, arrays), arrays)
+    assert np.array_equal(loaded.suspicion(X, y), model.suspicion(X, y))
+    det, alone = screen_with_patterns(X, y, ids)
+    assert not det.model_.models[0].grown.any() and not alone[stamp.to_numpy() & truth & (frame["flight"] > 3).to_numpy()].any()
+
+
 def test_the_screen_report_marks_a_value_new_against_the_trusted_rows(tmp_path):
     """``screen --reference``: the report lists caravan door10's ``MOSTYPE = 41`` (previous test) as new against the
     trusted rows; the text above the table says what its expected count and tested share mean for such a rule."""
