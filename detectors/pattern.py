@@ -968,8 +968,9 @@ class TriggerPatternDetector(BaseDetector):
             *(units[key] for key in ("feature", "lo", "hi", "class", "rows", "class_rows", "cell_rows")),
             np.zeros(len(found), dtype=bool), *(steps[key] for key in GROWTH_KEYS))
 
-    def _against_trusted_rows(self, model: PatternModel, trusted: _CellCounts) -> PatternModel:
-        """Test each pattern again with the trusted rows' class share in its cell as one more context (step 6)."""
+    def _against_trusted_rows(self, model: PatternModel, trusted: _CellCounts) -> tuple[PatternModel, np.ndarray]:
+        """Test each pattern again with the trusted rows' class share in its cell as one more context (step 6): the
+        model with the patterns that pass, and which of the model's patterns those are."""
         # the trusted share's upper confidence bound (Clopper-Pearson): a cell the trusted rows hold at the batch's
         # purity is ordinary however many rows either has; a cell they do not hold tells nothing
         k, n = trusted.of_class.astype(float), trusted.cell.astype(float)
