@@ -367,6 +367,12 @@ def test_a_jittered_stamps_cell_grows_against_the_trusted_rows():
     arrays: dict = {}
     loaded = decode(encode(model, arrays), arrays)
     assert np.array_equal(loaded.suspicion(X, y), model.suspicion(X, y))
+    # fitted as a pipeline fits, the batch in five parts merged out of order and the trusted rows in three: the same
+    parts = np.array_split(np.random.default_rng(0).permutation(len(y)), 5)
+    merged = fit_in_parts(TriggerPatternDetector(), X, y, ids, parts, order=[3, 1, 4, 0, 2],
+                          reference=(reference[feats].to_numpy(float), reference["label"].to_numpy(object)))
+    for field in ("feature_a", "lo_a", "hi_a", "lo_b", "hi_b", "grown", "rows", "pvalue"):
+        assert np.array_equal(getattr(merged, field), getattr(model, field)), field
     det, alone = screen_with_patterns(X, y, ids)
     assert not det.model_.models[0].grown.any() and not alone[stamp.to_numpy() & truth & (frame["flight"] > 3).to_numpy()].any()
 
