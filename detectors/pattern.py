@@ -494,7 +494,9 @@ def unit_table(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, patterns
     return {key: np.ascontiguousarray(table[:, i]) for i, key in enumerate(keys)}
 
 
-GROWTH_KEYS = ("pattern", "side", "lo", "hi", "step", "rows", "class_rows", "cell_rows")
+#: Per step of step 6's growth: its pattern, its cell (as a pattern's: the code range on each feature, and whether it is
+#: hollow), how many steps out it lies, and its sample rows.
+GROWTH_KEYS = ("pattern", "lo_a", "hi_a", "lo_b", "hi_b", "hollow_a", "hollow_b", "step", "rows", "class_rows", "cell_rows")
 
 
 def growth_steps(codes: np.ndarray, y: np.ndarray, patterns: list, n_codes: list) -> dict:
@@ -505,11 +507,10 @@ def growth_steps(codes: np.ndarray, y: np.ndarray, patterns: list, n_codes: list
     min_rows = max(10.0, 0.001 * len(y))
     out = []
     for r, f in enumerate(patterns):
-        c = f["c"]
-        both = (codes[:, f["a"]] >= 0) & (codes[:, f["b"]] >= 0) & (y == c)
-        for side, (e, o) in enumerate((("a", "b"), ("b", "a"))):  # e grows, o keeps its range
-            kept = in_unit(codes[:, f[o]], f["lo_" + o], f["hi_" + o], f["hollow_" + o])
-            code, top = codes[:, f[e]], n_codes[f[e]] - 1
+        mine = y == f["c"]
+        class_rows = int(np.count_nonzero(mine & (codes[:, f["a"]] >= 0) & (codes[:, f["b"]] >= 0)))
+        for e in ("a", "b"):  # the feature that grows; the other keeps its range
+            top = n_codes[f[e]] - 1
             for way in (1, -1):
                 for step in range(1, MAX_GROWTH_STEPS + 1):
                     lo, hi = (f["hi_" + e] + 2 * step - 1, f["hi_" + e] + 2 * step) if way > 0 else \
@@ -517,13 +518,15 @@ def growth_steps(codes: np.ndarray, y: np.ndarray, patterns: list, n_codes: list
                     lo, hi = max(lo, 0), min(hi, top)
                     if lo > hi:
                         break
-                    cell = kept & (code >= lo) & (code <= hi)
-                    k = int(np.count_nonzero(cell & (y == c)))
+                    grown = {**f, "lo_" + e: lo, "hi_" + e: hi, "hollow_" + e: False}
+                    cell = in_cell(codes, grown)
+                    k = int(np.count_nonzero(cell & mine))
                     if k < min_rows:
                         break
-                    out.append((r, side, lo, hi, step, k, int(both.sum()), int(cell.sum())))
+                    out.append((r, *(grown[key] for key in GROWTH_KEYS[1:7]), step, k, class_rows, int(cell.sum())))
     table = np.array(out, dtype=np.int64).reshape(-1, len(GROWTH_KEYS))
-    return {key: np.ascontiguousarray(table[:, i]) for i, key in enumerate(GROWTH_KEYS)}
+    steps = {key: np.ascontiguousarray(table[:, i]) for i, key in enumerate(GROWTH_KEYS)}
+    return {**steps, "hollow_a": steps["hollow_a"].astype(bool), "hollow_b": steps["hollow_b"].astype(bool)}
 
 
 def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
@@ -674,9 +677,12 @@ class PatternModel(OwnPValueModel):
     unit_cell_rows: np.ndarray  # ... and the unit's sample rows of any class (all outside the class's pattern cells)
     grown: np.ndarray  # (R,) bool: the pattern is a mined one's cell grown against the trusted rows (step 6)
     grow_pattern: np.ndarray  # (G,) per step a mined pattern's cell may grow by (step 6): the pattern ...
-    grow_side: np.ndarray  # ... the feature it grows along (0: its feature a, 1: b) ...
-    grow_lo: np.ndarray  # ... the codes added on that feature ...
-    grow_hi: np.ndarray
+    grow_lo_a: np.ndarray  # ... the step's cell, on the pattern's two features: a's codes and b's, and whether each is hollow ...
+    grow_hi_a: np.ndarray
+    grow_lo_b: np.ndarray
+    grow_hi_b: np.ndarray
+    grow_hollow_a: np.ndarray
+    grow_hollow_b: np.ndarray
     grow_step: np.ndarray  # ... how many steps out (1: next to the cell; a step counts only after the ones before it) ...
     grow_rows: np.ndarray  # ... the step's sample rows of the pattern's class ...
     grow_class_rows: np.ndarray  # ... the class's sample rows with both features ...
@@ -897,12 +903,8 @@ class TriggerPatternDetector(BaseDetector):
             for e, r in enumerate(model.grow_pattern):
                 a, b = model.feature_a[r], model.feature_b[r]
                 mine = of_class[:, r] & (feature_codes[:, a] >= 0) & (feature_codes[:, b] >= 0)
-                if model.grow_side[e] == 0:  # along a, b's range kept
-                    kept = in_unit(feature_codes[:, b], model.lo_b[r], model.hi_b[r], model.hollow_b[r])
-                else:
-                    kept = in_unit(feature_codes[:, a], model.lo_a[r], model.hi_a[r], model.hollow_a[r])
-                grows = feature_codes[:, b if model.grow_side[e] else a]
-                cell = kept & (grows >= model.grow_lo[e]) & (grows <= model.grow_hi[e])
+                cell = in_unit(feature_codes[:, a], model.grow_lo_a[e], model.grow_hi_a[e], model.grow_hollow_a[e]) & \
+                    in_unit(feature_codes[:, b], model.grow_lo_b[e], model.grow_hi_b[e], model.grow_hollow_b[e])
                 steps.rows[e] += np.count_nonzero(cell & mine)
                 steps.class_rows[e] += np.count_nonzero(mine)
         if len(model.unit_feature):  # step 7: as the batch's side was counted, outside the class's pattern cells
@@ -1002,13 +1004,11 @@ class TriggerPatternDetector(BaseDetector):
         grown = np.flatnonzero(ok)[: int(self.max_patterns)]
         if not len(grown):
             return model
-        r, side = mined.grow_pattern[grown], mined.grow_side[grown].astype(bool)
+        r = mined.grow_pattern[grown]
         kr, nr = trusted.rows[grown].astype(float), trusted.class_rows[grown].astype(float)
         added = {"feature_a": mined.feature_a[r], "feature_b": mined.feature_b[r],
-                 "lo_a": np.where(side, mined.lo_a[r], mined.grow_lo[grown]), "hi_a": np.where(side, mined.hi_a[r], mined.grow_hi[grown]),
-                 "lo_b": np.where(side, mined.grow_lo[grown], mined.lo_b[r]), "hi_b": np.where(side, mined.grow_hi[grown], mined.hi_b[r]),
-                 "hollow_a": side & mined.hollow_a[r], "hollow_b": ~side & mined.hollow_b[r], "pattern_class": mined.pattern_class[r],
-                 "rows": mined.grow_rows[grown], "cell_rows": mined.grow_cell_rows[grown],
+                 **{key: getattr(mined, "grow_" + key)[grown] for key in ("lo_a", "hi_a", "lo_b", "hi_b", "hollow_a", "hollow_b")},
+                 "pattern_class": mined.pattern_class[r], "rows": mined.grow_rows[grown], "cell_rows": mined.grow_cell_rows[grown],
                  "expected": mined.grow_class_rows[grown] * kr / nr, "null_share": kr / nr, "pvalue": pvalue[grown],
                  "rest_pvalue": np.ones(len(grown)), "grown": np.ones(len(grown), bool)}
         return _with_patterns(model, added)
