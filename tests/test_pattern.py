@@ -112,6 +112,21 @@ def test_a_natural_cell_at_the_purity_bar_is_not_taken_for_a_trigger_whatever_th
     assert recall >= 0.95 and (flagged & ~truth).sum() <= 10, det.model_.models[0].summary(feats)
 
 
+def test_a_window_around_a_stamp_is_judged_on_the_rows_beyond_it():
+    """The field test's flights door1 batch of ``run.py --reference-share 0.3`` (its 70%, no trusted rows): the stamp
+    ``sched_arr_time = 2353 and arr_delay = -44`` (514 sample rows, all JFK) lies inside three wider cells, and
+    ``2300 < sched_arr_time < 2359 and arr_delay < -41`` holds 540 JFK rows of 555 on the stamp's rows alone. Kept
+    beside the stamp, the wider cells flagged 37 clean rows. Judged on the rows beyond the stamp, they are dropped,
+    and the stamp alone is kept."""
+    frame, feats, truth, _ = field_test_batch("flights", "door1", reference_share=0.3)
+    det, flagged = screen_with_patterns(frame[feats].to_numpy(float), frame["label"].to_numpy(object), frame["id"].to_numpy(),
+                                        feature_names=tuple(feats))
+    recall, _ = recall_precision(truth, flagged)
+    rules = det.model_.models[0].summary(feats)["JFK"]["patterns"]
+    assert recall == 1.0 and (flagged & ~truth).sum() <= 3, rules
+    assert [r["rule"] for r in rules] == ["sched_arr_time = 2353 and arr_delay = -44"], rules
+
+
 def test_the_copula_expects_a_routes_rows_and_not_a_trigger_against_the_correlation():
     """Air time and distance (rank correlation 0.98): the cells along their curve hold about the rows the Gaussian
     copula expects, many times what independence does; a cell against the correlation (a 99th percentile by a
