@@ -410,15 +410,15 @@ def mine_patterns(codes: np.ndarray, y: np.ndarray, K: int, n_codes: list, hollo
     found = kept
     # the random sets of step 5 leave out every remaining pattern's rows: a large trigger's stamped values would
     # make its class's rows look as agreeing as a natural subgroup's
-    patterned = np.zeros(len(y), bool)
-    for f in found:
-        patterned |= in_cell(codes, f)
+    cells = [in_cell(codes, f) for f in found]
+    patterned = np.logical_or.reduce(cells) if cells else np.zeros(len(y), bool)
     rng = np.random.default_rng(params.seed)
-    found = beyond_stronger(codes, g, [f for f in found if not natural_subgroup(codes, g, f, patterned, rng)], level)
-    return [{**f, "c": int(mined[f["c"]])} for f in found], n_tests
+    natural = [natural_subgroup(codes, g, f, cell, patterned, rng) for f, cell in zip(found, cells)]
+    found, cells = ([x for x, drop in zip(xs, natural) if not drop] for xs in (found, cells))
+    return [{**f, "c": int(mined[f["c"]])} for f in beyond_stronger(g, found, cells, level)], n_tests
 
 
-def beyond_stronger(codes: np.ndarray, g: np.ndarray, found: list, level: float) -> list:
+def beyond_stronger(g: np.ndarray, found: list, cells: list, level: float) -> list:
     """Step 5, last: a pattern whose cell overlaps the cells of stronger patterns of its class (smaller p-value) is
     tested again on the rows beyond them, step 3's label test at its own ``p0`` and the Bonferroni ``level``; it is
     kept only if that passes, with the larger of the two p-values. The stronger cells already explain their rows,
@@ -426,11 +426,10 @@ def beyond_stronger(codes: np.ndarray, g: np.ndarray, found: list, level: float)
     batch, ``sched_arr_time = 2353 and arr_delay = -44`` (514 sample rows, all JFK), lies inside
     ``2300 < sched_arr_time < 2359 and arr_delay < -41``, 540 JFK rows of 555 but 26 of the 41 beyond the stamp;
     with two more such cells it flagged 37 clean rows. A jittered stamp's spill beyond its mined cell is its
-    class's still, and passes. Patterns keep their order."""
-    keep, explained = [], {}
+    class's still, and passes. ``cells``: each pattern's sample rows (:func:`in_cell`). Patterns keep their order."""
+    found, keep, explained = list(found), [], {}
     for i in sorted(range(len(found)), key=lambda i: found[i]["pvalue"]):  # stable: ties keep their order
-        f = found[i]
-        cell = in_cell(codes, f)
+        f, cell = found[i], cells[i]
         stronger = explained.get(f["c"])
         if stronger is not None and (cell & stronger).any():
             rest = cell & ~stronger
@@ -565,17 +564,19 @@ def in_cell(codes: np.ndarray, f: dict) -> np.ndarray:
         in_unit(codes[:, f["b"]], f["lo_b"], f["hi_b"], f["hollow_b"])
 
 
-def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, patterned: np.ndarray, rng: np.random.Generator) -> bool:
+def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, cell: np.ndarray, patterned: np.ndarray,
+                     rng: np.random.Generator) -> bool:
     """Step 5: whether a pattern's rows agree on their other features markedly more than rows of any one class do.
 
     Two agreements over the other features: the mean share of the rows on each feature's most common code, and
     :func:`_nearest_agreement` on at most :data:`SUBGROUP_ROWS` of them. Each is compared, class by class, with
     :data:`SUBGROUP_DRAWS` random sets of as many of the class's sample rows outside every pattern's cell
-    (``patterned``): relabelled rows of one class agree as much as that class's rows do. The pattern is a natural
+    (``patterned``): relabelled rows of one class agree as much as that class's rows do. ``cell``: the pattern's
+    sample rows (:func:`in_cell`). The pattern is a natural
     subgroup when either agreement exceeds that of the most agreeing class by at least its margin
     (:data:`SUBGROUP_AGREEMENT`) and by three of that class's standard deviations.
     """
-    rows = rng.permutation(np.flatnonzero(in_cell(codes, f)))
+    rows = rng.permutation(np.flatnonzero(cell))
     others = np.array([j for j in range(codes.shape[1]) if j not in (f["a"], f["b"])], dtype=np.int64)
     if not len(others):
         return False
