@@ -572,9 +572,9 @@ def natural_subgroup(codes: np.ndarray, y: np.ndarray, f: dict, cell: np.ndarray
     :func:`_nearest_agreement` on at most :data:`SUBGROUP_ROWS` of them. Each is compared, class by class, with
     :data:`SUBGROUP_DRAWS` random sets of as many of the class's sample rows outside every pattern's cell
     (``patterned``): relabelled rows of one class agree as much as that class's rows do. ``cell``: the pattern's
-    sample rows (:func:`in_cell`). The pattern is a natural
-    subgroup when either agreement exceeds that of the most agreeing class by at least its margin
-    (:data:`SUBGROUP_AGREEMENT`) and by three of that class's standard deviations.
+    sample rows (:func:`in_cell`). The pattern is a natural subgroup when either agreement exceeds that of the most
+    agreeing class by at least its margin (:data:`SUBGROUP_AGREEMENT`) and by three of that class's standard
+    deviations.
     """
     rows = rng.permutation(np.flatnonzero(cell))
     others = np.array([j for j in range(codes.shape[1]) if j not in (f["a"], f["b"])], dtype=np.int64)
