@@ -39,7 +39,7 @@ differs from the reference code of ART and BackdoorBench in four ways:
    rule at precision 0.27, is no longer flagged by "auto".
    A third guard: a cut stands only where the other classes' rows (each about its own
    class's mean) reach it less than a third as often, significantly so, and where the class's
-   rows are at least half of all rows that reach it (``CLUSTER_PURITY``). A class's
+   rows are at least half of all rows that reach it (``thresholds.CLUSTER_PURITY``). A class's
    direction is relative to the pooled covariance, so rows added to another class can turn
    it towards a subgroup every class holds (caravan's tractor or moped owners), which its
    own rule then cuts; a dirty-label cluster is in its target class only, and a subgroup that
@@ -80,7 +80,6 @@ from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.stats import beta, binom
 from sklearn.cluster import KMeans
 
 from ._kernels import project_standardized, projection_bins, robust_z, standardize_clip
@@ -92,31 +91,17 @@ from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
     MIN_TAIL_GAP,
     SUSPICION_EDGES,
+    OwnCluster,
+    centred_sample_rows,
     cluster_threshold,
+    other_class_rows,
+    rare_elsewhere,
     robust_location_scale,
     upper_quantile_threshold,
 )
 
 #: Grid of the projection histograms, in units of the class's standard deviation along its direction.
 PROJECTION_EDGES = uniform_grid(-64.0, 64.0, 6401)
-#: A cut cluster stays cut only where it is a cluster of the class's own (_OwnCluster): the other classes' rows reach it
-#: less than 1 / OTHER_CLASS_RATIO as often ...
-OTHER_CLASS_RATIO = 3.0
-#: ... and significantly less often (binomial, at this level) ...
-OTHER_CLASS_SIGNIFICANCE = 1e-3
-#: ... at least ``min_cluster_size`` of the class's rows reach it, and they are at least this share of all rows that
-#: do, the other classes' rows counted from their sample at the upper bound of a one-sided interval at this error.
-#: A dirty-label cluster is its target class's: its rows' share at the cut was 0.74-1.00 in the field test's
-#: backdoored diamonds, loans, credit and cells batches (point estimates), 0.77 for a 3% cluster in a heavy-tailed
-#: synthetic table of three overlapping classes, and all 27 rows of a 3x3 patch on MNIST 7s relabelled 1. A subgroup
-#: that merely predicts the class is not: caravan's boat owners, ten times as common in its class `Yes` as in `No`,
-#: were 0.27 of the rows that reach them in the clean batch, and 0.33-0.57 at the cut of the target10 batch, whose
-#: own rule cut them with four of five detector seeds (at most 0.41 at the bound).
-CLUSTER_PURITY = 0.5
-CLUSTER_PURITY_ERROR = 0.1
-#: ... judged on at most this many sample rows of all classes, and only with this many of the other classes.
-OTHER_CLASS_ROWS = 20000
-MIN_OTHER_ROWS = 200
 #: Levels of a class's p-value floor (SpectralModel.pvalue_floor): the largest |z| of the other classes' rows, of its
 #: own rows and of its rows below its cut, this many of each.
 FLOOR_LEVELS = 256
@@ -176,8 +161,8 @@ class SpectralModel(PerClassModel):
         scaled as its own rows are, show whether a tail is the class's own or the data's. Where they reach a
         suspicion about as often as the class's rows do, a row there is not rarer than the larger of the two shares
         that reach it, whatever the class's fitted tail says. In a class whose own rule cut a cluster, or that is too
-        small for the rule, from the first level whose rows are a cluster of the class's own (:class:`_OwnCluster`:
-        rows planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
+        small for the rule, from the first level whose rows are a cluster of the class's own
+        (:class:`~poisonguard.detectors.thresholds.OwnCluster`: rows planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
         Below a class's cut, a row's floor is also its rank among the rows below the cut. With trusted rows, a row's
         floor is at least the share of its class's trusted rows at least as far out (:func:`_trusted_floor`).
         NaN where the score is NaN. Fitted by :func:`_class_floor`. ``codes``: each row's class index
@@ -406,8 +391,7 @@ class SpectralSignatureDetector(BaseDetector):
         shift = np.array([standardized[c].mean(axis=0) for c in classes]).reshape(len(classes), d)
         # each class's sample rows about their class's mean, at most OTHER_CLASS_ROWS in all, for the other-class
         # test of a cut cluster (_fit_thresholds)
-        take = max(1, OTHER_CLASS_ROWS // max(len(classes), 1))
-        centred = [(standardized[c][:take] - shift[k]).astype(np.float32) for k, c in enumerate(classes)]
+        centred = centred_sample_rows([standardized[c] for c in classes], shift)
         return {**state, "classes": classes, "standardize": standardize, "shift": shift, "centred": centred}
 
     def _fit_directions(self, state, moments: dict):
@@ -536,7 +520,8 @@ class SpectralSignatureDetector(BaseDetector):
             has_floor = model.counts[k] >= 2 * self.min_cluster_size  # a class too small to cut has no tail to floor either
             # the other classes' sample rows along this class's direction, projected once for the cut's check and the floor
             others = _other_class_z(state["centred"], k, unit, loc, sc) if has_floor or np.isfinite(thresholds[k]) else None
-            own_cluster = _OwnCluster(others, int(model.counts.sum() - model.counts[k]), counts, self.min_cluster_size)
+            own_cluster = OwnCluster(others, int(model.counts.sum() - model.counts[k]), int(counts.sum()),
+                                     self.min_cluster_size)
             cut = thresholds[k:k + 1]
             if np.isfinite(cut[0]) and others is not None and not own_cluster(cut, _share_at_or_above(counts, loc, sc, cut))[0]:
                 thresholds[k] = np.inf  # a cut stands only where its rows are a cluster of the class's own
@@ -557,58 +542,11 @@ class SpectralSignatureDetector(BaseDetector):
         return fitted
 
 
-@dataclass(frozen=True)
-class _OwnCluster:
-    """Whether class k's rows at or beyond levels of |z| along its direction are a cluster of its own, not structure
-    the data has in every class: a cut stands only there, and a tail's p-value floor is freed only from there
-    (:func:`_class_floor`). Called with the levels (ascending) and the class's share of rows at or beyond each.
-
-    Three conditions. The other classes' rows (each about its own class's mean) reach the level less than
-    1 / :data:`OTHER_CLASS_RATIO` as often as the class's rows, and significantly so (:func:`_rare_elsewhere`).
-    At least ``min_rows`` of the class's rows reach it. And they are at least :data:`CLUSTER_PURITY` of all rows
-    that do, the other classes' counted from their sample rows. A dirty-label cluster is in its target class only:
-    the rows it was taken from lost their place when they were stamped.
-
-    * Caravan's tractor owners (zero-inflated policy counts) are a few percent of both classes; along the majority
-      class's direction they lay past a gap, and its own rule cut them in the field test's poisoned batches (200
-      clean rows). In its door3 batch: 71 of the majority class's 5,300 rows beyond its cut, 2 of 522 sample rows
-      of the other class (binomial p = 0.03): not cut.
-    * Caravan's boat owners are ten times as common in its class `Yes` as in `No`, and a third of the rows that reach
-      them along `Yes`'s direction. With 547 rows moved into `Yes` (the field test's target10), its own rule cut
-      them in 8 of 10 runs (16 rows; in the field test 13 of the 16 flagged rows were clean); in the clean batch,
-      where `Yes` is too small for the rule, the freed floor flagged all 13 (see :data:`CLUSTER_PURITY`).
-
-    ``others``: :func:`_other_class_z` (None: too few to judge, and nothing is),
-    ``other_rows``: how many rows the other classes have, ``counts``: the class's projection histogram."""
-
-    others: np.ndarray | None
-    other_rows: int
-    counts: np.ndarray
-    min_rows: int
-
-    def __post_init__(self):
-        if self.others is not None:
-            object.__setattr__(self, "others", np.sort(self.others))
-
-    def reached(self, levels: np.ndarray) -> np.ndarray:
-        """How many of the other classes' sample rows lie beyond each level."""
-        return len(self.others) - np.searchsorted(self.others, levels, side="right")
-
-    def __call__(self, levels: np.ndarray, share: np.ndarray) -> np.ndarray:
-        if self.others is None:
-            return np.zeros(len(levels), dtype=bool)
-        n, reached, held = len(self.others), self.reached(levels), share * self.counts.sum()
-        elsewhere = beta.ppf(1.0 - CLUSTER_PURITY_ERROR, reached + 1, n - reached) * self.other_rows  # upper bound
-        return _rare_elsewhere(reached, n, share) & (held >= self.min_rows) & (held >= CLUSTER_PURITY * (held + elsewhere))
-
-
 def _other_class_z(centred: list, k: int, unit_direction: np.ndarray, loc: float, sc: float) -> np.ndarray | None:
     """|z| of the other classes' sample rows (each about its own class's mean) along class k's direction, scaled as
-    class k's rows are; None with fewer than :data:`MIN_OTHER_ROWS` of them."""
-    others = [c for j, c in enumerate(centred) if j != k]
-    if sum(len(c) for c in others) < MIN_OTHER_ROWS:
-        return None
-    return np.abs(np.concatenate(others).astype(np.float64) @ unit_direction - loc) / sc
+    class k's rows are; None with too few of them (:func:`~poisonguard.detectors.thresholds.other_class_rows`)."""
+    others = other_class_rows(centred, k)
+    return None if others is None else np.abs(others @ unit_direction - loc) / sc
 
 
 def _floor_at(levels: np.ndarray, floor: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -628,13 +566,7 @@ def _share_at_or_above(counts: np.ndarray, loc: float, sc: float, levels: np.nda
     return beyond[np.searchsorted(z[order], levels, side="left")] / max(counts.sum(), 1)
 
 
-def _rare_elsewhere(reached, n_others: int, share):
-    """The other classes reach a level less than 1 / OTHER_CLASS_RATIO as often as the class, and significantly."""
-    return (np.asarray(reached) * OTHER_CLASS_RATIO < share * n_others) & \
-        (binom.cdf(reached, n_others, share) <= OTHER_CLASS_SIGNIFICANCE)
-
-
-def _class_floor(own_cluster: _OwnCluster, loc: float, sc: float, counts: np.ndarray, cut: float,
+def _class_floor(own_cluster: OwnCluster, loc: float, sc: float, counts: np.ndarray, cut: float,
                  ruled: bool) -> tuple[np.ndarray, np.ndarray]:
     """Class k's p-value floor (:meth:`SpectralModel.pvalue_floor`): ascending levels and their floors, at most
     3 FLOOR_LEVELS of each (none where nothing bounds the class).
@@ -650,7 +582,7 @@ def _class_floor(own_cluster: _OwnCluster, loc: float, sc: float, counts: np.nda
       rank); in the field test's backdoored diamonds and loans batches it took the clean rows flagged from 0.17% and
       0.31% to 0.03%, and no recall;
     * the larger of the share of the other classes' rows beyond it and the share of the class's own rows at or
-      beyond it, up to the first level where the class's rows are a cluster of its own (:class:`_OwnCluster`), and
+      beyond it, up to the first level where the class's rows are a cluster of its own (:class:`OwnCluster`), and
       0 from there on. A tail that every class has is the data's, and the class's
       own share of it is how often a clean row reaches it; the top of a planted cluster has too few rows beyond it
       for the test, but it is the same cluster. A class that its own rule looked at (``ruled``) and did not cut
@@ -702,7 +634,8 @@ def _trusted_floor(levels: np.ndarray, floor: np.ndarray, trusted: np.ndarray, c
                    sc: float) -> tuple[np.ndarray, np.ndarray]:
     """A class's p-value floor (:func:`_class_floor`'s ``levels`` and ``floor``) raised to the share of its trusted
     rows at least as far out (``trusted``: their projection histogram; ``counts``: the batch's), up to the first
-    level the batch's rows reach :data:`OTHER_CLASS_RATIO` times as often as the trusted rows, and significantly so.
+    level the batch's rows reach :data:`~poisonguard.detectors.thresholds.OTHER_CLASS_RATIO` times as often as the
+    trusted rows, and significantly so.
 
     Trusted rows are the class as it should be, so a row is no rarer than the share of them that reach it (a conformal
     p-value, counted at the histogram's bin centres), whatever the fitted tail or the other classes say: a subgroup
@@ -718,5 +651,5 @@ def _trusted_floor(levels: np.ndarray, floor: np.ndarray, trusted: np.ndarray, c
     before = _floor_at(levels, floor, z)
     share = _share_at_or_above(trusted, loc, sc, z)
     n = int(trusted.sum())
-    new = np.cumsum(_rare_elsewhere(np.rint(share * n).astype(np.int64), n, _share_at_or_above(counts, loc, sc, z))) > 0
+    new = np.cumsum(rare_elsewhere(np.rint(share * n).astype(np.int64), n, _share_at_or_above(counts, loc, sc, z))) > 0
     return z, np.where(new, before, np.maximum(before, share))

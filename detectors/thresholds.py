@@ -7,7 +7,10 @@ Kept apart from scoring so that a row's score never depends on the decision rule
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from scipy.stats import beta, binom
 
 from .statistics import uniform_grid
 
@@ -19,6 +22,147 @@ SUSPICION_EDGES = uniform_grid(0.0, 200.0, 20001)
 CUT_ROWS_PER_DIMENSION = 5
 #: Default ``min_tail_gap`` of :func:`cluster_threshold`: a gap's Renyi spacing statistic must reach this.
 MIN_TAIL_GAP = 3.0
+#: A cut cluster stays cut only where it is a cluster of the class's own (:class:`OwnCluster`): the other classes' rows
+#: reach it less than 1 / OTHER_CLASS_RATIO as often ...
+OTHER_CLASS_RATIO = 3.0
+#: ... and significantly less often (binomial, at this level) ...
+OTHER_CLASS_SIGNIFICANCE = 1e-3
+#: ... at least ``min_cluster_size`` of the class's rows reach it, and they are at least this share of all rows that
+#: do, the other classes' rows counted from their sample at the upper bound of a one-sided interval at this error.
+#: A dirty-label cluster is its target class's: its rows' share at the cut was 0.74-1.00 in the field test's
+#: backdoored diamonds, loans, credit and cells batches (point estimates), 0.77 for a 3% cluster in a heavy-tailed
+#: synthetic table of three overlapping classes, and all 27 rows of a 3x3 patch on MNIST 7s relabelled 1. A subgroup
+#: that merely predicts the class is not: caravan's boat owners, ten times as common in its class `Yes` as in `No`,
+#: were 0.27 of the rows that reach them in the clean batch, and 0.33-0.57 at the cut of the target10 batch, whose
+#: own rule cut them with four of five detector seeds (at most 0.41 at the bound).
+CLUSTER_PURITY = 0.5
+CLUSTER_PURITY_ERROR = 0.1
+#: ... judged on at most this many sample rows of all classes, and only with this many of the other classes.
+OTHER_CLASS_ROWS = 20000
+MIN_OTHER_ROWS = 200
+#: :func:`held_elsewhere` (the clustering and robust spectral detectors): the other classes are asked about a cut only
+#: where their sample would hold at least this many rows beyond it at the class's share ...
+MIN_EXPECTED_OTHER_ROWS = 10
+#: ... and the cut stands where, at some level at or beyond it, they reach less than 1 / HELD_ELSEWHERE_RATIO as often
+#: as the class's rows (:class:`OwnCluster`'s other conditions as they are). Measured on the field test's tables, the
+#: other classes' share beyond a cut against the class's: natural subgroups 0.7-1.5 (loans' early pay-offs, caravan's
+#: rows off the mode of its zero-inflated columns, diamonds' class Ideal), dirty-label clusters at most 0.06.
+HELD_ELSEWHERE_RATIO = 2.0
+#: ... at most this many levels, the innermost the cut's rows reach.
+HELD_ELSEWHERE_LEVELS = 256
+
+
+@dataclass(frozen=True)
+class OwnCluster:
+    """Whether a class's rows at or beyond levels of its suspicion are a cluster of its own, not structure the data
+    has in every class. The cluster rules of the spectral, robust spectral and clustering detectors cut a class only
+    there, and the spectral detector frees a tail's p-value floor only from there. Called with the levels (ascending)
+    and the class's share of rows at or beyond each.
+
+    Three conditions. The other classes' rows, each about its own class's centre and scored along the class's
+    direction (or with its whitening), reach the level less than 1 / ``ratio`` (:data:`OTHER_CLASS_RATIO`) as
+    often as the class's rows, and significantly so (:func:`rare_elsewhere`). At least ``min_rows`` of the class's
+    rows reach it. And they are at least :data:`CLUSTER_PURITY` of all rows that do, the other classes' counted from
+    their sample rows. A dirty-label cluster is in its target class only: the rows it was taken from lost their place
+    when they were stamped.
+
+    * Caravan's tractor owners (zero-inflated policy counts) are a few percent of both classes; along the majority
+      class's spectral direction they lay past a gap, and its own rule cut them in the field test's poisoned batches
+      (200 clean rows). In its door3 batch: 71 of the majority class's 5,300 rows beyond its cut, 2 of 522 sample
+      rows of the other class (binomial p = 0.03): not cut.
+    * Caravan's boat owners are ten times as common in its class `Yes` as in `No`, and a third of the rows that reach
+      them along `Yes`'s direction. With 547 rows moved into `Yes` (the field test's target10), its own rule cut
+      them in 8 of 10 runs (16 rows; in the field test 13 of the 16 flagged rows were clean); in the clean batch,
+      where `Yes` is too small for the rule, the freed floor flagged all 13 (see :data:`CLUSTER_PURITY`).
+    * Loans that are paid off early (large ``paid_principal``, no ``balance``) are 4-8% of every grade. The 2-means
+      split of the clustering detector isolates them in grades C and D as a second mode, and the robust spectral
+      detector's minimum covariance determinant, fitted on the loans still running, puts them past a gap: 2.03% and
+      1.57% of the clean table were flagged. The other grades reach the cut at 0.7-1.5 times the class's share.
+
+    ``others``: the other classes' suspicions (:func:`other_class_rows` gives their rows; None: too few to judge,
+    and nothing is), ``other_rows``: how many rows the other classes have, ``rows``: how many the class has."""
+
+    others: np.ndarray | None
+    other_rows: int
+    rows: int
+    min_rows: int
+    ratio: float = OTHER_CLASS_RATIO
+
+    def __post_init__(self):
+        if self.others is not None:
+            object.__setattr__(self, "others", np.sort(self.others))
+
+    def reached(self, levels: np.ndarray) -> np.ndarray:
+        """How many of the other classes' sample rows lie beyond each level."""
+        return len(self.others) - np.searchsorted(self.others, levels, side="right")
+
+    def __call__(self, levels: np.ndarray, share: np.ndarray) -> np.ndarray:
+        if self.others is None:
+            return np.zeros(len(levels), dtype=bool)
+        n, reached, held = len(self.others), self.reached(levels), share * self.rows
+        elsewhere = beta.ppf(1.0 - CLUSTER_PURITY_ERROR, reached + 1, n - reached) * self.other_rows  # upper bound
+        pure = held >= CLUSTER_PURITY * (held + elsewhere)
+        return rare_elsewhere(reached, n, share, self.ratio) & (held >= self.min_rows) & pure
+
+
+def centred_sample_rows(samples: list[np.ndarray], centres: np.ndarray) -> list[np.ndarray]:
+    """Each class's (standardised) sample rows about its centre, the first ``OTHER_CLASS_ROWS / K`` of each (float32).
+
+    A hash sample is sorted by hash, so its first rows are a random subset of it, the same whatever the batching.
+    """
+    take = max(1, OTHER_CLASS_ROWS // max(len(samples), 1))
+    return [(rows[:take] - centres[k]).astype(np.float32) for k, rows in enumerate(samples)]
+
+
+def other_class_rows(centred: list[np.ndarray], k: int) -> np.ndarray | None:
+    """The rows of :func:`centred_sample_rows` of every class but k (float64); None with fewer than
+    :data:`MIN_OTHER_ROWS` of them."""
+    others = [rows for j, rows in enumerate(centred) if j != k]
+    if sum(len(rows) for rows in others) < MIN_OTHER_ROWS:
+        return None
+    return np.concatenate(others).astype(np.float64)
+
+
+def held_elsewhere(edges: np.ndarray, counts: np.ndarray, loc: float, sc: float, cut: float, others: np.ndarray | None,
+                   other_rows: int, min_rows: int) -> tuple[bool, float]:
+    """Whether the rows beyond a class's cut are structure the other classes hold too, not a cluster of its own; and
+    the share of the other classes' sample rows beyond the cut (NaN where there are none to ask).
+
+    ``counts``: the class's score histogram on ``edges`` (underflow, bins, overflow), ``z = (score - loc) / sc``;
+    ``cut`` in z; ``others``: the z of the other classes' rows (:func:`other_class_rows`, each about its own class's
+    centre, scored as the class's rows are; None: too few, and the cut stands); ``other_rows``: how many rows
+    the other classes have. The cut stands where its rows are a cluster of the class's own (:class:`OwnCluster`, with
+    :data:`HELD_ELSEWHERE_RATIO`) at some level from the cut outwards that at least half of the rows beyond the cut
+    reach (the lower edges of the class's occupied bins there): a cluster planted in a heavy-tailed class sits in a
+    band past the cut, with the class's own tail beyond it, and the other classes' tails reach the cut too (a
+    synthetic table of three classes with t(2.5) features, 3% of one planted between z 7 and 10: 0.050 of the class's
+    rows beyond its cut at 7.0, 0.023 of the other classes'; 0.048 and 0.019 at 7.5). A few rows far out are no
+    evidence for the rest: loans' grade C, cut at z 24 (172 rows, its early pay-offs), holds 9 rows beyond z 235
+    against 3 of 5,319 sample rows of the other grades. The other classes are asked only where their sample would
+    hold at least :data:`MIN_EXPECTED_OTHER_ROWS` rows beyond the cut at the class's share; with fewer, a subgroup
+    that every class holds could be missing from it by chance, and the cut stands (breast_cancer: 11 stamped rows
+    among the 368 of its benign class, against 212 malignant rows, 6 expected).
+    """
+    if others is None:
+        return False, float("nan")
+    total = counts.sum()
+    beyond = np.cumsum(counts[::-1])[::-1]  # beyond[1 + i]: rows in interior bin i (lower edge edges[i]) and above
+    first = int(np.searchsorted(edges, loc + cut * sc, side="left"))
+    bins = first + np.flatnonzero((counts[1 + first:-1] > 0) & (beyond[1 + first:-1] >= beyond[1 + first] / 2.0))
+    bins = bins[:HELD_ELSEWHERE_LEVELS]
+    levels = np.concatenate([[cut], (edges[bins] - loc) / sc])
+    shares = np.concatenate([[beyond[1 + first]], beyond[1 + bins]]) / max(total, 1)
+    own = OwnCluster(others, other_rows, int(total), min_rows, ratio=HELD_ELSEWHERE_RATIO)
+    other_share = float(own.reached(levels[:1])[0] / len(others))
+    if shares[0] * len(others) < MIN_EXPECTED_OTHER_ROWS:
+        return False, other_share
+    return not bool(own(levels, shares).any()), other_share
+
+
+def rare_elsewhere(reached, n_others: int, share, ratio: float = OTHER_CLASS_RATIO):
+    """The other classes reach a level less than 1 / ``ratio`` as often as the class, and significantly."""
+    return (np.asarray(reached) * ratio < share * n_others) & \
+        (binom.cdf(reached, n_others, share) <= OTHER_CLASS_SIGNIFICANCE)
 
 
 def _centers(edges: np.ndarray) -> np.ndarray:
