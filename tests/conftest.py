@@ -159,6 +159,14 @@ def field_test_batch(table: str, case: str, reference_share: float = 0.0):
     return (frame, feats, truth) if reference is None else (frame, feats, truth, reference)
 
 
+def field_test_arrays(table: str, case: str):
+    """``(X, y, ids, truth)`` of :func:`field_test_batch`: features, labels and the ids as text, as the screen reads
+    them."""
+    frame, feats, truth = field_test_batch(table, case)
+    ids = frame["id"].astype(str).to_numpy(object)
+    return frame[feats].to_numpy(float), frame["label"].to_numpy(object), ids, truth
+
+
 def real_table(name: str):
     """``(X, y, ids)`` of a table in ../shared/data (see :func:`real_frame`)."""
     df, feats = real_frame(name)

@@ -11,9 +11,10 @@ from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wi
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from conftest import heavy_tailed_table, plant_backdoor, recall_precision
+from conftest import field_test_arrays, heavy_tailed_table, plant_backdoor, recall_precision
 from naive import histogram_from_bins
 from poisonguard.detectors._kernels import projection_bins
+from poisonguard.detectors import EnsembleDetector
 from poisonguard.detectors.clustering import PROJECTION_EDGES, ActivationClusteringDetector, cluster_suspicion
 
 
@@ -174,6 +175,39 @@ def test_clean_data_loses_under_one_percent(name, load):
     s = det.suspicion(X, y)
     assert abs(np.median(s)) < 0.1  # robust units: 0 is typical ...
     assert 0.7 < np.median(np.abs(s)) / 0.6745 < 1.4  # ... and 1 is a robust standard deviation
+
+
+@pytest.mark.parametrize("table", ["loans", "caravan", "credit", "cells", "diamonds"])
+def test_clean_real_tables_lose_under_one_percent_through_the_decision_layer(table):
+    """The field test's clean batches, this detector alone, as ``screen --detectors clustering`` decides. Measured:
+    0% on all five (loans lost 2.03% before its early pay-offs were tested against the other grades)."""
+    X, y, ids, _ = field_test_arrays(table, "clean")
+    det = EnsembleDetector(detectors=[ActivationClusteringDetector()]).fit(X, y, row_ids=ids)
+    assert det.screen(det.model_, X, y).flagged.mean() <= 0.01
+
+
+def test_a_second_mode_every_class_holds_is_not_cut():
+    """Loans paid off early (large ``paid_principal``, no ``balance``) are 4-8% of every grade: in grades C and D the
+    2-means split isolates them and passes the sample and valley tests, but the other grades reach the cut about
+    as often (measured 0.043 and 0.047 of their sample rows, against 0.05 of the class), so neither is cut."""
+    X, y, ids, _ = field_test_arrays("loans", "clean")
+    summary = ActivationClusteringDetector().fit(X, y, row_ids=ids).model_.summary()
+    for grade in ("C", "D"):
+        facts = summary[grade]
+        assert facts["valley_significance"] >= 5.0 and facts["separation"] >= 2.5
+        assert facts["other_classes_beyond_cut"] > 0.02
+        assert facts["poisoned"] == 0 and facts["threshold"] is None
+
+
+def test_a_planted_cluster_in_a_real_table_is_still_cut():
+    """The field test's credit door10: 404 good rows, stamped and relabelled bad, are 28% of class bad. The other
+    class reaches the cut at a share of 0.03 (measured), so the cut stands and holds the poison."""
+    X, y, ids, truth = field_test_arrays("credit", "door10")
+    det = ActivationClusteringDetector().fit(X, y, row_ids=ids)
+    assert det.model_.summary()["bad"]["poisoned"] == 1
+    assert det.model_.summary()["bad"]["other_classes_beyond_cut"] < 0.05
+    recall, precision = recall_precision(truth, det.predict(X, y) == -1)
+    assert recall >= 0.95 and precision >= 0.95
 
 
 @pytest.mark.parametrize("name,load", [
