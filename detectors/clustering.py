@@ -27,8 +27,8 @@ calls the smaller cluster poison. This implementation differs from the reference
    empty stretch at least ``min_gap`` robust standard deviations wide (small classes,
    where a few dozen rows cannot reach the Poisson bound); and (e) the cluster is the class's
    own: at the cut or further out, the other classes' sample rows, each about its own class's
-   mean, reach less than half as often, and the class's rows are most of the rows that do
-   (:func:`~poisonguard.detectors.thresholds.held_elsewhere`, after the spectral detector's
+   mean, reach less than a fifth as often, and the class's rows are most of the rows that do
+   (:func:`~poisonguard.detectors.thresholds.own_cluster_cut`, after the spectral detector's
    test). A
    skewed or heavy-tailed clean class, whose 2-means split only cuts off its tail, fails (b)
    or (d): a tail keeps thinning out, a planted cluster is a second mode. A natural subgroup
@@ -97,7 +97,8 @@ from .statistics import add_class_bins, uniform_grid
 from .thresholds import (
     SUSPICION_EDGES,
     centred_sample_rows,
-    held_elsewhere,
+    cut_pvalue_ceiling,
+    own_cluster_cut,
     other_class_rows,
     robust_location_scale,
     upper_quantile_threshold,
@@ -149,6 +150,7 @@ class ClusteringModel(PerClassModel):
     other_share: np.ndarray  # (K,) share of the other classes' sample rows beyond the cut (NaN: no cut to test)
     poisoned: np.ndarray  # (K,) bool: the small cluster was judged poison
     thresholds: np.ndarray  # (K,) suspicion above which a row is flagged (inf: never)
+    below_cut: np.ndarray  # (K,) rows of the class below its "auto" cut (0: not cut)
 
     def projections(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each row's raw projection on its class's centroid axis (NaN for unseen classes)."""
@@ -158,6 +160,15 @@ class ClusteringModel(PerClassModel):
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Signed robust z of each row's projection, positive towards the small cluster."""
         return self._kernel(X, labels, self.location, 1.0 / self.scale)
+
+    def pvalue_ceiling(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Largest p-value of a row beyond its class's cut: its conformal rank among the rows below the cut
+        (:func:`~poisonguard.detectors.thresholds.cut_pvalue_ceiling`); the decision layer takes the smaller."""
+        return cut_pvalue_ceiling(scores, codes, self.thresholds, self.below_cut)
+
+    def with_threshold(self, threshold: float) -> ClusteringModel:
+        """One threshold for every class (calibration); the cuts' p-value ceilings go with the cuts."""
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)), below_cut=np.zeros_like(self.below_cut))
 
     def _kernel(self, X, labels, location, inv_spread):
         codes = label_codes(self.classes, labels)
@@ -353,6 +364,7 @@ class ActivationClusteringDetector(BaseDetector):
             other_share=np.full(K, np.nan),
             poisoned=np.zeros(K, dtype=bool),
             thresholds=np.full(K, np.inf),
+            below_cut=np.zeros(K, dtype=np.int64),
         )
         # each class's sample rows about their class's mean, for the other-class test of a cut (_fit_thresholds)
         centred = centred_sample_rows(standardized, partial.mean)
@@ -450,6 +462,7 @@ class ActivationClusteringDetector(BaseDetector):
         gaps = np.full(K, np.nan)
         poisoned = np.zeros(K, dtype=bool)
         other_share = np.full(K, np.nan)
+        below_cut = np.zeros(K, dtype=np.int64)
         z_hist = np.zeros(len(SUSPICION_EDGES) + 1, dtype=np.int64)
         total = sum(int(histograms[c].counts.sum()) for c in model.classes if c in histograms)
         for k, c in enumerate(model.classes):
@@ -476,14 +489,15 @@ class ActivationClusteringDetector(BaseDetector):
                 # a second mode that the other classes hold as often is a subgroup of the data, not planted
                 others = other_class_rows(state["centred"], k)
                 others = None if others is None else (others @ split.axis - location[k]) / scale[k]
-                shared, other_share[k] = held_elsewhere(PROJECTION_EDGES, counts, loc, sc, threshold, others,
-                                                        total - int(counts.sum()), self.min_cluster_size)
-                if shared:
+                threshold, other_share[k] = own_cluster_cut(PROJECTION_EDGES, counts, loc, sc, threshold, others,
+                                                            total - int(counts.sum()), self.min_cluster_size)
+                if not np.isfinite(threshold):
                     continue
                 poisoned[k] = True
                 thresholds[k] = threshold
+                below_cut[k] = counts[:1 + np.searchsorted(PROJECTION_EDGES, loc + threshold * sc)].sum()
         fitted = replace(model, location=location, scale=scale, thresholds=thresholds, counts=counts_per_class,
-                         valley=valley, gap=gaps, other_share=other_share, poisoned=poisoned)
+                         valley=valley, gap=gaps, other_share=other_share, poisoned=poisoned, below_cut=below_cut)
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
         return fitted

@@ -13,7 +13,12 @@ class (how a clean row of that class scores), written as ``L = -log10 p``:
   estimator; the shape is kept between 0, an exponential tail, and 1). The rows that the
   detector's own rule cuts as an outlying cluster (a gap or a second mode of the class's
   scores) are left out of the fit, so a planted cluster, however large, does not widen
-  the null that is to judge it. A row's p-value depends only on the fitted null and the
+  the null that is to judge it. A member's model may bound those p-values: from below
+  (``pvalue_floor``, the spectral detector's tails that other classes hold too) and from
+  above (``pvalue_ceiling``: the clustering and robust spectral detectors give a row beyond
+  their own cut at most its conformal rank among the class's rows below it, whose tail the
+  null extrapolates; a row's p-value is then the smaller of the two, at most twice a valid
+  one, and only beyond a cut their other-class test let stand). A row's p-value depends only on the fitted null and the
   row, never on the batch it came in. Measured on the field-test tables' spectral scores
   (alpha 0.01): a Gaussian null flagged 0.7-8% of clean rows; an exponential tail through
   the median and upper quartile 0-1.4% (caravan's 85 integer-coded columns, whose scores

@@ -130,6 +130,8 @@ class EnsembleModel:
                 p = r = null.pvalues(s, codes)
                 if hasattr(m, "pvalue_floor"):
                     p = r = np.maximum(p, m.pvalue_floor(s, codes))
+                if hasattr(m, "pvalue_ceiling"):
+                    p = r = np.fmin(p, m.pvalue_ceiling(s, codes))
             scores.append(s), pvalues.append(p), ranking.append(r)
         return scores, pvalues, ranking
 

@@ -77,9 +77,9 @@ norm (``alpha = 0``) and the squared projection on the top direction of ``S``
    left to ``contamination`` or :meth:`calibrate`; measured cost: a 5% corner-pixel
    trigger in digits, found by the old rule at precision 0.10, is no longer flagged.
    (c) A cut stands only where its rows are a cluster of the class's own, at the cut or
-   further out (:func:`~poisonguard.detectors.thresholds.held_elsewhere`, after the spectral
+   further out (:func:`~poisonguard.detectors.thresholds.own_cluster_cut`, after the spectral
    detector's test): the other classes' sample rows, each about its own robust centre and
-   scored with the class's basis, reach there less than half as often. An integer-coded or
+   scored with the class's basis, reach there less than a fifth as often. An integer-coded or
    zero-inflated column whose mode holds more than the support fraction of a class gets no
    spread in the robust estimate, so every row off the mode lies past a gap. In the field
    test's clean batches such cuts took 18% of caravan's majority class (85 integer-coded
@@ -125,7 +125,8 @@ from .thresholds import (
     SUSPICION_EDGES,
     centred_sample_rows,
     cluster_threshold,
-    held_elsewhere,
+    cut_pvalue_ceiling,
+    own_cluster_cut,
     other_class_rows,
     robust_location_scale,
     tail_gap_ok,
@@ -194,6 +195,7 @@ class RobustSpectralModel(PerClassModel):
     support: np.ndarray  # (K,) share of the class sample the robust estimate kept
     other_share: np.ndarray  # (K,) share of the other classes' sample rows beyond the cluster rule's cut (NaN: none)
     thresholds: np.ndarray  # (K,) suspicion above which a row is flagged (inf: never)
+    below_cut: np.ndarray  # (K,) rows of the class below its "auto" cut (0: not cut)
 
     def norms(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each row's raw QUE norm (RMS 1 over its class); NaN for unseen classes."""
@@ -203,6 +205,15 @@ class RobustSpectralModel(PerClassModel):
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Signed robust z-score of each row's QUE norm within its class (NaN for unseen classes)."""
         return self._run(X, labels, self.location, 1.0 / self.scale)
+
+    def pvalue_ceiling(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Largest p-value of a row beyond its class's cut: its conformal rank among the rows below the cut
+        (:func:`~poisonguard.detectors.thresholds.cut_pvalue_ceiling`); the decision layer takes the smaller."""
+        return cut_pvalue_ceiling(scores, codes, self.thresholds, self.below_cut)
+
+    def with_threshold(self, threshold: float) -> RobustSpectralModel:
+        """One threshold for every class (calibration); the cuts' p-value ceilings go with the cuts."""
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)), below_cut=np.zeros_like(self.below_cut))
 
     def _run(self, X, labels, location, inv_spread) -> np.ndarray:
         codes = label_codes(self.classes, labels)
@@ -452,6 +463,7 @@ class RobustSpectralDetector(BaseDetector):
             support=state["support"],
             other_share=np.full(K, np.nan),
             thresholds=np.full(K, np.inf),
+            below_cut=np.zeros(K, dtype=np.int64),
         )
         return {**state, "partial": partial}
 
@@ -479,6 +491,7 @@ class RobustSpectralDetector(BaseDetector):
         K = len(model.classes)
         location, scale, thresholds = np.zeros(K), np.ones(K), np.full(K, np.inf)
         other_share = np.full(K, np.nan)
+        below_cut = np.zeros(K, dtype=np.int64)
         z_hist = np.zeros(len(SUSPICION_EDGES) + 1, dtype=np.int64)
         for k, c in enumerate(model.classes):
             if c not in histograms:
@@ -495,12 +508,13 @@ class RobustSpectralDetector(BaseDetector):
                     others = other_class_rows(state["centred"], k)
                     if others is not None:
                         others = (np.linalg.norm(others @ model.basis[k], axis=1) - location[k]) / scale[k]
-                    shared, other_share[k] = held_elsewhere(NORM_EDGES, counts, location[k], scale[k], thresholds[k],
-                                                            others, int(model.counts.sum() - model.counts[k]),
-                                                            self.min_cluster_size)
-                    if shared:
-                        thresholds[k] = np.inf
-        fitted = replace(model, location=location, scale=scale, thresholds=thresholds, other_share=other_share)
+                    thresholds[k], other_share[k] = own_cluster_cut(
+                        NORM_EDGES, counts, location[k], scale[k], thresholds[k], others,
+                        int(model.counts.sum() - model.counts[k]), self.min_cluster_size)
+                    if np.isfinite(thresholds[k]):
+                        below_cut[k] = counts.sum() - _rows_above(counts, location[k], scale[k], thresholds[k])
+        fitted = replace(model, location=location, scale=scale, thresholds=thresholds, other_share=other_share,
+                         below_cut=below_cut)
         if self.contamination != "auto":
             fitted = fitted.with_threshold(upper_quantile_threshold(SUSPICION_EDGES, z_hist, self.contamination))
         return fitted

@@ -162,7 +162,8 @@ class SpectralModel(PerClassModel):
         suspicion about as often as the class's rows do, a row there is not rarer than the larger of the two shares
         that reach it, whatever the class's fitted tail says. In a class whose own rule cut a cluster, or that is too
         small for the rule, from the first level whose rows are a cluster of the class's own
-        (:class:`~poisonguard.detectors.thresholds.OwnCluster`: rows planted in this class), the floor is 0; in a class it looked at and did not cut, there is no such level.
+        (:class:`~poisonguard.detectors.thresholds.OwnCluster`: rows planted in this class), the floor is 0; in a
+        class it looked at and did not cut, there is no such level.
         Below a class's cut, a row's floor is also its rank among the rows below the cut. With trusted rows, a row's
         floor is at least the share of its class's trusted rows at least as far out (:func:`_trusted_floor`).
         NaN where the score is NaN. Fitted by :func:`_class_floor`. ``codes``: each row's class index

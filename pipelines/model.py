@@ -48,11 +48,11 @@ from .runners import RunnerConfig, runner_session
 log = logging.getLogger("poisonguard")
 
 FORMAT = "poisonguard-model"
-FORMAT_VERSION = 10  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor; 4: pattern's hollow units;
+FORMAT_VERSION = 11  # 2: the ensemble's per-class member weights; 3: spectral's other-class p-value floor; 4: pattern's hollow units;
 # 5: the label detector's folds hash the label with the features, in repeats; 6: pattern's rest-of-row p-values;
 # 7: the label detector's counts of exact copies; 8: pattern's per-class unit counts for values new against trusted rows;
 # 9: pattern's cells grown against trusted rows, and the steps they may grow by; 10: the other classes' share beyond
-# the clustering and robust spectral detectors' cuts
+# the clustering and robust spectral detectors' cuts; 11: their rows below the cut (a p-value ceiling beyond it)
 MANIFEST, ARRAYS, SUITE = "model.json", "arrays.npz", "expectations.json"
 #: Detectors fitted when ``fit --detectors`` is not given.
 DEFAULT_FIT_DETECTORS = ("spectral", "influence", "label")

@@ -208,6 +208,11 @@ def test_a_planted_cluster_in_a_real_table_is_still_cut():
     assert det.model_.summary()["bad"]["other_classes_beyond_cut"] < 0.05
     recall, precision = recall_precision(truth, det.predict(X, y) == -1)
     assert recall >= 0.95 and precision >= 0.95
+    # through the decision layer: beyond the cut, a row's p-value is at most its rank among the rows below it (the
+    # tail fitted there gave the stamped rows p = 0.002-0.003, and Benjamini-Hochberg took none)
+    screen = EnsembleDetector(detectors=[ActivationClusteringDetector()]).fit(X, y, row_ids=ids)
+    recall, precision = recall_precision(truth, screen.screen(screen.model_, X, y).flagged)
+    assert recall >= 0.95 and precision >= 0.95
 
 
 @pytest.mark.parametrize("name,load", [

@@ -77,6 +77,18 @@ def test_interpolated_null_quantiles_do_not_step_with_the_bins():
     assert max(inside) <= 0.2, inside
 
 
+def test_cut_ceiling_gives_rows_beyond_a_cut_their_rank_below_it():
+    """Beyond its class's cut a row gets at most 1 / (rows below + 1); elsewhere, in a class not cut and in an
+    unknown class the ceiling is 1, and a NaN score stays NaN."""
+    from poisonguard.detectors.thresholds import cut_pvalue_ceiling
+
+    scores = np.array([5.0, 1.0, 5.0, 5.0, np.nan])
+    codes = np.array([0, 0, 1, -1, 0])
+    ceiling = cut_pvalue_ceiling(scores, codes, thresholds=np.array([2.0, 2.0]), below=np.array([99, 0]))
+    np.testing.assert_array_equal(ceiling[:4], [0.01, 1.0, 1.0, 1.0])
+    assert np.isnan(ceiling[4])
+
+
 def test_bonferroni_combination_ignores_missing_members():
     p = combine_pvalues([np.array([0.01, np.nan, 0.5]), np.array([0.2, 0.02, np.nan])])
     assert np.allclose(p, [0.02, 0.04, 1.0])
