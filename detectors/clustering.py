@@ -29,12 +29,13 @@ calls the smaller cluster poison. This implementation differs from the reference
    own: at the cut or further out, the other classes' sample rows, each about its own class's
    mean, reach less than a fifth as often, and the class's rows are most of the rows that do
    (:func:`~poisonguard.detectors.thresholds.own_cluster_cut`, after the spectral detector's
-   test). A
-   skewed or heavy-tailed clean class, whose 2-means split only cuts off its tail, fails (b)
-   or (d): a tail keeps thinning out, a planted cluster is a second mode. A natural subgroup
-   that every class holds fails (e): loans paid off early are 4-8% of every grade of the
-   field test's loans table, a second mode in grades C and D, and were 2.03% of its clean
-   rows flagged before (e). Clean classes keep every row.
+   test; the cut moves out to the first such level). A skewed or heavy-tailed clean class,
+   whose 2-means split only cuts off its tail, fails (b) or (d): a tail keeps thinning out, a
+   planted cluster is a second mode. A natural subgroup that every class holds fails (e):
+   loans paid off early are 4-8% of every grade of the field test's loans table, a second
+   mode in grades C and D, and were 2.03% of its clean rows flagged before (e). Clean classes
+   keep every row. Through the decision layer, a row beyond the cut gets at most its rank
+   among the class's rows below it (:meth:`ClusteringModel.pvalue_ceiling`).
    Measured on clean data (breast_cancer, wine, iris, digits, Gaussian classes,
    heavy-tailed table): 0 rows flagged with the defaults. What it cannot tell apart: a
    clean class that truly is two populations, one small and far from the other (digits
@@ -168,7 +169,8 @@ class ClusteringModel(PerClassModel):
 
     def with_threshold(self, threshold: float) -> ClusteringModel:
         """One threshold for every class (calibration); the cuts' p-value ceilings go with the cuts."""
-        return replace(self, thresholds=np.full(len(self.classes), float(threshold)), below_cut=np.zeros_like(self.below_cut))
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)),
+                       below_cut=np.zeros_like(self.below_cut))
 
     def _kernel(self, X, labels, location, inv_spread):
         codes = label_codes(self.classes, labels)

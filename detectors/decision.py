@@ -18,13 +18,14 @@ class (how a clean row of that class scores), written as ``L = -log10 p``:
   above (``pvalue_ceiling``: the clustering and robust spectral detectors give a row beyond
   their own cut at most its conformal rank among the class's rows below it, whose tail the
   null extrapolates; a row's p-value is then the smaller of the two, at most twice a valid
-  one, and only beyond a cut their other-class test let stand). A row's p-value depends only on the fitted null and the
-  row, never on the batch it came in. Measured on the field-test tables' spectral scores
-  (alpha 0.01): a Gaussian null flagged 0.7-8% of clean rows; an exponential tail through
-  the median and upper quartile 0-1.4% (caravan's 85 integer-coded columns, whose scores
-  reach 136 robust standard deviations, the worst) and lost every backdoor over a quarter
-  of its class (door10); a scale from the 90th percentile flagged 0-0.6% but lost
-  diamonds door3 (recall 0.00 against 1.00); this null, 0-0.3% on the clean tables.
+  one, and only beyond a cut their other-class test let stand). A row's p-value depends only
+  on the fitted null and the row, never on the batch it came in. Measured on the field-test
+  tables' spectral scores (alpha 0.01): a Gaussian null flagged 0.7-8% of clean rows; an
+  exponential tail through the median and upper quartile 0-1.4% (caravan's 85 integer-coded
+  columns, whose scores reach 136 robust standard deviations, the worst) and lost every
+  backdoor over a quarter of its class (door10); a scale from the 90th percentile flagged
+  0-0.6% but lost diamonds door3 (recall 0.00 against 1.00); this null, 0-0.3% on the
+  clean tables.
 
 Several detectors combine on this scale, never by raw score magnitudes: a row's combined
 p-value is ``min(1, min_j p_j / w_j)``, a weighted Bonferroni bound (valid whatever the

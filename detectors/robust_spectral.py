@@ -87,7 +87,9 @@ norm (``alpha = 0``) and the squared projection on the top direction of ``S``
    pay-offs), and the screen with this detector alone flagged 17.4%, 7.5% and 1.6% of the
    rows. The other classes reach those cuts about as often (0.7-1.5 times the class's share);
    they do not reach a dirty-label cluster's (diamonds door3: 0.001 of them against 0.106 of
-   class Premium).
+   class Premium). The cut moves out to the first level where the test passes, and through
+   the decision layer a row beyond it gets at most its rank among the class's rows below it
+   (:meth:`RobustSpectralModel.pvalue_ceiling`).
 
 Fit is three passes, each a combinable statistic: (0) a per-class sample of at most
 ``sample_size`` rows with the smallest keyed hash of their row id, giving the per-feature
@@ -213,7 +215,8 @@ class RobustSpectralModel(PerClassModel):
 
     def with_threshold(self, threshold: float) -> RobustSpectralModel:
         """One threshold for every class (calibration); the cuts' p-value ceilings go with the cuts."""
-        return replace(self, thresholds=np.full(len(self.classes), float(threshold)), below_cut=np.zeros_like(self.below_cut))
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)),
+                       below_cut=np.zeros_like(self.below_cut))
 
     def _run(self, X, labels, location, inv_spread) -> np.ndarray:
         codes = label_codes(self.classes, labels)
