@@ -43,15 +43,15 @@ MIN_OTHER_ROWS = 200
 #: :func:`own_cluster_cut` (the clustering and robust spectral detectors): the other classes are asked about a cut only
 #: where their sample would hold at least this many rows beyond it at the class's share ...
 MIN_EXPECTED_OTHER_ROWS = 10
-#: ... and the cut stands from the first level at or beyond it where they reach less than 1 / HELD_ELSEWHERE_RATIO as
+#: ... and the cut stands from the first level at or beyond it where they reach less than 1 / OWN_CLUSTER_RATIO as
 #: often as the class's rows (:class:`OwnCluster`'s other conditions as they are). Measured on the field test's tables,
 #: the other classes' share beyond a cut against the class's: subgroups every class holds 0.7-1.5 (loans' early
 #: pay-offs, caravan's rows off the mode of its zero-inflated columns, diamonds' class Ideal), the flights table's
 #: JFK long-haul flights 0.32 (a subgroup three times as common in JFK, 61% of the rows that far out; 2.1% of the
 #: clean table flagged at a ratio of 2), dirty-label clusters at most 0.06.
-HELD_ELSEWHERE_RATIO = 5.0
+OWN_CLUSTER_RATIO = 5.0
 #: ... at most this many levels, the innermost the cut's rows reach.
-HELD_ELSEWHERE_LEVELS = 256
+OWN_CLUSTER_LEVELS = 256
 
 @dataclass(frozen=True)
 class OwnCluster:
@@ -136,7 +136,7 @@ def own_cluster_cut(edges: np.ndarray, counts: np.ndarray, loc: float, sc: float
     centre, scored as the class's rows are; None: too few, and the cut stands); ``other_rows``: how many rows the
     other classes have. The levels are the cut and the lower edges of the class's occupied bins beyond it that at least
     half of the rows beyond the cut reach; a cluster of the class's own is :class:`OwnCluster` with
-    :data:`HELD_ELSEWHERE_RATIO`. A cluster can sit past a stretch of the class's tail that the other classes' tails
+    :data:`OWN_CLUSTER_RATIO`. A cluster can sit past a stretch of the class's tail that the other classes' tails
     reach too, and a few rows far out are no evidence for the rest (loans' grade C, cut at z 24, 172 rows of its early
     pay-offs, holds 9 rows beyond z 235 against 3 of 5,319 sample rows of the other grades). The other classes are
     asked only where their sample would hold at least :data:`MIN_EXPECTED_OTHER_ROWS` rows beyond the cut at the
@@ -149,10 +149,10 @@ def own_cluster_cut(edges: np.ndarray, counts: np.ndarray, loc: float, sc: float
     beyond = np.cumsum(counts[::-1])[::-1]  # beyond[1 + i]: rows in interior bin i (lower edge edges[i]) and above
     first = int(np.searchsorted(edges, loc + cut * sc, side="left"))
     bins = first + np.flatnonzero((counts[1 + first:-1] > 0) & (beyond[1 + first:-1] >= beyond[1 + first] / 2.0))
-    bins = bins[:HELD_ELSEWHERE_LEVELS]
+    bins = bins[:OWN_CLUSTER_LEVELS]
     levels = np.concatenate([[cut], (edges[bins] - loc) / sc])
     shares = np.concatenate([[beyond[1 + first]], beyond[1 + bins]]) / max(total, 1)
-    own = OwnCluster(others, other_rows, int(total), min_rows, ratio=HELD_ELSEWHERE_RATIO)
+    own = OwnCluster(others, other_rows, int(total), min_rows, ratio=OWN_CLUSTER_RATIO)
     other_share = float(own.reached(levels[:1])[0] / len(others))
     if shares[0] * len(others) < MIN_EXPECTED_OTHER_ROWS:
         return cut, other_share

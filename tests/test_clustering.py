@@ -180,7 +180,8 @@ def test_clean_data_loses_under_one_percent(name, load):
 @pytest.mark.parametrize("table", ["loans", "caravan", "credit", "cells", "diamonds"])
 def test_clean_real_tables_lose_under_one_percent_through_the_decision_layer(table):
     """The field test's clean batches, this detector alone, as ``screen --detectors clustering`` decides. Measured:
-    0% on all five (loans lost 2.03% before its early pay-offs were tested against the other grades)."""
+    0.27% of caravan (16 rows of its 348-row class Yes, a subgroup 3.8 times as common there as in No), 0.04% of
+    loans, nothing elsewhere (loans lost 2.03% before its early pay-offs were tested against the other grades)."""
     X, y, ids, _ = field_test_arrays(table, "clean")
     det = EnsembleDetector(detectors=[ActivationClusteringDetector()]).fit(X, y, row_ids=ids)
     assert det.screen(det.model_, X, y).flagged.mean() <= 0.01
