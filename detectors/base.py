@@ -43,7 +43,7 @@ from ..schemas import ConfigError, row_hash
 from ._sklearn import Interval
 from ._kernels import standardize_grouped
 from .statistics import ClassSample, HashSample, Histogram, LabelledSample, Moments, group_rows
-from .thresholds import SUSPICION_EDGES, upper_quantile_threshold
+from .thresholds import SUSPICION_EDGES, cut_pvalue_ceiling, upper_quantile_threshold
 
 #: Rows per chunk when the estimator walks an in-memory array (bounds temporary memory).
 CHUNK_ROWS = 65536
@@ -310,6 +310,21 @@ class PerClassModel:
     def with_threshold(self, threshold: float):
         """The same model with one threshold for every class (calibration)."""
         return replace(self, thresholds=np.full(len(self.classes), float(threshold)))
+
+
+class CutCeilingModel(PerClassModel):
+    """Mixin for per-class models whose "auto" cut bounds the p-values of the rows beyond it (the clustering and
+    robust spectral detectors): ``below_cut`` (K,) counts each class's rows below its cut (0: not cut)."""
+
+    def pvalue_ceiling(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Largest p-value of a row beyond its class's cut: its conformal rank among the rows below the cut
+        (:func:`~poisonguard.detectors.thresholds.cut_pvalue_ceiling`); the decision layer takes the smaller."""
+        return cut_pvalue_ceiling(scores, codes, self.thresholds, self.below_cut)
+
+    def with_threshold(self, threshold: float):
+        """One threshold for every class (calibration); the cuts' p-value ceilings go with the cuts."""
+        return replace(self, thresholds=np.full(len(self.classes), float(threshold)),
+                       below_cut=np.zeros_like(self.below_cut))
 
 
 class OwnPValueModel:

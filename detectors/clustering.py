@@ -93,12 +93,11 @@ from sklearn.metrics import silhouette_score
 from ._config import njit
 from ._kernels import _row_projection, projection_bins, standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, label_codes, robust_feature_scale
+from .base import BaseDetector, CutCeilingModel, label_codes, robust_feature_scale
 from .statistics import add_class_bins, uniform_grid
 from .thresholds import (
     SUSPICION_EDGES,
     centred_sample_rows,
-    cut_pvalue_ceiling,
     own_cluster_cut,
     other_class_rows,
     robust_location_scale,
@@ -127,7 +126,7 @@ def cluster_suspicion(X, codes, median, inv_scale, clip, mean, axis, location, i
 
 
 @dataclass(frozen=True)
-class ClusteringModel(PerClassModel):
+class ClusteringModel(CutCeilingModel):
     """Fitted state of :class:`ActivationClusteringDetector` (picklable; a Beam side input).
 
     Arrays are indexed by class in the order of ``classes``. Projections are in the
@@ -161,16 +160,6 @@ class ClusteringModel(PerClassModel):
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Signed robust z of each row's projection, positive towards the small cluster."""
         return self._kernel(X, labels, self.location, 1.0 / self.scale)
-
-    def pvalue_ceiling(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Largest p-value of a row beyond its class's cut: its conformal rank among the rows below the cut
-        (:func:`~poisonguard.detectors.thresholds.cut_pvalue_ceiling`); the decision layer takes the smaller."""
-        return cut_pvalue_ceiling(scores, codes, self.thresholds, self.below_cut)
-
-    def with_threshold(self, threshold: float) -> ClusteringModel:
-        """One threshold for every class (calibration); the cuts' p-value ceilings go with the cuts."""
-        return replace(self, thresholds=np.full(len(self.classes), float(threshold)),
-                       below_cut=np.zeros_like(self.below_cut))
 
     def _kernel(self, X, labels, location, inv_spread):
         codes = label_codes(self.classes, labels)

@@ -83,7 +83,7 @@ norm (``alpha = 0``) and the squared projection on the top direction of ``S``
    zero-inflated column whose mode holds more than the support fraction of a class gets no
    spread in the robust estimate, so every row off the mode lies past a gap. In the field
    test's clean batches such cuts took 18% of caravan's majority class (85 integer-coded
-   columns), 28% of diamonds' class Ideal and 5-10% of loans' grades C and D (early
+   columns), 28% of diamonds' class Ideal and 8-10% of loans' grades C and D (early
    pay-offs), and the screen with this detector alone flagged 17.4%, 7.5% and 1.6% of the
    rows. The other classes reach those cuts about as often (0.7-1.5 times the class's share);
    they do not reach a dirty-label cluster's (diamonds door3: 0.001 of them against 0.106 of
@@ -119,7 +119,7 @@ from sklearn.covariance import MinCovDet
 from ._config import njit
 from ._kernels import soft_clip, standardize_clip
 from ._sklearn import Interval, StrOptions
-from .base import BaseDetector, PerClassModel, add_class_moments, label_codes, robust_feature_scale
+from .base import BaseDetector, CutCeilingModel, add_class_moments, label_codes, robust_feature_scale
 from .statistics import add_class_values, uniform_grid
 from .thresholds import (
     CUT_ROWS_PER_DIMENSION,
@@ -127,7 +127,6 @@ from .thresholds import (
     SUSPICION_EDGES,
     centred_sample_rows,
     cluster_threshold,
-    cut_pvalue_ceiling,
     own_cluster_cut,
     other_class_rows,
     robust_location_scale,
@@ -177,7 +176,7 @@ def que_norm(X, codes, median, inv_scale, clip, center, basis, location, inv_spr
 
 
 @dataclass(frozen=True)
-class RobustSpectralModel(PerClassModel):
+class RobustSpectralModel(CutCeilingModel):
     """Fitted state of :class:`RobustSpectralDetector` (picklable; a Beam side input).
 
     Arrays are indexed by class in the order of ``classes``.
@@ -207,16 +206,6 @@ class RobustSpectralModel(PerClassModel):
     def suspicion(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Signed robust z-score of each row's QUE norm within its class (NaN for unseen classes)."""
         return self._run(X, labels, self.location, 1.0 / self.scale)
-
-    def pvalue_ceiling(self, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Largest p-value of a row beyond its class's cut: its conformal rank among the rows below the cut
-        (:func:`~poisonguard.detectors.thresholds.cut_pvalue_ceiling`); the decision layer takes the smaller."""
-        return cut_pvalue_ceiling(scores, codes, self.thresholds, self.below_cut)
-
-    def with_threshold(self, threshold: float) -> RobustSpectralModel:
-        """One threshold for every class (calibration); the cuts' p-value ceilings go with the cuts."""
-        return replace(self, thresholds=np.full(len(self.classes), float(threshold)),
-                       below_cut=np.zeros_like(self.below_cut))
 
     def _run(self, X, labels, location, inv_spread) -> np.ndarray:
         codes = label_codes(self.classes, labels)
