@@ -20,6 +20,7 @@ as the screen hashes them (``novelty`` samples a class's trusted rows by id, so 
 the fit differs from the screen's wherever a class has more than 5,000 of them: flights, diamonds)::
 
     python benchmarks/field_reference_rows.py --in-memory --tables loans --json both.json
+    python benchmarks/field_reference_rows.py --in-memory --tables flights --cases door3,door10 --json some.json
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def in_memory_cell(m: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tables", default="flights,diamonds,loans,credit,cells,caravan")
+    ap.add_argument("--cases", default=None, help="comma-separated field-test cases (default: all of run.py's)")
     ap.add_argument("--reference-share", type=float, default=0.3, help="the share run.py holds out (default 0.3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--flights-rows", type=int, default=100_000)
@@ -83,6 +85,12 @@ def main(argv=None) -> int:
     sys.path.insert(0, FIELDTEST)
     import run as fieldtest
 
+    cases = args.cases.split(",") if args.cases else list(fieldtest.CASES)
+    unknown = [c for c in cases if c not in fieldtest.CASES]
+    if unknown:
+        print(f"field_reference_rows: --cases: unknown case {unknown[0]!r} (run.py has {', '.join(fieldtest.CASES)})",
+              file=sys.stderr)
+        return 2
     work = tempfile.mkdtemp(prefix="field-reference-rows-")
     results = []
     try:
@@ -91,7 +99,7 @@ def main(argv=None) -> int:
             # as run.py holds the trusted rows out: the same generator, the same draw
             held = np.random.default_rng([args.seed, fieldtest.TABLES.index(table), 99]).random(len(base)) < args.reference_share
             trusted, base = base[held].reset_index(drop=True), base[~held].reset_index(drop=True)
-            for case in fieldtest.CASES:
+            for case in cases:
                 rng = np.random.default_rng([args.seed, fieldtest.TABLES.index(table), fieldtest.CASES.index(case)])
                 frame, mask = fieldtest.plant(base, case, rng)
                 row = {"table": table, "case": case, "rows": len(frame), "cleanlab": None}
